@@ -1,0 +1,1 @@
+"""Bundled samples (data files only): see README.md in this folder for sources and licences."""

@@ -1,0 +1,141 @@
+"""``vldun`` command line: a thin face over the same functions the napari widgets use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import build_model
+    from .model.complexity import model_info
+    from .model.ssm import mamba_ssm_available
+
+    torch.set_num_threads(args.threads)
+    info = model_info(build_model(args.config), (args.size, args.size))
+    info["mamba_ssm"] = mamba_ssm_available()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>20}: {v}")
+    return 0
+
+
+def _cmd_degrade(args: argparse.Namespace) -> int:
+    from .pipeline import degrade_file
+
+    out = degrade_file(args.input, args.output, mask=args.mask, accel=args.accel, seed=args.seed,
+                       center_fraction=args.center_fraction, overwrite=args.overwrite)
+    print(json.dumps(out))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .pipeline import predict_file
+
+    summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
+                           label_set=args.label_set, labels=args.labels, clean=args.clean,
+                           overwrite=args.overwrite, stages=args.stages)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+
+    summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
+                       overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.runner import train_from_file
+
+    overrides = json.loads(args.set) if args.set else None
+    summary = train_from_file(args.config, resume=args.resume, out_dir=args.out, overrides=overrides)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate.runner import evaluate_from_args
+
+    return evaluate_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vldun", description="VL-DUN: joint restoration + segmentation of degraded MRI/CT")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="parameters and MACs of a named config")
+    s.add_argument("--config", default="tiny", help="named config: tiny or paper")
+    s.add_argument("--size", type=int, default=256, help="square input size for the MAC count (default 256)")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("degrade", help="simulate k-space undersampling of an image file")
+    s.add_argument("input", help="NIfTI, NRRD, DICOM folder, HDF5, PNG/JPEG/TIFF or .npy")
+    s.add_argument("output", help="output file: .nii/.nii.gz, .png or .npy")
+    s.add_argument("--mask", choices=["cartesian", "radial"], required=True)
+    s.add_argument("--accel", type=float, required=True, help="acceleration R >= 1 (1/R of k-space kept)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--center-fraction", type=float, default=0.08, help="Cartesian: fully sampled centre")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_degrade)
+
+    def add_model_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--weights", default=None, help="local checkpoint (NAME.safetensors + NAME.json); default: shipped")
+        s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        s.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+
+    s = sub.add_parser("predict", help="restore + segment an image file or DICOM folder")
+    s.add_argument("input")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--label-set", default=None, help="label set to segment with (default: from the predicted modality)")
+    s.add_argument("--labels", default=None, help="optional reference labels, to report Dice/IoU")
+    s.add_argument("--clean", default=None, help="optional clean reference image, to report PSNR/SSIM")
+    s.add_argument("--stages", action="store_true", help="also write the stage maps (full/low/high) as NIfTI")
+    add_model_args(s)
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("demo", help="run the shipped model on a bundled sample")
+    s.add_argument("--out", default="vldun-demo", help="output folder (default ./vldun-demo)")
+    s.add_argument("--sample", default="acdc", help="bundled sample: acdc, brain or ct")
+    add_model_args(s)
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("train", help="train from a JSON/TOML config (see configs/)")
+    s.add_argument("config")
+    s.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    s.add_argument("--set", default=None, help='JSON object of config overrides, e.g. \'{"epochs": 2}\'')
+    s.set_defaults(func=_cmd_train)
+
+    try:
+        from .evaluate.args import add_evaluate_args
+    except ImportError:  # evaluation not installed in this build
+        return p
+    s = sub.add_parser("evaluate", help="PSNR/SSIM/Dice/IoU tables against baselines")
+    add_evaluate_args(s)
+    s.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"vldun {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Slice datasets over :data:`~napari_vldun.data.sources.SOURCES` with on-the-fly degradation.
+
+:class:`SliceDataset` returns, per item ``i``, a dict of tensors::
+
+    clean            (1, crop, crop) float32 in [0, 1]
+    degraded         (1, crop, crop) float32 >= 0 (zero-filled magnitude; may exceed 1
+                     slightly by Gibbs ringing in "joint" mode unless noise was added,
+                     which clamps to [0, 1]; clamped to [0, 1] in "prior" mode)
+    label            (crop, crop) int64 (zeros for unlabelled sources)
+    has_label        bool ()
+    label_set_index  int64 () index into ``dataset.label_sets`` (-1: no labels)
+    modality         int64 () index into ``dataset.modalities``
+    degradation      int64 () index into ``model.config.DEGRADATIONS``
+    mask_kind        int64 () index into :data:`MASK_KINDS` ("none", "cartesian", "radial")
+    accel            float32 () acceleration used (1.0 when no undersampling)
+    fraction         float32 () sampled k-space fraction (1.0 when no undersampling)
+    source_index     int64 () index into ``dataset.sources``
+    index            int64 () ``i``
+
+Randomness: item ``i`` draws its crop/augmentation and its degradation from two
+generators spawned from ``SeedSequence([seed, 1, epoch, i])`` in "train" and
+``SeedSequence([seed, 0, i])`` in "val" (independent of the epoch, so evaluations
+are comparable across runs).  Call :meth:`SliceDataset.set_epoch` (or
+:func:`set_loader_epoch`) before iterating each epoch; with ``num_workers > 0`` do
+not use persistent workers (they keep a stale epoch).
+The crop generator is used before the augmentation draws, so a dataset with and
+without ``augment`` picks the same crop; the degradation is applied to the cropped
+(and augmented) clean image, i.e. to the k-space of the crop.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..degradation import cartesian_mask, degrade, gaussian_noise, radial_mask, random_primitive
+from ..model.config import DEGRADATIONS, LABEL_SETS
+from .sources import SOURCES, SliceItem, load_case
+
+__all__ = ["MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop",
+           "make_loader", "set_loader_epoch"]
+
+#: Values of the ``mask_kind`` entry of a sample.
+MASK_KINDS: tuple[str, ...] = ("none", "cartesian", "radial")
+
+AccelRange = Union[tuple[float, float], dict]
+
+
+# ------------------------------------------------------------------------- crops / augmentation
+def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Zero-pad (centred) the last two axes to at least ``(h, w)``."""
+    ph, pw = max(0, h - x.shape[-2]), max(0, w - x.shape[-1])
+    if ph == 0 and pw == 0:
+        return x
+    pad = [(0, 0)] * (x.ndim - 2) + [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)]
+    return np.pad(x, pad)
+
+
+def center_crop(image: np.ndarray, label: Optional[np.ndarray], crop: int):
+    """Centre crop / zero-pad ``(H, W)`` arrays to ``(crop, crop)``."""
+    image = _pad_to(image, crop, crop)
+    h, w = image.shape[-2:]
+    t, l = (h - crop) // 2, (w - crop) // 2
+    out = image[t:t + crop, l:l + crop]
+    if label is not None:
+        label = _pad_to(label, crop, crop)[t:t + crop, l:l + crop]
+    return out, label
+
+
+def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop: int,
+                rng: np.random.Generator):
+    """Zero-pad (centred) to at least ``crop`` then take a uniformly placed ``crop x crop`` window."""
+    image = _pad_to(image, crop, crop)
+    h, w = image.shape[-2:]
+    t, l = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    out = image[t:t + crop, l:l + crop]
+    if label is not None:
+        label = _pad_to(label, crop, crop)[t:t + crop, l:l + crop]
+    return out, label
+
+
+def augment_pair(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator):
+    """Random 90-degree rotation (k ~ U{0..3}) then random up-down and left-right flips (p = 0.5).
+
+    The same operation is applied to ``image`` and ``label`` (``(H, W)`` arrays; ``label``
+    may be None); returns contiguous copies ``(image, label)``.
+    """
+    k = int(rng.integers(0, 4))
+    flip_ud, flip_lr = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+
+    def op(x: np.ndarray) -> np.ndarray:
+        x = np.rot90(x, k, axes=(-2, -1))
+        if flip_ud:
+            x = x[..., ::-1, :]
+        if flip_lr:
+            x = x[..., :, ::-1]
+        return np.ascontiguousarray(x)
+
+    return op(image), (op(label) if label is not None else None)
+
+
+# ------------------------------------------------------------------------- dataset
+def _check_range(r, what: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in r)
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"{what} must be (lo, hi) with 0 <= lo <= hi, got {r}")
+    return lo, hi
+
+
+class SliceDataset(Dataset):
+    """2-D slices of ``sources`` with a degraded copy made on the fly (see module docstring).
+
+    Args:
+        sources: names in :data:`SOURCES`.
+        split: "train" or "val" (see :mod:`.sources` for the splits).
+        root: data folder (default :func:`~.sources.default_data_root`).
+        crop: square output size; train: random crop, val: centre crop (zero-padded when the
+            slice is smaller).  ``None`` keeps the full slice (sizes differ: batch size 1).
+        mode: "joint" (k-space undersampling with the source's mask kind, accel ~
+            U(accel_range) or ``fixed_accel``, optional Gaussian noise sigma ~
+            U(noise_sigma_range), degradation = "undersampling") or "prior" (a class drawn
+            uniformly from DEGRADATIONS applied with :func:`random_primitive`; its
+            "undersampling" picks a Cartesian or radial mask with p = 0.5 whatever the source).
+        accel_range: (lo, hi) or ``{"cartesian": (lo, hi), "radial": (lo, hi)}``.
+        fixed_accel: every sample uses exactly this acceleration (evaluation).
+        center_fraction: fully sampled centre of the Cartesian masks.
+        noise_sigma_range: Gaussian noise std range added after undersampling ("joint").
+        seed: base seed of every random draw.
+        modalities: modality class list (default: sorted modality names of ``sources``).
+        max_slices_per_source: keep at most this many slices per source, evenly spaced over
+            the sorted item list (so several patients stay represented).
+        augment: random rot90/flips (default: ``split == "train"``).
+    """
+
+    def __init__(self, sources: Sequence[str], split: str = "train", root=None,
+                 crop: Optional[int] = 128, mode: str = "joint",
+                 accel_range: AccelRange = (2.0, 8.0), fixed_accel: Optional[float] = None,
+                 center_fraction: float = 0.08, noise_sigma_range=(0.0, 0.0), seed: int = 0,
+                 modalities: Optional[Sequence[str]] = None,
+                 max_slices_per_source: Optional[int] = None, augment: Optional[bool] = None):
+        if isinstance(sources, str):
+            sources = [sources]
+        unknown = [s for s in sources if s not in SOURCES]
+        if unknown or not sources:
+            raise ValueError(f"unknown or no sources {unknown}; known: {sorted(SOURCES)}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if mode not in ("joint", "prior"):
+            raise ValueError(f"mode must be 'joint' or 'prior', got {mode!r}")
+        if crop is not None and int(crop) < 1:
+            raise ValueError(f"crop must be a positive int or None, got {crop}")
+        self.sources = list(sources)
+        self.split, self.mode, self.seed = split, mode, int(seed)
+        self.crop = None if crop is None else int(crop)
+        self.augment = (split == "train") if augment is None else bool(augment)
+        self.fixed_accel = None if fixed_accel is None else float(fixed_accel)
+        if self.fixed_accel is not None and self.fixed_accel < 1.0:
+            raise ValueError(f"fixed_accel must be >= 1, got {fixed_accel}")
+        kinds = ("cartesian", "radial")
+        if isinstance(accel_range, dict):
+            self.accel_range = {k: _check_range(accel_range[k], f"accel_range[{k!r}]")
+                                for k in kinds if k in accel_range}
+        else:
+            r = _check_range(accel_range, "accel_range")
+            self.accel_range = {k: r for k in kinds}
+        for k, (lo, _) in self.accel_range.items():
+            if lo < 1.0:
+                raise ValueError(f"accel_range[{k!r}] must be >= 1")
+        self.center_fraction = float(center_fraction)
+        self.noise_sigma_range = _check_range(noise_sigma_range, "noise_sigma_range")
+        mods = sorted({SOURCES[s].modality for s in self.sources})
+        self.modalities = list(modalities) if modalities is not None else mods
+        missing = [m for m in mods if m not in self.modalities]
+        if missing:
+            raise ValueError(f"modalities {missing} of the sources are not in {self.modalities}")
+        used = {SOURCES[s].label_set for s in self.sources} - {None}
+        self.label_sets = [k for k in LABEL_SETS if k in used] + sorted(used - set(LABEL_SETS))
+        self.epoch = 0
+        self.items: list[SliceItem] = []
+        for s in self.sources:
+            its = SOURCES[s].items(root)[split == "val"]
+            n = max_slices_per_source
+            if n is not None and len(its) > n:
+                keep = np.unique(np.linspace(0, len(its) - 1, int(n)).round().astype(int))
+                its = [its[j] for j in keep]
+            self.items.extend(its)
+        self._source_index = {s: j for j, s in enumerate(self.sources)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws "train" items use (no effect on "val")."""
+        self.epoch = int(epoch)
+
+    def _rngs(self, i: int) -> tuple[np.random.Generator, np.random.Generator]:
+        key = [self.seed, 0, i] if self.split == "val" else [self.seed, 1, self.epoch, i]
+        a, b = np.random.SeedSequence(key).spawn(2)
+        return np.random.default_rng(a), np.random.default_rng(b)
+
+    def item_info(self, i: int) -> dict:
+        """Provenance of item ``i``: source, path, slice index, case, patient, mask kind, modality."""
+        it = self.items[i]
+        spec = SOURCES[it.source]
+        return {"source": it.source, "path": it.path, "slice": it.index, "case": it.case,
+                "patient": it.patient, "mask_kind": spec.mask_kind, "modality": spec.modality,
+                "label_set": spec.label_set}
+
+    def clean_pair(self, i: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The cropped (and augmented) clean slice and label of item ``i`` at the current epoch."""
+        return self._clean_pair(i, self._rngs(i)[0])
+
+    def _clean_pair(self, i: int, rng: np.random.Generator):
+        it = self.items[i]
+        data = load_case(it.source, it.path)
+        img = data.image[it.index]
+        lab = data.label[it.index] if data.label is not None else None
+        if self.crop is not None:
+            if self.split == "train":
+                img, lab = random_crop(img, lab, self.crop, rng)
+            else:
+                img, lab = center_crop(img, lab, self.crop)
+        if self.augment:
+            img, lab = augment_pair(img, lab, rng)
+        return np.ascontiguousarray(img, np.float32), lab
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        it = self.items[i]
+        spec = SOURCES[it.source]
+        crop_rng, rng = self._rngs(i)
+        img, lab = self._clean_pair(i, crop_rng)
+        clean = torch.from_numpy(img)[None]
+        if self.mode == "joint":
+            kind = spec.mask_kind
+            lo, hi = self.accel_range[kind]
+            drawn = float(rng.uniform(lo, hi))
+            accel = self.fixed_accel if self.fixed_accel is not None else drawn
+            mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
+            kw = {"center_fraction": self.center_fraction} if kind == "cartesian" else {}
+            y, m = degrade(clean, kind, accel, seed=mseed, **kw)
+            sigma = float(rng.uniform(*self.noise_sigma_range))
+            if sigma > 0:
+                y = gaussian_noise(y, sigma, seed=nseed)
+            deg, fraction = DEGRADATIONS.index("undersampling"), m.fraction
+        else:
+            deg = int(rng.integers(0, len(DEGRADATIONS)))
+            sub = int(rng.integers(0, 2**31 - 1))
+            y, params = random_primitive(clean, DEGRADATIONS[deg], seed=sub, return_params=True)
+            kind, accel, fraction = "none", 1.0, 1.0
+            if "accel" in params:
+                kind, accel = params["kind"], float(params["accel"])
+                shape = tuple(clean.shape[-2:])
+                m = (cartesian_mask(shape, accel, seed=params["seed"]) if kind == "cartesian"
+                     else radial_mask(shape, accel=accel, seed=params["seed"]))
+                fraction = m.fraction
+        has = lab is not None
+        label = (torch.from_numpy(lab.astype(np.int64)) if has
+                 else torch.zeros(img.shape, dtype=torch.int64))
+        return {
+            "clean": clean,
+            "degraded": y.to(torch.float32).contiguous(),
+            "label": label,
+            "has_label": torch.tensor(has),
+            "label_set_index": torch.tensor(self.label_sets.index(spec.label_set) if has else -1),
+            "modality": torch.tensor(self.modalities.index(spec.modality)),
+            "degradation": torch.tensor(deg, dtype=torch.int64),
+            "mask_kind": torch.tensor(MASK_KINDS.index(kind)),
+            "accel": torch.tensor(accel, dtype=torch.float32),
+            "fraction": torch.tensor(fraction, dtype=torch.float32),
+            "source_index": torch.tensor(self._source_index[it.source]),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
+
+
+# ------------------------------------------------------------------------- loaders
+def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool, num_workers: int = 0,
+                distributed: bool = False, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    """DataLoader over ``dataset`` (``DistributedSampler`` seeded by ``dataset.seed`` when ``distributed``).
+
+    A dataset with ``crop=None`` needs ``batch_size == 1``.  Non-distributed shuffling uses a
+    generator seeded by ``dataset.seed``.  Call :func:`set_loader_epoch` every epoch.
+    """
+    if getattr(dataset, "crop", 0) is None and batch_size != 1:
+        raise ValueError("a dataset with crop=None has slices of different sizes: use batch_size=1")
+    seed = int(getattr(dataset, "seed", 0))
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                          num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's dataset and of its ``DistributedSampler`` (if any)."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)

@@ -1,0 +1,207 @@
+"""Running a trained VL-DUN on images: device choice, model loading, slice-by-slice volumes.
+
+The CLI and the napari widgets both call these functions. Long work is a generator
+(:func:`iter_predict`) that yields :class:`Progress` after every slice and finally the
+:class:`Prediction`, so callers can show progress and cancel between slices.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .model import VLDUN, build_model
+from .model.checkpoint import CheckpointError, load_checkpoint
+
+#: The checkpoint shipped inside the package (``NAME.safetensors`` + ``NAME.json``).
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "vldun_tiny"
+
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class InferenceError(ValueError):
+    """Input, device or model problem that the user can fix; the message says how."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU. Asking for CUDA without it is an error."""
+    name = str(device).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(
+            f"device {device!r} was requested but this PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}, cuda build: {torch.version.cuda}); choose 'cpu' or 'auto'"
+        )
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise InferenceError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'")
+    return torch.device(name)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference with what the outputs need to be labelled."""
+
+    model: VLDUN
+    device: torch.device
+    source: str  # checkpoint path, or "random weights (...)"
+    random_weights: bool
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def label_sets(self) -> dict[str, list[str]]:
+        return self.model.cfg.label_sets
+
+    @property
+    def label_colors(self) -> dict[str, list[str]]:
+        return self.model.cfg.label_colors
+
+
+def load_model(weights: str | Path | None = None, device: str = "auto", config: str = "tiny") -> LoadedModel:
+    """Load ``weights`` (a local checkpoint), else the shipped checkpoint, else -- only if none is
+    shipped -- a randomly initialised ``config`` model, flagged ``random_weights=True``."""
+    dev = resolve_device(device)
+    if weights is None and SHIPPED_WEIGHTS.with_suffix(".json").exists():
+        weights = SHIPPED_WEIGHTS
+    if weights is None:
+        warnings.warn("no shipped checkpoint found: using a randomly initialised model", stacklevel=2)
+        return LoadedModel(build_model(config).to(dev).eval(), dev, f"random weights ({config})", True)
+    try:
+        model, meta = load_checkpoint(weights, dev)
+    except CheckpointError as exc:
+        raise InferenceError(str(exc)) from exc
+    return LoadedModel(model, dev, str(weights), False, meta)
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+
+
+@dataclass
+class Prediction:
+    """Outputs for a (Z, H, W) stack (2-D inputs come back with Z = 1).
+
+    ``restored`` float32 (Z, H, W) in the input's [0, 1] scale; ``labels`` int (Z, H, W);
+    ``modality_probs`` (Z, M) and ``degradation_probs`` (Z, K) (``None`` without priors);
+    ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked.
+    """
+
+    restored: np.ndarray | None
+    labels: np.ndarray | None
+    label_set: str | None
+    modality_probs: np.ndarray | None
+    degradation_probs: np.ndarray | None
+    stages: np.ndarray | None = None
+    stage_levels: list[int] = field(default_factory=list)
+
+
+def validate_image(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Check a user image and return it as float32 (Z, H, W). Raises :class:`InferenceError`."""
+    a = np.asarray(array)
+    if a.size == 0:
+        raise InferenceError(f"{name} is empty (shape {a.shape})")
+    if a.dtype.kind not in "biuf":
+        raise InferenceError(f"{name} has dtype {a.dtype}; a grey-level image of numbers is needed")
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
+        raise InferenceError(f"{name} looks like an RGB(A) picture {a.shape}; convert it to grey levels first")
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise InferenceError(f"{name} must be 2-D or 3-D (slices first), got shape {a.shape}")
+    if min(a.shape[-2:]) < 8:
+        raise InferenceError(f"{name} slices of {a.shape[-2]}x{a.shape[-1]} px are too small (8x8 at least)")
+    a = a.astype(np.float32, copy=False)
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+        raise InferenceError(f"{name} has {bad} NaN or infinite values; fix or mask them first")
+    return a
+
+
+def choose_label_set(model: VLDUN, modality_probs: np.ndarray | None, label_set: str | None) -> str | None:
+    """The requested label set, else the one mapped from the most likely modality, else the first."""
+    sets = list(model.cfg.label_sets)
+    if not sets:
+        return None
+    if label_set is not None:
+        if label_set not in sets:
+            raise InferenceError(f"label set {label_set!r} is not in this checkpoint; it has {sets}")
+        return label_set
+    if modality_probs is not None:
+        modality = model.cfg.modalities[int(np.asarray(modality_probs).reshape(-1, len(model.cfg.modalities)).mean(0).argmax())]
+        mapped = model.cfg.modality_label_sets.get(modality)
+        if mapped in sets:
+            return mapped
+    return sets[0]
+
+
+@torch.no_grad()
+def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool):
+    y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    try:
+        return model(y, return_stages=return_stages)
+    except (_OOM, RuntimeError) as exc:
+        if not isinstance(exc, _OOM) and "memory" not in str(exc).lower():
+            raise
+        raise InferenceError(
+            f"out of memory on a {image.shape[0]}x{image.shape[1]} slice on {device}; "
+            "try the CPU, a smaller crop or the current slice only"
+        ) from exc
+
+
+def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
+                 slices: list[int] | None = None, return_stages: bool = False) -> Iterator[Progress | Prediction]:
+    """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1], slice by slice.
+
+    Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
+    in that order, when given). Stop iterating to cancel: nothing is returned half-done.
+    """
+    vol = validate_image(image)
+    lo, hi = float(vol.min()), float(vol.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InferenceError(
+            f"image values span [{lo:.3g}, {hi:.3g}]; normalise to [0, 1] first (napari_vldun.io.normalize)"
+        )
+    idx = list(range(vol.shape[0])) if slices is None else list(slices)
+    model, dev = loaded.model, loaded.device
+    restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
+    for n, z in enumerate(idx):
+        out = _run_slice(model, dev, vol[z], return_stages)
+        if out.restored is not None:
+            restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
+        seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})
+        if out.modality_probs is not None:
+            mod.append(out.modality_probs[0].cpu().numpy())
+            deg.append(out.degradation_probs[0].cpu().numpy())
+        if return_stages:
+            stages.append(np.stack([torch.cat([s.full, s.low, s.high], 1)[0].cpu().numpy() for s in out.stages]))
+            levels = [s.level for s in out.stages]
+        yield Progress(n + 1, len(idx))
+    mod_a = np.stack(mod) if mod else None
+    chosen = choose_label_set(model, mod_a, label_set) if seg_logits and seg_logits[0] else None
+    labels = np.stack([s[chosen].argmax(0).numpy() for s in seg_logits]).astype(np.uint8) if chosen else None
+    yield Prediction(
+        restored=np.stack(restored) if restored else None,
+        labels=labels,
+        label_set=chosen,
+        modality_probs=mod_a,
+        degradation_probs=np.stack(deg) if deg else None,
+        stages=np.stack(stages).astype(np.float32) if stages else None,
+        stage_levels=levels,
+    )
+
+
+def predict(loaded: LoadedModel, image: np.ndarray, **kwargs) -> Prediction:
+    """Run :func:`iter_predict` to the end and return its :class:`Prediction`."""
+    result = None
+    for item in iter_predict(loaded, image, **kwargs):
+        result = item
+    assert isinstance(result, Prediction)
+    return result

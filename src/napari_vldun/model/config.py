@@ -1,0 +1,167 @@
+"""Model configuration: one dataclass and the named configurations (``paper``, ``tiny``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+#: The paper's eight modality classes (Sec. 4.1, CLIP fine-tuning sets).
+PAPER_MODALITIES: tuple[str, ...] = (
+    "cardiac_mri",  # ACDC
+    "brain_mri",  # BraTS
+    "cardiac_mr_whs",  # MMWHS-MR
+    "lung_ct",  # COVID19-CT
+    "abdomen_ct",  # FLARE22
+    "liver_ct",  # HCC-TACE-Seg
+    "cardiac_ct_whs",  # MMWHS-CT
+    "fundus",  # PAPILA
+)
+
+#: Degradation classes scored against fixed text prompts (Sec. 3.3.3, App. D).
+DEGRADATIONS: tuple[str, ...] = (
+    "noise",
+    "blur",
+    "motion",
+    "low_resolution",
+    "undersampling",
+    "clean",
+)
+
+
+#: Label sets named after their folders in ``shared/data`` (index 0 is background).
+LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "acdc": ("background", "RV cavity", "LV myocardium", "LV cavity"),
+    "brats2015": ("background", "necrosis", "edema", "non-enhancing tumour", "enhancing tumour"),
+    "covid_ct": ("background", "infection"),
+}
+
+LABEL_COLORS: dict[str, tuple[str, ...]] = {
+    "acdc": ("#000000", "#e6194b", "#3cb44b", "#4363d8"),
+    "brats2015": ("#000000", "#911eb4", "#ffe119", "#f58231", "#e6194b"),
+    "covid_ct": ("#000000", "#f032e6"),
+}
+
+
+@dataclass
+class ClipConfig:
+    """An open_clip architecture built from a config dict (never a pretrained tag, never a download).
+
+    ``embed_dim`` is the joint image/text embedding size; ``vision``/``text`` follow open_clip's
+    ``CLIPVisionCfg``/``CLIPTextCfg`` field names.
+    """
+
+    embed_dim: int = 512
+    image_size: int = 224
+    vision: dict = field(
+        default_factory=lambda: {"layers": 12, "width": 768, "patch_size": 16, "head_width": 64}
+    )
+    text: dict = field(
+        default_factory=lambda: {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
+    )
+
+
+@dataclass
+class VLDUNConfig:
+    """Hyper-parameters of VL-DUN.
+
+    The unfolding network is a U of ``len(widths)`` levels; every encoder level, the bottleneck and
+    every decoder level is one PGD stage (AMGDM + MDPMM blocks), and a final refinement stage at full
+    resolution follows: ``K = 2 * len(widths)`` stages in all.
+    """
+
+    name: str = "custom"
+    in_channels: int = 1
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    #: MDPMM blocks per stage, one entry per level (encoder and decoder share the count).
+    blocks: tuple[int, ...] = (1, 1, 2, 2)
+    refine_blocks: int = 1
+    #: Bi-Mamba expansion per level (d_inner = expand * width).
+    expand: tuple[float, ...] = (1.0, 2.0, 2.0, 2.0)
+    d_state: int = 16
+    headdim: int = 16
+    gdfn_expansion: float = 2.0
+    attn_heads: int = 4
+    #: Width of the prior tokens fed to every AMGDM cross-attention (2 + len(degradations) tokens).
+    prior_dim: int = 128
+    #: Width of the light CNN segmentation head.
+    seg_width: int = 32
+    modalities: tuple[str, ...] = PAPER_MODALITIES
+    degradations: tuple[str, ...] = DEGRADATIONS
+    #: label-set name -> class names (index 0 is background); one seg head per label set.
+    label_sets: dict = field(default_factory=lambda: {k: list(v) for k, v in LABEL_SETS.items()})
+    #: label-set name -> one "#rrggbb" colour per class (index 0, background, is drawn transparent).
+    label_colors: dict = field(default_factory=lambda: {k: list(v) for k, v in LABEL_COLORS.items()})
+    #: modality name -> label set used when the caller does not pick one.
+    modality_label_sets: dict = field(
+        default_factory=lambda: {"cardiac_mri": "acdc", "brain_mri": "brats2015", "lung_ct": "covid_ct"}
+    )
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    # Ablation switches (paper Table 3).
+    use_priors: bool = True
+    freq_decoupling: bool = True
+    seg_head: bool = True
+    rec_head: bool = True
+
+    @property
+    def num_stages(self) -> int:
+        return 2 * len(self.widths)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VLDUNConfig":
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown VL-DUN config keys: {sorted(unknown)}")
+        clip = ClipConfig(**d.pop("clip", {}))
+        for key in ("widths", "blocks", "expand", "modalities", "degradations"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(clip=clip, **d)
+
+    def replace(self, **changes) -> "VLDUNConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _paper() -> VLDUNConfig:
+    return VLDUNConfig(
+        name="paper",
+        widths=(64, 128, 256, 512),
+        blocks=(3, 1, 1, 2),
+        refine_blocks=3,
+        expand=(2.0, 2.0, 2.0, 2.0),
+        prior_dim=256,
+        clip=ClipConfig(),  # ViT-B/16 visual tower, CLIP text tower (frozen)
+    )
+
+
+def _tiny() -> VLDUNConfig:
+    return VLDUNConfig(
+        name="tiny",
+        widths=(16, 32, 64),
+        blocks=(1, 1, 1),
+        refine_blocks=1,
+        expand=(1.0, 1.0, 2.0),
+        attn_heads=2,
+        prior_dim=64,
+        seg_width=16,
+        clip=ClipConfig(
+            embed_dim=64,
+            image_size=64,
+            vision={"layers": 2, "width": 96, "patch_size": 16, "head_width": 32},
+            text={"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        ),
+    )
+
+
+CONFIGS = {"paper": _paper, "tiny": _tiny}
+
+
+def get_config(name: str, **overrides) -> VLDUNConfig:
+    """Return a fresh copy of a named configuration, with optional field overrides."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
+    cfg = CONFIGS[name]()
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,142 @@
+"""Vision-language dual priors (Sec. 3.3): modality from a CLIP visual encoder + linear classifier,
+degradation from similarity to fixed text prompts embedded once by a frozen CLIP text encoder.
+
+open_clip is imported lazily (it costs seconds) and only ever builds architectures from config
+dicts: no pretrained tag, no download. Real CLIP weights can be loaded from a local file with
+:func:`load_clip_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ClipConfig
+
+#: CLIP's RGB normalisation constants.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _build_visual(cfg: ClipConfig) -> nn.Module:
+    import open_clip.model as ocm  # lazy: ~8 s on first import
+
+    return ocm._build_vision_tower(cfg.embed_dim, ocm.CLIPVisionCfg(image_size=cfg.image_size, **cfg.vision))
+
+
+def _build_clip(cfg: ClipConfig):
+    import open_clip.model as ocm
+
+    return ocm.CLIP(
+        embed_dim=cfg.embed_dim,
+        vision_cfg=ocm.CLIPVisionCfg(image_size=cfg.image_size, **cfg.vision),
+        text_cfg=ocm.CLIPTextCfg(**cfg.text),
+    )
+
+
+def embed_prompts(clip, prompts: list[str], context_length: int) -> torch.Tensor:
+    """Embed text prompts with a (frozen) open_clip text tower -> (K, E), L2-normalised."""
+    import open_clip
+
+    tokens = open_clip.tokenize(prompts, context_length=context_length)
+    with torch.no_grad():
+        return F.normalize(clip.encode_text(tokens).float(), dim=-1)
+
+
+@dataclass
+class PriorOutput:
+    """``tokens`` (B, T, P) for cross-attention; logits (B, M) and (B, K); ``None`` without CLIP."""
+
+    tokens: torch.Tensor
+    modality_logits: torch.Tensor | None = None
+    degradation_logits: torch.Tensor | None = None
+
+
+class VisionLanguagePriors(nn.Module):
+    """CLIP visual encoder E_v + linear modality classifier W_cls (Eq. 2) + text-prompt degradation prior.
+
+    Input ``y`` (B, 1, H, W) float in [0, 1]. The text prompts are embedded once at construction by
+    an open_clip text tower built from the same config with a fixed seed (frozen, then discarded:
+    only its (K, E) embeddings are kept, as a buffer saved in checkpoints; pass ``text_embeddings``
+    to skip building it). Prior tokens: one projected image
+    embedding, one modality token (probability-weighted class embeddings) and K degradation tokens
+    (prompt embeddings weighted by their probabilities), projected to ``prior_dim``.
+    """
+
+    def __init__(self, cfg: ClipConfig, prompts: list[str], num_modalities: int, prior_dim: int,
+                 text_embeddings: torch.Tensor | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if text_embeddings is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # the text anchors are reproducible for a given config
+                text_embeddings = embed_prompts(_build_clip(cfg), prompts, cfg.text.get("context_length", 77))
+        self.image_size = cfg.image_size
+        self.visual = _build_visual(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
+        self.register_buffer("text_embeddings", text_embeddings.clone(), persistent=True)
+        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        e = cfg.embed_dim
+        self.classifier = nn.Linear(e, num_modalities)
+        self.modality_embed = nn.Parameter(torch.randn(num_modalities, e) * 0.02)
+        self.project = nn.Linear(e, prior_dim)
+
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, 1|3, H, W) in [0, 1] -> image embedding f_mod (B, E)."""
+        x = F.interpolate(y, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.visual((x - self.mean) / self.std)
+
+    def forward(self, y: torch.Tensor) -> PriorOutput:
+        f = self.encode(y)
+        modality_logits = self.classifier(f)
+        sim = F.normalize(f, dim=-1) @ self.text_embeddings.t()  # (B, K) cosine similarity s_{i,k}
+        degradation_logits = self.logit_scale.exp().clamp(max=100.0) * sim
+        p_mod = modality_logits.softmax(-1)
+        p_deg = degradation_logits.softmax(-1)
+        tokens = torch.cat(
+            [
+                f[:, None, :],
+                (p_mod @ self.modality_embed)[:, None, :],
+                p_deg[:, :, None] * self.text_embeddings[None],
+            ],
+            dim=1,
+        )
+        return PriorOutput(self.project(tokens), modality_logits, degradation_logits)
+
+
+class LearnedPriors(nn.Module):
+    """The "w/o CLIP" ablation: the same number of prior tokens, learned and image-independent."""
+
+    def __init__(self, num_tokens: int, prior_dim: int) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(num_tokens, prior_dim) * 0.02)
+
+    def forward(self, y: torch.Tensor) -> PriorOutput:
+        return PriorOutput(self.tokens[None].expand(y.shape[0], -1, -1))
+
+
+def load_clip_weights(priors: VisionLanguagePriors, path: str | Path, prompts: list[str], cfg: ClipConfig) -> None:
+    """Load an open_clip state dict (safetensors, or a torch file read with ``weights_only=True``)
+    from a local path into the visual tower and re-embed the prompts with its text tower."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    clip = _build_clip(cfg)
+    missing, unexpected = clip.load_state_dict(state, strict=False)
+    if any(k.startswith("visual.") for k in missing):
+        raise ValueError(f"{path}: not an open_clip checkpoint matching this architecture ({len(missing)} missing keys)")
+    priors.visual.load_state_dict(clip.visual.state_dict())
+    priors.text_embeddings.copy_(embed_prompts(clip, prompts, cfg.text.get("context_length", 77)))

@@ -1,0 +1,181 @@
+"""VL-DUN: priors -> U-shaped unfolding stages -> reconstruction head + segmentation heads (Fig. 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Downsample, Upsample
+from .config import VLDUNConfig
+from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
+from .unfolding import UnfoldingStage
+
+
+@dataclass
+class StageMaps:
+    """One unfolding stage shown in image space, each (B, 1, H, W) at the input resolution."""
+
+    level: int
+    full: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@dataclass
+class VLDUNOutput:
+    """What :class:`VLDUN` returns.
+
+    ``restored`` (B, 1, H, W) (``None`` without rec head); ``seg_logits`` label-set name ->
+    (B, n_classes, H, W) (empty without seg head); modality / degradation logits (B, M) / (B, K)
+    (``None`` without CLIP priors); ``stages`` one :class:`StageMaps` per stage when asked.
+    """
+
+    restored: torch.Tensor | None
+    seg_logits: dict[str, torch.Tensor]
+    modality_logits: torch.Tensor | None = None
+    degradation_logits: torch.Tensor | None = None
+    stages: list[StageMaps] = field(default_factory=list)
+
+    @property
+    def modality_probs(self) -> torch.Tensor | None:
+        return None if self.modality_logits is None else self.modality_logits.softmax(-1)
+
+    @property
+    def degradation_probs(self) -> torch.Tensor | None:
+        return None if self.degradation_logits is None else self.degradation_logits.softmax(-1)
+
+
+class SegmentationHead(nn.Module):
+    """Light CNN on the last stage's features and the restored image: two 3x3 conv + ReLU, then one
+    1x1 classifier per label set. (B, C + 1, H, W) -> {name: (B, n_classes, H, W)}."""
+
+    def __init__(self, in_channels: int, width: int, label_sets: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.classifiers = nn.ModuleDict({name: nn.Conv2d(width, len(names), 1) for name, names in label_sets.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.trunk(x)
+        return {name: head(h) for name, head in self.classifiers.items()}
+
+
+class VLDUN(nn.Module):
+    """Vision-Language controlled Deep Unfolding Network.
+
+    ``forward(y)`` with ``y`` (B, 1, H, W) float in [0, 1], any H, W (reflect-padded to a multiple of
+    ``2 ** len(widths)`` and cropped back).
+    """
+
+    def __init__(self, cfg: VLDUNConfig, text_embeddings: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not (cfg.rec_head or cfg.seg_head):
+            raise ValueError("config: at least one of rec_head and seg_head must be enabled")
+        if len(cfg.blocks) != len(cfg.widths) or len(cfg.expand) != len(cfg.widths):
+            raise ValueError("config: widths, blocks and expand need one entry per level")
+        self.cfg = cfg
+        n_tokens = 2 + len(cfg.degradations)
+        if cfg.use_priors:
+            from ..degradation.primitives import DEGRADATION_PROMPTS
+
+            prompts = [DEGRADATION_PROMPTS[d] for d in cfg.degradations]
+            self.priors = VisionLanguagePriors(cfg.clip, prompts, len(cfg.modalities), cfg.prior_dim, text_embeddings)
+        else:
+            self.priors = LearnedPriors(n_tokens, cfg.prior_dim)
+        w = cfg.widths
+        L = len(w)
+
+        def stage(level: int, blocks: int) -> UnfoldingStage:
+            return UnfoldingStage(w[level], blocks, cfg.prior_dim, cfg.attn_heads, cfg.d_state, cfg.expand[level],
+                                  cfg.headdim, cfg.gdfn_expansion, cfg.freq_decoupling)
+
+        self.embed = nn.Conv2d(cfg.in_channels, w[0], 3, padding=1)
+        self.embed_y = nn.ModuleList(nn.Conv2d(cfg.in_channels, c, 3, padding=1) for c in w)
+        self.encoder = nn.ModuleList(stage(i, cfg.blocks[i]) for i in range(L - 1))
+        self.down = nn.ModuleList(Downsample(w[i], w[i + 1]) for i in range(L - 1))
+        self.bottleneck = stage(L - 1, cfg.blocks[L - 1])
+        self.up = nn.ModuleList(Upsample(w[i + 1], w[i]) for i in range(L - 1))
+        self.merge = nn.ModuleList(nn.Conv2d(2 * w[i], w[i], 1, bias=False) for i in range(L - 1))
+        self.decoder = nn.ModuleList(stage(i, cfg.blocks[i]) for i in range(L - 1))
+        self.refine = stage(0, cfg.refine_blocks)
+        self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
+        self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
+        self.seg_head = (
+            SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, cfg.label_sets) if cfg.seg_head else None
+        )
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** len(self.cfg.widths)
+
+    def forward(self, y: torch.Tensor, return_stages: bool = False) -> VLDUNOutput:
+        if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
+        h, w = y.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        yp = F.pad(y, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        prior: PriorOutput = self.priors(y)
+        tokens = prior.tokens
+        ys = [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, len(self.cfg.widths))]
+        y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
+        stages: list[StageMaps] = []
+
+        def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
+            z, bands = stage(z, y_feats[level], tokens)
+            if return_stages:
+                stages.append(self._stage_maps(level, z, bands, ys[level], (h, w)))
+            return z
+
+        z = self.embed(yp)
+        skips = []
+        for i, (stage, down) in enumerate(zip(self.encoder, self.down)):
+            z = run(stage, z, i)
+            skips.append(z)
+            z = down(z)
+        z = run(self.bottleneck, z, len(self.cfg.widths) - 1)
+        for i in reversed(range(len(skips))):
+            z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
+            z = run(self.decoder[i], z, i)
+        z = run(self.refine, z, 0)
+
+        restored = yp + self.rec_head(z) if self.rec_head is not None else None
+        seg: dict[str, torch.Tensor] = {}
+        if self.seg_head is not None:
+            image = restored if restored is not None else yp
+            seg = {k: v[..., :h, :w] for k, v in self.seg_head(torch.cat([z, image], dim=1)).items()}
+        if restored is not None:
+            restored = restored[..., :h, :w]
+        return VLDUNOutput(restored, seg, prior.modality_logits, prior.degradation_logits, stages)
+
+    def _stage_maps(self, level: int, z: torch.Tensor, bands, y_level: torch.Tensor, size: tuple[int, int]) -> StageMaps:
+        proj = self.to_image[level]
+
+        def full_res(t: torch.Tensor) -> torch.Tensor:
+            t = F.interpolate(t, scale_factor=2**level, mode="bilinear", align_corners=False) if level else t
+            return t[..., : size[0], : size[1]]
+
+        full = full_res(y_level + proj(z))
+        low = full_res(F.conv2d(bands.low, proj.weight))
+        high = full_res(F.conv2d(bands.high, proj.weight))
+        return StageMaps(level, full, low, high)
+
+
+def build_model(cfg: VLDUNConfig | str, seed: int | None = 0, **overrides) -> VLDUN:
+    """Build a VL-DUN from a config or a config name, with a seeded initialisation."""
+    from .config import get_config
+
+    if isinstance(cfg, str):
+        cfg = get_config(cfg, **overrides)
+    elif overrides:
+        cfg = cfg.replace(**overrides)
+    if seed is None:
+        return VLDUN(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VLDUN(cfg)

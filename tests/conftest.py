@@ -1,0 +1,41 @@
+"""Shared pytest fixtures: real medical slices from the shared data folder (../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the shared real-data folder, or skip if it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def acdc_slice(shared_data: Path) -> np.ndarray:
+    """First ACDC training slice (sorted by name): float32 (H, W) in [0, 1]."""
+    h5py = pytest.importorskip("h5py")
+    files = sorted((shared_data / "acdc" / "train_slices").glob("*.h5"))
+    if not files:
+        pytest.skip("no ACDC slices in acdc/train_slices/")
+    with h5py.File(files[0], "r") as f:
+        img = np.asarray(f["image"][()], dtype=np.float32)
+    return np.clip(img, 0.0, 1.0)
+
+
+@pytest.fixture(scope="session")
+def covid_slice(shared_data: Path) -> np.ndarray:
+    """First COVID-19 CT slice (sorted path of covid_ct/train/**/Imgs/*.jpg): float32 (H, W) in [0, 1]."""
+    pil = pytest.importorskip("PIL.Image")
+    files = sorted((shared_data / "covid_ct" / "train").glob("**/Imgs/*.jpg"))
+    if not files:
+        pytest.skip("no COVID-19 CT slices under covid_ct/train/**/Imgs/")
+    with pil.open(files[0]) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0

@@ -1,0 +1,136 @@
+"""VL-DUN model: shapes on odd sizes, gradients everywhere, ablations, determinism, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vldun.model import VLDUN, build_model, get_config
+from napari_vldun.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_vldun.model.complexity import model_info
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> VLDUN:
+    return build_model("tiny", seed=0)
+
+
+def test_forward_shapes_odd_size(tiny: VLDUN, acdc_slice: np.ndarray) -> None:
+    y = torch.from_numpy(acdc_slice[:97, :131].copy())[None, None].repeat(2, 1, 1, 1)
+    out = tiny(y, return_stages=True)
+    assert out.restored.shape == (2, 1, 97, 131)
+    assert set(out.seg_logits) == set(tiny.cfg.label_sets)
+    for name, logits in out.seg_logits.items():
+        assert logits.shape == (2, len(tiny.cfg.label_sets[name]), 97, 131)
+    assert out.modality_probs.shape == (2, len(tiny.cfg.modalities))
+    assert out.degradation_probs.shape == (2, len(tiny.cfg.degradations))
+    torch.testing.assert_close(out.modality_probs.sum(-1), torch.ones(2))
+    assert len(out.stages) == tiny.cfg.num_stages
+    assert [s.level for s in out.stages] == [0, 1, 2, 1, 0, 0]
+    for s in out.stages:
+        for band in (s.full, s.low, s.high):
+            assert band.shape == (2, 1, 97, 131)
+            assert torch.isfinite(band).all()
+
+
+def test_every_parameter_gets_a_gradient(tiny: VLDUN) -> None:
+    torch.manual_seed(0)
+    y = torch.rand(2, 1, 40, 36)
+    out = tiny(y, return_stages=True)
+    loss = out.restored.mean() + out.modality_logits.sum() + out.degradation_logits.sum()
+    loss = loss + sum(v.mean() for v in out.seg_logits.values()) + sum(s.full.mean() for s in out.stages)
+    tiny.zero_grad()
+    loss.backward()
+    missing = [n for n, p in tiny.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_same_seed_same_model_and_output() -> None:
+    a, b, c = build_model("tiny", seed=3), build_model("tiny", seed=3), build_model("tiny", seed=4)
+    y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ra, rb, rc = a(y).restored, b(y).restored, c(y).restored
+    torch.testing.assert_close(ra, rb, rtol=0, atol=0)
+    assert not torch.allclose(ra, rc)
+    # the fixed text-prompt anchors do not depend on the model seed
+    torch.testing.assert_close(a.priors.text_embeddings, c.priors.text_embeddings)
+
+
+@pytest.mark.parametrize(
+    "switch", [{"use_priors": False}, {"freq_decoupling": False}, {"seg_head": False}, {"rec_head": False}]
+)
+def test_ablation_switches(switch: dict) -> None:
+    m = build_model("tiny", **switch)
+    out = m(torch.rand(1, 1, 33, 47))
+    if switch.get("use_priors") is False:
+        assert out.modality_logits is None and not hasattr(m.priors, "visual")
+    if switch.get("seg_head") is False:
+        assert out.seg_logits == {}
+    if switch.get("rec_head") is False:
+        assert out.restored is None and out.seg_logits["acdc"].shape[-2:] == (33, 47)
+    else:
+        assert out.restored.shape == (1, 1, 33, 47)
+
+
+def test_no_frequency_decoupling_changes_the_proximal_map() -> None:
+    y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fd = build_model("tiny", seed=0)(y).restored
+        no_fd = build_model("tiny", seed=0, freq_decoupling=False)(y).restored
+    assert not torch.allclose(fd, no_fd)
+
+
+def test_both_heads_off_is_refused() -> None:
+    with pytest.raises(ValueError, match="rec_head"):
+        build_model("tiny", rec_head=False, seg_head=False)
+
+
+def test_bad_input_shape(tiny: VLDUN) -> None:
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        tiny(torch.rand(1, 3, 32, 32))
+
+
+def test_named_config_sizes() -> None:
+    tiny_info = model_info(build_model("tiny"), (64, 64))
+    assert tiny_info["params_total"] < 2_000_000
+    paper = build_model("paper", use_priors=False)
+    n = sum(p.numel() for p in paper.parameters())
+    assert abs(n - 22.77e6) / 22.77e6 < 0.05, n
+
+
+def test_unknown_config_name() -> None:
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("huge")
+
+
+def test_checkpoint_round_trip(tmp_path, tiny: VLDUN) -> None:
+    path = save_checkpoint(tiny, tmp_path / "ck", meta={"note": "test"})
+    assert path.name == "ck.safetensors" and (tmp_path / "ck.json").exists()
+    model, meta = load_checkpoint(tmp_path / "ck")
+    assert meta == {"note": "test"}
+    y = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(y).restored, tiny.eval()(y).restored)
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_checkpoint(tiny, tmp_path / "ck", overwrite=False)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path, tiny: VLDUN) -> None:
+    save_checkpoint(tiny, tmp_path / "ck")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "bad.json").write_text((tmp_path / "ck.json").read_text())
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_checkpoint(tmp_path / "bad")
+    doc = json.loads((tmp_path / "ck.json").read_text())
+    doc["config"]["widths"] = [8, 16, 32]
+    (tmp_path / "ck.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing")
