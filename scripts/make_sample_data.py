@@ -76,19 +76,19 @@ def brain() -> None:
 
 def ct() -> None:
     base = DATA / "covid_ct/train/LungInfection-Train/Doctor-label"
-    stem = "45"
+    stem = "54"
     vol = read_image(base / "Imgs" / f"{stem}.jpg")
     lab = read_label(next((base / "GT").glob(f"{stem}.*")), like=vol)
     licence = OUT / "ct" / "LICENSE-COVID-CT.txt"
     licence.parent.mkdir(parents=True, exist_ok=True)
     licence.write_text(
-        "COVID-19 CT segmentation (MedSeg / SIRM), as packaged by Inf-Net, slice 45 (held-out subset).\n"
+        "COVID-19 CT segmentation (MedSeg / SIRM), as packaged by Inf-Net, slice 54 (held-out validation subset: stems 50-58, 67).\n"
         "Licence: non-commercial use only.\n"
         "Cite: D.-P. Fan et al., Inf-Net: Automatic COVID-19 Lung Infection Segmentation from CT Images,\n"
         "IEEE TMI 39(8), 2020; MedSeg (medicalsegmentation.com) / Italian Society of Medical and\n"
         "Interventional Radiology (SIRM).\n")
     save("ct", (vol.data / 255.0)[None], lab[None], "radial", 4.0,
-         {"title": "Lung CT with COVID-19 infection (MedSeg slice 45)", "modality": "lung_ct",
+         {"title": "Lung CT with COVID-19 infection (MedSeg slice 54)", "modality": "lung_ct",
           "label_set": "covid_ct", "source": "shared/data/covid_ct/train/LungInfection-Train/Doctor-label",
           "licence": "non-commercial", "citation": "Fan et al., Inf-Net, IEEE TMI 2020; MedSeg/SIRM",
           "normalisation": "8-bit JPEG / 255"}, licence)

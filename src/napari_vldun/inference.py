@@ -158,16 +158,18 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False) -> Iterator[Progress | Prediction]:
-    """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1], slice by slice.
+    """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
+    zero-filled magnitude overshoots), slice by slice.
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.
     """
     vol = validate_image(image)
     lo, hi = float(vol.min()), float(vol.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
+    if lo < -0.05 or hi > 1.5:
         raise InferenceError(
-            f"image values span [{lo:.3g}, {hi:.3g}]; normalise to [0, 1] first (napari_vldun.io.normalize)"
+            f"image values span [{lo:.3g}, {hi:.3g}]; normalise to [0, 1] first (napari_vldun.io.normalize); "
+            "zero-filled magnitudes up to 1.5 are accepted"
         )
     idx = list(range(vol.shape[0])) if slices is None else list(slices)
     model, dev = loaded.model, loaded.device

@@ -15,6 +15,10 @@ import numpy as np
 from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model
 
 
+#: Largest value still taken as "already in [0, 1]" (zero-filled overshoot).
+UNIT_RANGE_MAX = 1.5
+
+
 def sample_dir() -> Path:
     """Bundled samples (top-level ``sample_data/<name>/``, installed as ``napari_vldun.sample_data``)."""
     from importlib.resources import files
@@ -23,11 +27,17 @@ def sample_dir() -> Path:
 
 
 def to_unit_range(volume) -> tuple[np.ndarray, dict]:
-    """Volume data -> float32 in [0, 1]; data already in [0, 1] is kept as is."""
+    """Volume data -> float32 in [0, 1] (CT window / MRI percentiles, see :func:`io.normalize`).
+
+    Floating-point data already in ``[0, UNIT_RANGE_MAX]`` is kept as is: a zero-filled magnitude of
+    a [0, 1] image overshoots 1 by Gibbs ringing (ACDC at 4x: up to ~1.1), and rescaling it would
+    change the intensity scale the model was trained on.
+    """
     from .io import normalize
 
     data = np.asarray(volume.data, dtype=np.float32)
-    if data.size and np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= 1.0:
+    raw_float = str(getattr(volume, "meta", {}).get("original_dtype", "float32")).startswith("float")
+    if data.size and np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= UNIT_RANGE_MAX and raw_float:
         return data, {"method": "none", "lo": 0.0, "hi": 1.0}
     return normalize(volume)
 

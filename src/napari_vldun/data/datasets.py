@@ -225,7 +225,8 @@ class SliceDataset(Dataset):
                 img, lab = center_crop(img, lab, self.crop)
         if self.augment:
             img, lab = augment_pair(img, lab, rng)
-        return np.ascontiguousarray(img, np.float32), lab
+        # copies: samples must never share memory with the cached volumes
+        return np.array(img, np.float32, copy=True), (None if lab is None else lab.copy())
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

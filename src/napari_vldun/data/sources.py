@@ -64,7 +64,11 @@ VAL_FRACTION = 0.2
 
 
 def default_data_root() -> Path:
-    """The shared data folder: ``$VLDUN_DATA`` if set, else ``<repo>/../shared/data``, else ``./shared/data``."""
+    """The shared data folder.
+
+    ``$VLDUN_DATA`` if set (must be a folder), else the first existing of
+    ``<repo>/../shared/data`` and ``./shared/data``; raises ``FileNotFoundError`` otherwise.
+    """
     env = os.environ.get("VLDUN_DATA")
     if env:
         p = Path(env).expanduser()
@@ -296,7 +300,11 @@ SOURCES: dict[str, SourceSpec] = {
 
 
 def describe_splits(root: Optional[Path] = None, sources: Optional[list[str]] = None) -> dict:
-    """``name -> {train, val (slice counts), train_patients, val_patients, modality, mask_kind, label_set, rule}``."""
+    """Split table: ``name -> {train, val, train_patients, val_patients, modality, mask_kind, label_set, rule}``.
+
+    ``train``/``val`` are slice counts, ``train_patients`` a count, ``val_patients`` the
+    sorted patient ids of val (file stems where no patient id exists).
+    """
     out = {}
     for name in sources or list(SOURCES):
         spec = SOURCES[name]

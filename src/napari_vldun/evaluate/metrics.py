@@ -192,7 +192,10 @@ def dice(pred_labels: Array, true_labels: Array, num_classes: int) -> float:
 
 def iou_per_class(pred_labels: Array, true_labels: Array, num_classes: int
                   ) -> dict[int, Optional[float]]:
-    """IoU (Jaccard) ``|P&T| / |P or T|`` of every foreground class; ``None``/``0.0`` as :func:`dice_per_class`."""
+    """IoU (Jaccard) ``|P&T| / |P or T|`` of every foreground class.
+
+    ``None`` / ``0.0`` for classes absent from the ground truth, as :func:`dice_per_class`.
+    """
     return _per_class(pred_labels, true_labels, num_classes, "iou")[0]
 
 

@@ -1,0 +1,157 @@
+"""Generators run in napari ``thread_worker`` threads by the docks.
+
+They hold no Qt state: each one yields progress objects (``Status``, inference ``Progress``,
+training ``TrainEvent``) and *returns* its result, or a :class:`Failure` for problems the user
+can fix (bad input, bad checkpoint, no CUDA, out of memory), so that the dock shows one clear
+message and never receives a half-finished result. Stopping a worker between two yields
+(``worker.quit()``) drops everything computed so far.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..inference import InferenceError, Prediction, Progress
+from ._common import USER_ERRORS, error_text, get_model
+
+
+@dataclass
+class Status:
+    """A line of text for the dock's status label."""
+
+    text: str
+
+
+@dataclass
+class Failure:
+    """A user-facing error message (the job stopped, nothing was produced)."""
+
+    message: str
+
+
+@dataclass
+class PredictResult:
+    prediction: Prediction
+    slices: list[int]
+    source: str
+    device: str
+    random_weights: bool
+    label_sets: dict
+    label_colors: dict
+    modalities: list[str]
+    degradations: list[str]
+    seconds: float
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from ..io import ImageReadError
+    from ..model.checkpoint import CheckpointError
+
+    return (InferenceError, ImageReadError, CheckpointError, *USER_ERRORS)
+
+
+def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
+                slices: list[int] | None = None, return_stages: bool = False
+                ) -> Iterator[Status | Progress]:
+    """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
+
+    ``image`` is ``(Z, H, W)`` in [0, 1]. Yields ``Status`` then one ``Progress`` per slice; returns a
+    :class:`PredictResult` or a :class:`Failure`.
+    """
+    from ..inference import iter_predict
+
+    t0 = time.perf_counter()
+    try:
+        yield Status("loading the model ...")
+        loaded = get_model(weights, device)
+        idx = list(range(image.shape[0])) if slices is None else [int(z) for z in slices]
+        yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
+        pred = None
+        for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages):
+            if isinstance(item, Prediction):
+                pred = item
+            else:
+                yield item
+    except _expected_errors() as exc:
+        return Failure(error_text(exc))
+    if pred is None:
+        return Failure("the model produced no result")
+    cfg = loaded.model.cfg
+    return PredictResult(
+        prediction=pred, slices=idx, source=str(loaded.source), device=str(loaded.device),
+        random_weights=bool(loaded.random_weights),
+        label_sets={k: list(v) for k, v in loaded.label_sets.items()},
+        label_colors={k: list(v) for k, v in loaded.label_colors.items()},
+        modalities=list(cfg.modalities), degradations=list(cfg.degradations),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """How a training job ended: ``outcome`` "done" / "stopped"; checkpoints written."""
+
+    outcome: str
+    out_dir: str
+    best: str | None = None
+    last: str | None = None
+    events: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+def free_memory(device: Any = None) -> None:
+    """gc + CUDA cache after a run (the model itself is released by the training generator)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = None,
+              datasets: Any = None) -> Iterator[Any]:
+    """Run :func:`napari_vldun.train.iter_train` and pass its ``TrainEvent``s on.
+
+    ``datasets`` (optional) are in-memory training / validation datasets built from layers; they are
+    handed to the core through :func:`._traindata.iter_train_on`. Returns :class:`TrainResult` or
+    :class:`Failure`.
+    """
+    from ._traindata import iter_train_on
+
+    result = TrainResult(outcome="done", out_dir=str(getattr(cfg, "out_dir", "")))
+    gen = None
+    try:
+        yield Status("preparing the training run ...")
+        gen = iter_train_on(cfg, resume=resume, stop=stop, datasets=datasets)
+        for ev in gen:
+            result.events += 1
+            if getattr(ev, "metrics", None):
+                result.metrics.update({k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
+            if ev.kind == "checkpoint" and ev.checkpoint is not None:
+                name = Path(ev.checkpoint).name
+                if name.startswith("best"):
+                    result.best = str(ev.checkpoint)
+                else:
+                    result.last = str(ev.checkpoint)
+            if ev.kind == "stopped":
+                result.outcome = "stopped"
+            yield ev
+    except _expected_errors() as exc:
+        return Failure(error_text(exc))
+    finally:
+        if gen is not None:
+            gen.close()
+        del gen
+        free_memory()
+    return result

@@ -1,0 +1,311 @@
+"""Restore & Segment dock: runs :func:`napari_vldun.inference.iter_predict` on an image layer.
+
+The run happens in a napari ``thread_worker`` (:func:`._workers.predict_job`); the progress bar moves
+after every slice and Cancel stops between slices. Output layers are written only when the whole
+prediction has arrived, so a cancelled or failed run leaves the layer list untouched:
+
+* ``<name> restored`` (Image, the input's units, scale / translate / affine / metadata copied),
+* ``<name> labels`` (Labels, the checkpoint's class colours; class names in ``features``),
+* with "keep stage maps": hidden ``<name> stages full|low|high`` Images with a leading stage axis.
+
+Per-slice prior probabilities and the provenance (weights, device, label set, normalisation, time)
+are stored in ``metadata["vldun"]`` of the restored layer; the Priors dock reads them from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                            QVBoxLayout, QWidget)
+
+from ..inference import InferenceError, resolve_device
+from . import _common as C
+from ._workers import Failure, PredictResult, Status, predict_job
+
+WIDGET = "restore"
+STAGES_WIDGET = "stages"
+BANDS = ("full", "low", "high")
+
+
+def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int], levels: list[int],
+                     prov: dict, visible_band: str | None = None) -> list:
+    """Add or update ``<name> stages full|low|high`` from ``stages`` (Zs, S, 3, H, W).
+
+    2-D input: ``(S, H, W)``. 3-D input, one slice ``z``: ``(S, 1, H, W)`` placed at slice ``z``
+    (the stage axis is a new leading viewer axis, the slice axis stays aligned with the input).
+    3-D input, several slices: ``(S, Z, H, W)``, slices not computed are zeros.
+    """
+    zs, s = stages.shape[0], stages.shape[1]
+    shape = tuple(np.shape(source_layer.data))
+    layers = []
+    for b, band in enumerate(BANDS):
+        maps = stages[:, :, b]  # (Zs, S, H, W)
+        if source_layer.ndim == 2:
+            data = np.ascontiguousarray(maps[0])
+            geom = C.geometry(source_layer, lead=1)
+        elif zs == 1:
+            data = np.ascontiguousarray(maps.transpose(1, 0, 2, 3))
+            geom = C.geometry(source_layer, lead=1, offset=(slices[0], 0, 0))
+        else:
+            data = np.zeros((s, *shape), np.float32)
+            data[:, slices] = maps.transpose(1, 0, 2, 3)
+            geom = C.geometry(source_layer, lead=1)
+        p = {**prov, "band": band, "stage_levels": list(levels), "slices": list(slices)}
+        layer = C.put_layer(viewer, "image", f"{source_layer.name} stages {band}", data, widget=STAGES_WIDGET,
+                            source_layer=source_layer, prov=p, geom=geom, colormap="gray",
+                            visible=(band == visible_band), contrast_limits=(0.0, 1.0))
+        layers.append(layer)
+    return layers
+
+
+class RestoreSegmentWidget(QWidget):
+    """Dock widget: restore + segment the chosen image layer with a VL-DUN checkpoint."""
+
+    #: emitted when a run ends: "done", "cancelled" or "error"
+    job_finished = Signal(str)
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_message = ""
+        self.last_outputs: list = []
+        self._job: dict = {}
+        self._outcome = ""
+
+        self.image_picker = C.LayerPicker(napari_viewer, (Image,))
+        self.current_only = QCheckBox("current slice only")
+        self.current_only.setToolTip("3-D stacks: restore only the slice shown in the viewer")
+        self.label_set = QComboBox()
+        self.keep_stages = QCheckBox("keep stage maps")
+        self.keep_stages.setToolTip("also add the full / low / high band maps of every unfolding stage (hidden layers)")
+        self.run_button = QPushButton("Restore && Segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_picker)
+        form.addRow("", self.current_only)
+        self.model = C.ModelChooser(self, form)
+        form.addRow("label set", self.label_set)
+        form.addRow("", self.keep_stages)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.model.warning)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.model.callbacks.append(self._refresh_label_sets)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._refresh_label_sets()
+
+    # ------------------------------------------------------------------ checkpoint / label sets
+    def set_weights(self, path: str | Path | None) -> None:
+        """Use the shipped checkpoint (``None``) or a local checkpoint file."""
+        self.model.set_weights(path)
+
+    def weights(self) -> str | None:
+        """The chosen checkpoint path, ``None`` for the shipped default."""
+        return self.model.weights()
+
+    def _refresh_label_sets(self) -> None:
+        current = self.label_set.currentText()
+        try:
+            sets, _ = C.checkpoint_label_sets(self.weights())
+        except (ValueError, OSError):  # not readable yet: reported when run
+            sets = {}
+        self.label_set.blockSignals(True)
+        self.label_set.clear()
+        self.label_set.addItem("auto (from modality)")
+        self.label_set.addItems(list(sets))
+        idx = self.label_set.findText(current)
+        self.label_set.setCurrentIndex(max(idx, 0))
+        self.label_set.blockSignals(False)
+
+    def chosen_label_set(self) -> str | None:
+        return None if self.label_set.currentIndex() <= 0 else self.label_set.currentText()
+
+    # ------------------------------------------------------------------ messages
+    def _error(self, message: str) -> None:
+        self.last_message = message
+        C.set_status(self.status, message, "error")
+        C.show_error(message)
+
+    # ------------------------------------------------------------------ run
+    def start(self):
+        """Check the inputs and start the worker; returns it (None when refused)."""
+        if self.worker is not None:
+            return None
+        layer = self.image_picker.current_layer()
+        try:
+            data = C.image_data(layer)
+            weights = self.weights()
+            device = self.model.device_name()
+            resolve_device(device)  # CUDA asked for without CUDA: refuse now
+            vol = data[None] if data.ndim == 2 else data
+            unit, params = C.to_unit(vol, C.layer_modality(layer))
+            slices = None
+            if self.current_only.isChecked() and data.ndim == 3:
+                slices = [C.current_index(self.viewer, layer, 0)]
+        except C.USER_ERRORS as exc:
+            self._error(C.error_text(exc))
+            return None
+        self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
+                     "slices": slices, "stages": self.keep_stages.isChecked()}
+        self._outcome = ""
+        n = vol.shape[0] if slices is None else len(slices)
+        self.progress.setRange(0, n)
+        self.progress.setValue(0)
+        self.last_message = ""
+        C.set_status(self.status, "starting ...")
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(predict_job, weights, device, unit, label_set=self.chosen_label_set(),
+                               slices=slices, return_stages=self.keep_stages.isChecked(),
+                               _connect={"errored": self._on_errored}, _ignore_errors=True)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop after the slice in progress; nothing is added."""
+        if self.worker is not None:
+            C.set_status(self.status, "cancelling after the current slice ...")
+            self.worker.quit()
+
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, Status):
+            C.set_status(self.status, item.text)
+        else:  # inference Progress
+            self.progress.setRange(0, item.total)
+            self.progress.setValue(item.done)
+            C.set_status(self.status, f"slice {item.done} / {item.total}")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._outcome = "error"
+        self._error(C.error_text(exc))
+
+    def _on_aborted(self) -> None:
+        self._outcome = "cancelled"
+        self.progress.setValue(0)
+        C.set_status(self.status, "cancelled: no layer was added or changed", "warning")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.job_finished.emit(self._outcome or "done")
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failure):
+            self._outcome = "error"
+            self._error(result.message)
+            return
+        try:
+            self.last_outputs = self._publish(result)
+        except C.USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
+            self._outcome = "error"
+            self._error(C.error_text(exc))
+            return
+        self._outcome = "done"
+        self.model.show_random(result.random_weights)
+        msg = (f"done in {result.seconds:.1f} s on {result.device}: label set {result.prediction.label_set}"
+               f" ({len(result.slices)} slice(s))")
+        if result.random_weights:
+            msg += " -- random weights: outputs are meaningless"
+        C.set_status(self.status, msg, "warning" if result.random_weights else "info")
+
+    # ------------------------------------------------------------------ outputs
+    def _publish(self, result: PredictResult) -> list:
+        job = self._job
+        layer = job["layer"]
+        if layer not in self.viewer.layers:
+            raise InferenceError(f"input layer '{layer.name}' was removed during the run; nothing was added")
+        pred = result.prediction
+        shape = tuple(job["shape"])
+        vol_shape = (1, *shape) if len(shape) == 2 else shape
+        z_total = vol_shape[0]
+        slices = result.slices
+        full = len(slices) == z_total and slices == list(range(z_total))
+        names = result.label_sets.get(pred.label_set, []) if pred.label_set else []
+        colors = result.label_colors.get(pred.label_set, []) if pred.label_set else []
+        rname, lname = f"{layer.name} restored", f"{layer.name} labels"
+        slot_r, old_r = C.output_slot(self.viewer, rname, WIDGET, layer.name, Image)
+        slot_l, old_l = C.output_slot(self.viewer, lname, WIDGET, layer.name, Labels)
+
+        def base(old, dtype):
+            if not full and old is not None and tuple(np.shape(old.data)) == shape:
+                return np.asarray(old.data, dtype=dtype).reshape(vol_shape).copy()
+            return np.zeros(vol_shape, dtype)
+
+        old_prov = C.provenance(old_r) if (old_r is not None and not full
+                                          and tuple(np.shape(old_r.data)) == shape) else {}
+        done = sorted(set(old_prov.get("slices_done", [])) | set(slices)) if not full else list(range(z_total))
+
+        def probs(key, new, width):
+            arr = np.full((z_total, width), np.nan, np.float32)
+            prev = old_prov.get(key)
+            if prev is not None and np.shape(prev) == arr.shape:
+                arr[:] = prev
+            if new is not None:
+                arr[slices] = new
+            return arr
+
+        prov = {
+            "weights": result.source, "random_weights": result.random_weights, "device": result.device,
+            "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
+            "normalisation": {k: v for k, v in job["params"].items() if k != "mask" or isinstance(v, str)},
+            "time": C.now(), "seconds": round(result.seconds, 3), "slices_done": done,
+            "modalities": result.modalities, "degradations": result.degradations,
+            "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),
+            "degradation_probs": probs("degradation_probs", pred.degradation_probs, len(result.degradations)),
+            "restored_layer": slot_r, "labels_layer": slot_l,
+        }
+        outputs = []
+        if pred.restored is not None:
+            restored = base(old_r, np.float32)
+            restored[slices] = C.from_unit(pred.restored, job["params"])
+            outputs.append(C.put_layer(
+                self.viewer, "image", rname, restored.reshape(shape), widget=WIDGET, source_layer=layer, prov=prov,
+                colormap="gray", contrast_limits=tuple(layer.contrast_limits)))
+        if pred.labels is not None:
+            labels = base(old_l, np.uint8)
+            labels[slices] = pred.labels
+            feats = C.label_features(names, colors) if names else None
+            kwargs = {"colormap": C.label_colormap(colors), "opacity": 0.6}
+            if feats is not None:
+                kwargs["features"] = feats
+            outputs.append(C.put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
+                                       source_layer=layer, prov={k: prov[k] for k in (
+                                           "weights", "random_weights", "device", "label_set", "label_names",
+                                           "label_colors", "time", "slices_done", "restored_layer")},
+                                       **kwargs))
+        if pred.stages is not None:
+            outputs += put_stage_layers(self.viewer, layer, pred.stages, slices, pred.stage_levels,
+                                        {"weights": result.source, "device": result.device, "time": C.now(),
+                                         "made_by": WIDGET})
+        self.image_picker.set_layer(layer)
+        if outputs:
+            C.results_hub().published.emit(outputs[0])
+        return outputs

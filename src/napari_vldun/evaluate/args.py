@@ -1,0 +1,35 @@
+"""Arguments of ``vldun evaluate`` (kept apart so ``vldun --help`` stays cheap)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_evaluate_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("what to evaluate on (a shared dataset, or a folder of image/label pairs)")
+    g.add_argument("--dataset", nargs="+", default=None,
+                   help="shared datasets (validation split): acdc, brats2015, covid_ct")
+    g.add_argument("--images", default=None, help="folder of clean images (NIfTI, NRRD, HDF5, PNG, ...)")
+    g.add_argument("--labels", default=None, help="folder of label files matched to --images by file name")
+    g.add_argument("--data-root", default=None, help="shared data folder (default: ../shared/data or $VLDUN_DATA)")
+    g = s.add_argument_group("degradation (seeded, so runs are comparable)")
+    g.add_argument("--mask", choices=["cartesian", "radial", "auto"], default="auto",
+                   help="auto: radial for CT datasets, Cartesian for MRI (folders: cartesian)")
+    g.add_argument("--accel", type=float, nargs="+", default=[4.0], help="one or more accelerations")
+    g.add_argument("--seed", type=int, default=0)
+    g = s.add_argument_group("methods")
+    g.add_argument("--weights", default=None, help="VL-DUN checkpoint (default: the shipped one)")
+    g.add_argument("--label-set", default=None, help="label set to segment with (default: from the dataset / modality)")
+    g.add_argument("--variants", default=None,
+                   help="folder with ablation checkpoints named no_seg_head, no_rec_head, no_priors, no_fd "
+                        "(trained on the same data and budget): adds their rows and restore-then-segment")
+    g.add_argument("--no-tv", action="store_true", help="skip the (slow) TV reconstruction baseline")
+    g.add_argument("--tv-iters", type=int, default=100)
+    g.add_argument("--tv-lambda", type=float, default=0.01)
+    g.add_argument("--max-slices", type=int, default=None, help="cap the slices per dataset (evenly spaced)")
+    g.add_argument("--device", default="auto")
+    g = s.add_argument_group("outputs")
+    g.add_argument("--out", default=None, help="folder for results.md, results.json and examples.png")
+    g.add_argument("--json", default=None, help='write {"rows": [...]} to this file')
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")

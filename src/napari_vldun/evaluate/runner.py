@@ -1,0 +1,288 @@
+"""``vldun evaluate``: PSNR / SSIM / Dice / IoU of VL-DUN against baselines, as Markdown + JSON tables.
+
+Every case is a clean 2-D slice with its labels, degraded here with a seeded mask (slice ``j`` of a
+run uses seed ``seed + j``), so runs with the same arguments see identical inputs. Methods:
+
+* ``zero-filled``: the degraded input as is (Dice: the ``no_rec_head`` variant segmenting it, when given);
+* ``tv``: TV-regularised reconstruction with data consistency (sees the complex k-space; no labels);
+* ``vldun``: the checkpoint under test;
+* with ``--variants DIR``: ``w/o seg head``, ``w/o rec head``, ``restore-then-segment`` (the no-seg model's
+  output segmented by the no-rec model), ``w/o CLIP priors``, ``w/o FD``;
+* ``clean (upper bound)``: ``vldun`` segmenting the clean slice (Dice only).
+
+PSNR/SSIM are computed on [0, 1] images (the restored image clipped), averaged over slices; Dice/IoU
+are per slice, mean over foreground classes present in the reference, averaged over the slices that
+contain any labelled foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..degradation import cartesian_mask, radial_mask, undersample
+from .metrics import dice, iou, psnr, ssim
+
+VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
+            "no_fd": "w/o FD"}
+
+
+@dataclass
+class Case:
+    """One evaluation slice: ``clean`` (H, W) in [0, 1], ``label`` (H, W) int or None."""
+
+    dataset: str
+    name: str
+    clean: np.ndarray
+    label: np.ndarray | None
+    mask_kind: str
+    label_set: str | None
+
+
+@dataclass
+class Scores:
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    dice: list = field(default_factory=list)
+    iou: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        def mean(v: list) -> float | None:
+            v = [x for x in v if x is not None and not math.isnan(x)]
+            return round(float(np.mean(v)), 4) if v else None
+
+        return {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "dice": mean(self.dice), "iou": mean(self.iou),
+                "n_slices": max(len(self.psnr), len(self.dice))}
+
+
+def dataset_cases(names: list[str], root=None, max_slices: int | None = None) -> Iterator[Case]:
+    """Validation slices of shared datasets, evenly thinned to ``max_slices`` per dataset."""
+    from ..data.sources import SOURCES, volume_slices
+
+    for ds in names:
+        if ds not in SOURCES:
+            raise ValueError(f"--dataset {ds!r} unknown; choose from {sorted(SOURCES)}")
+        spec = SOURCES[ds]
+        slices = [(case, z, vol[z], None if lab is None else lab[z])
+                  for case, vol, lab, _ in volume_slices(ds, "val", root) for z in range(vol.shape[0])]
+        if max_slices and len(slices) > max_slices:
+            slices = [slices[i] for i in np.linspace(0, len(slices) - 1, max_slices).round().astype(int)]
+        for case, z, img, lab in slices:
+            yield Case(ds, f"{case}:{z}", img, lab, spec.mask_kind, spec.label_set)
+
+
+def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int | None = None) -> Iterator[Case]:
+    """Image/label pairs from two folders, matched by file name (suffixes ignored)."""
+    from ..io import SUPPORTED_SUFFIXES, read_image, read_label
+    from ..pipeline import to_unit_range
+
+    def stem(p: Path) -> str:
+        name = p.name
+        for suf in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+            if name.lower().endswith(suf):
+                return name[: -len(suf)]
+        return p.stem
+
+    images = Path(images)
+    if not images.is_dir():
+        raise FileNotFoundError(f"--images {images} is not a folder")
+    label_files = {stem(p): p for p in Path(labels).iterdir()} if labels else {}
+    files = sorted(p for p in images.iterdir() if stem(p) != p.name or p.is_dir())
+    if not files:
+        raise ValueError(f"--images {images} holds no readable image files")
+    n = 0
+    for p in files:
+        vol = read_image(p)
+        data, _ = to_unit_range(vol)
+        data = data[None] if data.ndim == 2 else data
+        lab = None
+        if labels:
+            if stem(p) not in label_files:
+                raise ValueError(f"no label file for {p.name} in {labels} (matched by file name)")
+            lab = read_label(label_files[stem(p)], like=vol).reshape(data.shape)
+        for z in range(data.shape[0]):
+            if max_slices and n >= max_slices:
+                return
+            n += 1
+            yield Case(images.name, f"{stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
+
+
+def make_mask(kind: str, shape: tuple[int, int], accel: float, seed: int):
+    if kind == "radial":
+        return radial_mask(shape, accel=accel, seed=seed).mask
+    return cartesian_mask(shape, accel, seed=seed).mask
+
+
+class Evaluator:
+    """Runs every method on every case and collects :class:`Scores` per (method, dataset)."""
+
+    def __init__(self, main, variants: dict, tv: bool, tv_iters: int, tv_lambda: float, label_set: str | None):
+        self.main, self.variants, self.label_set = main, variants, label_set
+        self.tv, self.tv_iters, self.tv_lambda = tv, tv_iters, tv_lambda
+        self.scores: dict[tuple[str, str], Scores] = {}
+        self.examples: dict[str, dict] = {}
+
+    def _run(self, loaded, image: np.ndarray, label_set: str | None):
+        from ..inference import predict
+
+        ls = label_set if label_set in loaded.model.cfg.label_sets else None
+        p = predict(loaded, image, label_set=ls)
+        restored = None if p.restored is None else p.restored[0]
+        return restored, None if p.labels is None else p.labels[0], p.label_set
+
+    def _score(self, method: str, case: Case, restored, labels, n_classes: int | None) -> None:
+        s = self.scores.setdefault((method, case.dataset), Scores())
+        if restored is not None:
+            r = np.clip(restored, 0, 1)
+            s.psnr.append(psnr(r, case.clean))
+            s.ssim.append(ssim(r, case.clean))
+        if labels is not None and case.label is not None and n_classes and case.label.any():
+            s.dice.append(dice(labels, case.label, n_classes))
+            s.iou.append(iou(labels, case.label, n_classes))
+
+    def add(self, case: Case, accel: float, seed: int) -> None:
+        from .baselines import tv_from_image
+
+        mask = make_mask(case.mask_kind, case.clean.shape, accel, seed)
+        degraded = np.asarray(undersample(case.clean, mask), np.float32)
+        ls = self.label_set or case.label_set
+        restored, labels, used = self._run(self.main, degraded, ls)
+        n_cls = len(self.main.model.cfg.label_sets.get(used, [])) if used else None
+        self._score("vldun", case, restored, labels, n_cls)
+        seg_only = self.variants.get("no_rec_head")
+        zf_labels = self._run(seg_only, degraded, ls)[1] if seg_only else None
+        self._score("zero-filled", case, degraded, zf_labels, n_cls)
+        if self.tv:
+            self._score("tv", case, tv_from_image(case.clean, mask, self.tv_lambda, self.tv_iters), None, None)
+        rec_only = None
+        for key, name in VARIANTS.items():
+            if key in self.variants:
+                r, lab, _ = self._run(self.variants[key], degraded, ls)
+                self._score(name, case, r, lab, n_cls)
+                rec_only = r if key == "no_seg_head" else rec_only
+        if rec_only is not None and seg_only is not None:
+            self._score("restore-then-segment", case, rec_only, self._run(seg_only, rec_only, ls)[1], n_cls)
+        self._score("clean (upper bound)", case, None, self._run(self.main, case.clean, ls)[1], n_cls)
+        fg = int((case.label > 0).sum()) if case.label is not None else 0
+        best = self.examples.get(case.dataset)
+        if best is None or fg > best["fg"]:
+            self.examples[case.dataset] = {"fg": fg, "case": case, "degraded": degraded, "restored": restored,
+                                           "labels": labels, "label_set": used}
+
+    def rows(self, accel: float) -> list[dict]:
+        out = []
+        methods = list(dict.fromkeys(m for m, _ in self.scores))
+        datasets = list(dict.fromkeys(d for _, d in self.scores))
+        for m in methods:
+            per = [dict(method=m, dataset=d, accel=accel, **self.scores[(m, d)].summary())
+                   for d in datasets if (m, d) in self.scores]
+            out += per
+            if len(per) > 1:
+                avg = {k: (round(float(np.mean([r[k] for r in per if r[k] is not None])), 4)
+                           if any(r[k] is not None for r in per) else None) for k in ("psnr", "ssim", "dice", "iou")}
+                out.append(dict(method=m, dataset="average", accel=accel, **avg,
+                                n_slices=sum(r["n_slices"] for r in per)))
+        return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Paper Tables 1-3 layout: one row per method, PSNR / SSIM / Dice / IoU per dataset."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["dataset"]): r for r in rows}
+    head = "| Method | " + " | ".join(f"{d} PSNR | {d} SSIM | {d} Dice | {d} IoU" for d in datasets) + " |"
+    sep = "|---|" + "---:|" * (4 * len(datasets))
+
+    def fmt(v, nd):
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    lines = [head, sep]
+    for m in methods:
+        cells = []
+        for d in datasets:
+            r = by.get((m, d), {})
+            cells += [fmt(r.get("psnr"), 2), fmt(r.get("ssim"), 4), fmt(r.get("dice"), 4), fmt(r.get("iou"), 4)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], seed: int, main, variants: dict,
+             *, tv: bool = True, tv_iters: int = 100, tv_lambda: float = 0.01, label_set: str | None = None,
+             progress: bool = True) -> tuple[list[dict], dict[float, Evaluator]]:
+    """Evaluate all methods at each acceleration; returns (rows, evaluators by accel)."""
+    from tqdm import tqdm
+
+    rows, evaluators = [], {}
+    for accel in accels:
+        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set)
+        for j, case in enumerate(tqdm(list(cases_factory()), desc=f"evaluate R={accel:g}", disable=not progress)):
+            ev.add(case, accel, seed + j)
+        rows += ev.rows(accel)
+        evaluators[accel] = ev
+    return rows, evaluators
+
+
+def evaluate_from_args(args: argparse.Namespace) -> int:
+    """The body of ``vldun evaluate``."""
+    import torch
+
+    from ..inference import load_model
+    from ..pipeline import _check_free
+    from .figures import overview_figure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.dataset and not args.images:
+        raise ValueError("give --dataset NAME... or --images DIR [--labels DIR]")
+    out = Path(args.out) if args.out else None
+    targets = ([out / "results.md", out / "results.json"] if out else []) + ([Path(args.json)] if args.json else [])
+    _check_free(targets, args.overwrite)
+    main = load_model(args.weights, args.device)
+    variants = {}
+    if args.variants:
+        for key in VARIANTS:
+            p = Path(args.variants) / key
+            if p.with_suffix(".json").exists():
+                variants[key] = load_model(p, args.device)
+    if args.dataset:
+        def factory():
+            return dataset_cases(args.dataset, args.data_root, args.max_slices)
+    else:
+        def factory():
+            return folder_cases(args.images, args.labels, args.max_slices)
+    if args.mask != "auto":
+        inner = factory
+
+        def factory():  # noqa: F811 - the mask given on the command line wins
+            for c in inner():
+                c.mask_kind = args.mask
+                yield c
+    rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
+                         tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set)
+    doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
+           "variants": sorted(variants), "rows": rows}
+    md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}"]
+    for accel in args.accel:
+        md += ["", f"### R = {accel:g}", "", markdown_table([r for r in rows if r["accel"] == accel])]
+    text = "\n".join(md)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(text + "\n")
+        (out / "results.json").write_text(json.dumps(doc, indent=2))
+        for accel, ev in evs.items():
+            for ds, ex in ev.examples.items():
+                c = ex["case"]
+                colors = main.model.cfg.label_colors.get(ex["label_set"]) if ex["label_set"] else None
+                overview_figure(out / f"examples_{ds}_R{accel:g}.png", ex["degraded"], ex["restored"], ex["labels"],
+                                colors, clean=c.clean, true_labels=c.label, title=f"{ds} {c.name}  R={accel:g}")
+    return 0

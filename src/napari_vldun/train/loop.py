@@ -1,0 +1,393 @@
+"""The training loop: a generator of :class:`TrainEvent` that the CLI and the napari widget consume.
+
+``iter_train(cfg)`` runs the phases of :class:`~napari_vldun.train.config.TrainConfig` (``prior``:
+CLIP fine-tuning, then ``joint``: restoration + segmentation), validating and checkpointing after
+every epoch::
+
+    start -> (step ... step -> epoch -> checkpoint [-> checkpoint]) per epoch ... -> done
+                                                        (or ... step -> stopped when asked to stop)
+
+Files in ``out_dir`` (no pickle): ``last.safetensors`` + ``last.json`` (model checkpoint, readable
+by :func:`~napari_vldun.model.checkpoint.load_checkpoint`), ``last.state.safetensors`` +
+``last.state.json`` (optimizer moments, RNG states, position, best score: what ``resume=True``
+needs to continue exactly), and ``best.safetensors`` + ``best.json`` whenever the best metric of
+the joint phase improves. Under ``torchrun`` the loop is data-parallel (see
+:mod:`~napari_vldun.train.distributed`); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig
+from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
+from .losses import JointLoss, PriorLoss
+from .setup import RunExistsError, build_run, checkpoint_meta
+from .state import (load_optimizer_state, optimizer_state, rng_state, save_state)
+from .validate import validate_joint, validate_prior
+
+__all__ = ["TrainEvent", "EVENT_KINDS", "iter_train", "fit_batch", "RunExistsError"]
+
+EVENT_KINDS = ("start", "step", "epoch", "checkpoint", "stopped", "done")
+
+
+@dataclass
+class TrainEvent:
+    """One thing that happened. ``epoch`` is 1-based within ``phase`` ("prior" | "joint");
+    ``step`` counts optimiser steps over the whole run (both phases), ``total_steps`` is the
+    planned total; ``epoch_step`` / ``epoch_steps`` locate a step inside its epoch.
+
+    ``metrics``: step -> ``loss`` (total) and its terms (``rec``, ``stage``, ``seg``, ``modality``,
+    ``degradation``), ``lr``, ``samples_per_s``; epoch -> ``train_*`` means, validation metrics
+    (:mod:`~napari_vldun.train.validate`), ``zero_filled_*`` the first time; checkpoint -> ``name``
+    ("last" | "best"); done -> ``best`` / ``last`` paths, ``best_score``, ``wall_s``.
+    """
+
+    kind: str
+    phase: str
+    epoch: int
+    step: int
+    total_steps: int
+    metrics: dict = field(default_factory=dict)
+    checkpoint: Path | None = None
+    epochs: int = 0
+    epoch_step: int = 0
+    epoch_steps: int = 0
+    rank: int = 0
+    #: the trained (unwrapped) model, on "done" and "stopped" events only.
+    model: object = field(default=None, repr=False)
+
+
+@dataclass
+class Position:
+    """Where the run stands: ``epoch`` (0-based) of ``phase`` in progress, ``epoch_step`` steps
+    of it done; ``phase_step`` steps done in the phase (for the LR schedule)."""
+
+    phase: str = "prior"
+    epoch: int = 0
+    epoch_step: int = 0
+    phase_step: int = 0
+    global_step: int = 0
+
+
+_PHASE_ORDER = ("prior", "joint")
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+
+
+def _touch(output) -> torch.Tensor | int:
+    """0 * (sum of every output tensor that needs a gradient): every parameter that produced an
+    output gets a (zero) gradient, so DDP never waits for a head the loss did not use (e.g. the
+    head of a label set absent from this rank's batch) and single-process runs behave the same."""
+    parts = [t.sum() for t in _tensors(output) if t.requires_grad]
+    return 0.0 * sum(parts) if parts else 0
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
+              weight_decay: float = 0.0, return_stages: bool = True) -> list[float]:
+    """Overfit ``model`` on one ``batch`` with AdamW for ``steps`` steps; returns the total loss
+    measured at each step (before its update). A sanity check that the losses can be optimised."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(steps):
+        out = model(batch["degraded"], return_stages=return_stages)
+        total = loss_fn(out, batch)["total"] + _touch(out)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        losses.append(float(total.detach()))
+    return losses
+
+
+class Trainer:
+    """Owns the model, data, optimiser and position of one run; :meth:`run` yields the events."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool, stop: threading.Event | None):
+        self.cfg, self.ctx, self.stop = cfg, ctx, stop
+        self.out_dir = Path(cfg.out_dir)
+        self.run_ = build_run(cfg, ctx, resume)  # datasets, model, resume state (see setup.py)
+        r = self.run_
+        self.model = r.model
+        self.pos: Position = Position(**r.state["position"]) if r.state else Position()
+        saved_best = r.state.get("best_score") if r.state else None
+        self.best_score = -math.inf if saved_best is None else float(saved_best)
+        self.best_metrics: dict = r.state.get("best_metrics", {}) if r.state else {}
+        self.last_val: dict = r.state.get("last_val", {}) if r.state else {}
+        self.history: list = r.state.get("history", []) if r.state else []
+        self.wall0 = float(r.state.get("wall_s", 0.0)) if r.state else 0.0
+        self.t0 = time.time()
+        self.zero_filled: dict | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.opt_phase: str | None = None
+        self.unsaved = False
+        self._warned_metric = False
+        m = self.model.cfg
+        self.joint_loss = JointLoss(r.train_ds.label_sets, cfg.lambda_seg, cfg.stage_weight, cfg.w_mod, cfg.w_deg,
+                                    cfg.rec_loss, cfg.focal_alpha, cfg.focal_gamma)
+        self.prior_loss = PriorLoss(1.0, 1.0, cfg.focal_alpha, cfg.focal_gamma)
+        self.need_stages = bool(m.rec_head and cfg.stage_weight > 0)
+        self.total_steps = sum(p.epochs * p.steps for p in r.phases)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def wall_s(self) -> float:
+        return self.wall0 + time.time() - self.t0
+
+    def _event(self, kind: str, phase: str = "", metrics: dict | None = None, checkpoint: Path | None = None,
+               epochs: int = 0, epoch_steps: int = 0, epoch: int | None = None, model=None) -> TrainEvent:
+        p = self.pos
+        if epoch is None:  # 1-based: the epoch in progress, or the one just completed
+            epoch = p.epoch + 1 if (kind == "step" or p.epoch_step > 0) else p.epoch
+        return TrainEvent(kind, phase or p.phase, epoch, p.global_step, self.total_steps, metrics or {},
+                          checkpoint, epochs, p.epoch_step, epoch_steps, self.ctx.rank, model)
+
+    def _stop_requested(self) -> bool:
+        return any_rank(self.stop is not None and self.stop.is_set(), self.ctx)
+
+    def _lr(self, base: float, phase_step: int, phase_total: int) -> float:
+        w = self.cfg.warmup_steps
+        if w and phase_step < w:
+            return base * (phase_step + 1) / w
+        t = min(1.0, (phase_step - w) / max(1, phase_total - w))
+        r = self.cfg.min_lr_ratio
+        return base * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    def _set_trainable(self, phase: str) -> torch.nn.Module:
+        """requires_grad for ``phase``; returns the module the phase runs forward on."""
+        m = self.model
+        for p in m.parameters():
+            p.requires_grad_(False)
+        if phase == "prior":
+            pri = m.priors
+            for p in list(pri.visual.parameters()) + list(pri.classifier.parameters()) + [pri.logit_scale]:
+                p.requires_grad_(True)
+            return pri
+        for p in m.parameters():
+            p.requires_grad_(True)
+        if m.cfg.use_priors and not self.cfg.train_clip_in_joint:
+            for p in m.priors.visual.parameters():
+                p.requires_grad_(False)
+        return m
+
+    def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if p.ndim >= 2]
+        no_decay = [p for n, p in named if p.ndim < 2]
+        lr = self.cfg.prior_lr if (phase == "prior" and self.cfg.prior_lr) else self.cfg.lr
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def _epoch_loader(self, spec, epoch: int, skip: int) -> DataLoader:
+        """This rank's batches of ``epoch`` (a pure function of seed and epoch), minus the first ``skip``."""
+        from ..data import set_loader_epoch
+
+        loader, bs = spec.loader, self.cfg.batch_size
+        set_loader_epoch(loader, epoch)
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(self.cfg.seed + epoch)  # non-distributed shuffle order
+        idx = list(loader.sampler)[: spec.steps * bs]
+        gen = torch.Generator().manual_seed(self.cfg.seed + epoch)  # keeps the global RNG untouched
+        return DataLoader(spec.dataset, batch_size=bs, sampler=idx[skip * bs:], num_workers=self.cfg.num_workers,
+                          drop_last=True, generator=gen, pin_memory=self.ctx.device.type == "cuda")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, name: str) -> Path:
+        from ..model.checkpoint import save_checkpoint
+
+        path = self.out_dir / name
+        if not self.ctx.is_main:
+            return path
+        if name == "last":
+            tensors, rng_doc = rng_state()
+            doc = {"position": dataclasses.asdict(self.pos), "opt_phase": self.opt_phase,
+                   "best_score": self.best_score if math.isfinite(self.best_score) else None,
+                   "best_metrics": self.best_metrics, "last_val": self.last_val, "history": self.history,
+                   "wall_s": self.wall_s, "rng": rng_doc, "train_config": self.cfg.to_dict()}
+            if self.opt is not None:
+                opt_t, opt_doc = optimizer_state(self.opt)
+                tensors.update(opt_t)
+                doc["optimizer"] = opt_doc
+            save_state(path, tensors, doc)
+        meta = checkpoint_meta(self, name)
+        save_checkpoint(self.model, path, meta)
+        if name == "last":
+            self.unsaved = False
+        return path
+
+    def _metric(self, metrics: dict) -> float:
+        key = self.cfg.best_metric
+        if key not in metrics:
+            if not self._warned_metric and self.ctx.is_main:
+                import warnings
+
+                warnings.warn(f"best_metric {key!r} is not among the validation metrics "
+                              f"{sorted(metrics)}; using 'score'", stacklevel=2)
+            self._warned_metric = True
+            key = "score"
+        v = float(metrics.get(key, math.nan))
+        return -math.inf if math.isnan(v) else v
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> Iterator[TrainEvent]:
+        r = self.run_
+        try:
+            yield self._event("start", metrics=r.start_info(self))
+            for spec in r.phases:
+                if _PHASE_ORDER.index(spec.name) < _PHASE_ORDER.index(self.pos.phase):
+                    continue
+                if spec.name != self.pos.phase:
+                    self.pos = Position(spec.name, 0, 0, 0, self.pos.global_step)
+                stopped = yield from self._run_phase(spec)
+                if stopped:
+                    return
+            self.ctx.barrier()
+            yield self._event("done", phase=self.pos.phase, metrics={
+                "best": str(self.out_dir / "best") if math.isfinite(self.best_score) else None,
+                "last": str(self.out_dir / "last"), "best_score": self.best_score,
+                "best_metrics": self.best_metrics, "last_metrics": self.last_val, "wall_s": self.wall_s},
+                model=self.model)
+        except GeneratorExit:
+            if self.unsaved:
+                self._save("last")  # closed from outside: keep what was trained
+            raise
+
+    def _run_phase(self, spec) -> Iterator[TrainEvent]:
+        cfg, ctx = self.cfg, self.ctx
+        module = self._set_trainable(spec.name)
+        ddp = wrap_model(module, ctx)
+        self.opt = self._make_optimizer(spec.name)
+        saved = self.run_.state
+        if saved and saved.get("opt_phase") == spec.name and "optimizer" in saved and self.pos.phase_step > 0:
+            load_optimizer_state(self.opt, self.run_.state_tensors, saved["optimizer"])
+        self.opt_phase = spec.name
+        base_lr = cfg.prior_lr if (spec.name == "prior" and cfg.prior_lr) else cfg.lr
+        phase_total = spec.epochs * spec.steps
+        params = [p for p in module.parameters() if p.requires_grad]
+        bs_global = cfg.batch_size * ctx.world_size
+        while self.pos.epoch < spec.epochs:
+            ep = self.pos.epoch
+            module.train()
+            loader = self._epoch_loader(spec, ep, self.pos.epoch_step)
+            sums: dict[str, float] = {}
+            n_steps, t_epoch = 0, time.time()
+            for batch in loader:
+                t = time.time()
+                lr = self._lr(base_lr, self.pos.phase_step, phase_total)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                batch = _to(batch, ctx.device)
+                if spec.name == "prior":
+                    out = ddp(batch["degraded"])
+                    terms = self.prior_loss(out, batch)
+                else:
+                    out = ddp(batch["degraded"], return_stages=self.need_stages)
+                    terms = self.joint_loss(out, batch)
+                self.opt.zero_grad(set_to_none=True)
+                (terms["total"] + _touch(out)).backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.opt.step()
+                self.pos.epoch_step += 1
+                self.pos.phase_step += 1
+                self.pos.global_step += 1
+                self.unsaved = True
+                vals = {k: float(v.detach()) for k, v in terms.items()}
+                vals["loss"] = vals.pop("total")
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_steps += 1
+                dt = time.time() - t
+                last_of_epoch = self.pos.epoch_step >= spec.steps
+                if self.pos.global_step % cfg.log_every == 0 or last_of_epoch:
+                    yield self._event("step", spec.name, {**vals, "lr": lr, "samples_per_s": bs_global / max(dt, 1e-9),
+                                                          "step_time_s": dt}, epochs=spec.epochs, epoch_steps=spec.steps)
+                if not last_of_epoch and self._stop_requested():
+                    path = self._save("last")
+                    yield self._event("stopped", spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
+                                      path, spec.epochs, spec.steps, model=self.model)
+                    return True
+            # ---- end of epoch: validate, checkpoint
+            train = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
+            epoch_time = time.time() - t_epoch
+            val = self._validate(spec.name)
+            self.last_val = val
+            self.pos.epoch += 1
+            self.pos.epoch_step = 0
+            metrics = {**train, **val, "epoch_time_s": epoch_time,
+                       "samples_per_s": n_steps * bs_global / max(epoch_time, 1e-9)}
+            self.history.append({"phase": spec.name, "epoch": self.pos.epoch, "step": self.pos.global_step,
+                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+            improved = spec.name == "joint" and self._metric(val) > self.best_score
+            if improved:
+                self.best_score = self._metric(val)
+                self.best_metrics = dict(val)
+            yield self._event("epoch", spec.name, metrics, epochs=spec.epochs, epoch_steps=spec.steps)
+            for name in (("last", "best") if improved else ("last",)):
+                path = self._save(name)
+                yield self._event("checkpoint", spec.name, {"name": name, "score": val.get("score")}, path,
+                                  spec.epochs, spec.steps)
+            if self._stop_requested() and (self.pos.epoch < spec.epochs or spec.name != self.run_.phases[-1].name):
+                yield self._event("stopped", spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
+                                  self.out_dir / "last", spec.epochs, spec.steps, model=self.model)
+                return True
+        return False
+
+    def _validate(self, phase: str) -> dict:
+        r, bs = self.run_, self.cfg.batch_size
+        if phase == "prior":
+            return validate_prior(self.model.priors, r.prior_val_ds, self.ctx, bs, self.prior_loss)
+        first = self.zero_filled is None
+        m = validate_joint(self.model, r.val_ds, self.ctx, bs, zero_filled=first)
+        if first:
+            self.zero_filled = {k: v for k, v in m.items() if k.startswith("zero_filled_")}
+        return m
+
+
+def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
+               stop: threading.Event | None = None) -> Iterator[TrainEvent]:
+    """Train VL-DUN as ``cfg`` says, yielding :class:`TrainEvent` s (see the module docstring).
+
+    ``resume=True`` continues the run saved in ``cfg.out_dir/last`` exactly where it stopped
+    (same next losses as an uninterrupted run). Setting ``stop`` (or closing the generator) ends
+    training after the current step and writes ``last`` ("stopped" is yielded for ``stop``).
+    Raises :class:`RunExistsError` when ``out_dir`` holds a checkpoint and neither ``resume`` nor
+    ``cfg.overwrite`` is set. Under ``torchrun`` every rank runs this generator (data-parallel).
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_file(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    ctx = setup(cfg.device)
+    try:
+        trainer = Trainer(cfg, ctx, resume, stop)
+        yield from trainer.run()
+    finally:
+        teardown(ctx)
