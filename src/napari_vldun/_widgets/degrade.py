@@ -1,0 +1,219 @@
+"""Degrade dock: simulate k-space undersampling (+ optional blur and noise) on a clean layer and
+score results against references.
+
+Degrade: the clean layer is brought to [0, 1] (as Restore & Segment does), optionally blurred
+(:func:`~napari_vldun.degradation.gaussian_blur`), undersampled with one Cartesian or radial mask for
+every slice (:func:`~napari_vldun.degradation.degrade`), optionally given Gaussian noise
+(:func:`~napari_vldun.degradation.gaussian_noise`), mapped back to the clean layer's units and added
+as ``<name> degraded (cartesian 4x)``. PSNR / SSIM against the clean layer are computed in [0, 1]
+(the degraded image clipped to [0, 1]; mean over slices) with :mod:`napari_vldun.evaluate.metrics`.
+
+Compare: PSNR / SSIM of any result image against a clean reference, and Dice / IoU of a result
+labels layer against reference labels (only over the slices a result actually computed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox,
+                            QVBoxLayout, QWidget)
+
+from ..inference import InferenceError
+from . import _common as C
+
+WIDGET = "degrade"
+
+
+def _not_ours_stage(layer) -> bool:
+    return C.provenance(layer).get("widget") != "stages"
+
+
+class DegradeWidget(QWidget):
+    """Dock widget: make a degraded copy of a clean image and compare results with references."""
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.last_message = ""
+        self.last_metrics: dict = {}
+        self.last_compare: dict = {}
+        self.last_layer = None
+
+        # ---- degrade
+        self.clean_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.kind = QComboBox()
+        self.kind.addItems(["cartesian", "radial"])
+        self.kind.setToolTip("cartesian: phase-encode lines (accelerated MRI); radial: spokes (sparse-view CT)")
+        self.accel = QDoubleSpinBox()
+        self.accel.setRange(1.0, 64.0)
+        self.accel.setSingleStep(0.5)
+        self.accel.setValue(4.0)
+        self.center = QDoubleSpinBox()
+        self.center.setRange(0.0, 0.5)
+        self.center.setDecimals(3)
+        self.center.setSingleStep(0.01)
+        self.center.setValue(0.08)
+        self.center.setToolTip("fraction of central k-space lines always kept (Cartesian)")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.noise = QDoubleSpinBox()
+        self.noise.setRange(0.0, 1.0)
+        self.noise.setDecimals(3)
+        self.noise.setSingleStep(0.005)
+        self.noise.setToolTip("std of additive Gaussian noise, in [0, 1] intensity units (0: none)")
+        self.blur = QDoubleSpinBox()
+        self.blur.setRange(0.0, 20.0)
+        self.blur.setSingleStep(0.5)
+        self.blur.setToolTip("Gaussian blur sigma in pixels, applied before undersampling (0: none)")
+        self.degrade_button = QPushButton("Degrade")
+        self.degrade_result = QLabel("")
+        self.degrade_result.setWordWrap(True)
+        box1 = QGroupBox("Degrade")
+        f1 = QFormLayout(box1)
+        f1.addRow("clean image", self.clean_picker)
+        f1.addRow("mask", self.kind)
+        f1.addRow("acceleration", self.accel)
+        f1.addRow("center fraction", self.center)
+        f1.addRow("seed", self.seed)
+        f1.addRow("noise sigma", self.noise)
+        f1.addRow("blur sigma (px)", self.blur)
+        f1.addRow(self.degrade_button)
+        f1.addRow(self.degrade_result)
+
+        # ---- compare
+        self.ref_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.result_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.ref_labels_picker = C.LayerPicker(napari_viewer, (Labels,), none_text="(none)")
+        self.pred_labels_picker = C.LayerPicker(napari_viewer, (Labels,), none_text="(none)")
+        self.compare_button = QPushButton("Compare")
+        self.compare_result = QLabel("")
+        self.compare_result.setWordWrap(True)
+        box2 = QGroupBox("Compare")
+        f2 = QFormLayout(box2)
+        f2.addRow("clean reference", self.ref_picker)
+        f2.addRow("result image", self.result_picker)
+        f2.addRow("reference labels", self.ref_labels_picker)
+        f2.addRow("result labels", self.pred_labels_picker)
+        f2.addRow(self.compare_button)
+        f2.addRow(self.compare_result)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(box1)
+        lay.addWidget(box2)
+        lay.addStretch(1)
+
+        self.kind.currentIndexChanged.connect(lambda *_: self.center.setEnabled(self.kind.currentText() == "cartesian"))
+        self.degrade_button.clicked.connect(self.run_degrade)
+        self.compare_button.clicked.connect(self.run_compare)
+        self.result_picker.currentIndexChanged.connect(self._follow_result)
+
+    def _error(self, message: str, label: QLabel) -> None:
+        self.last_message = message
+        C.set_status(label, message, "error")
+        C.show_error(message)
+
+    # ------------------------------------------------------------------ degrade
+    def run_degrade(self):
+        """Degrade the clean layer; returns the new layer (None on error)."""
+        from ..degradation import degrade, gaussian_blur, gaussian_noise
+        from ..evaluate.metrics import psnr, ssim
+
+        layer = self.clean_picker.current_layer()
+        kind, accel, seed = self.kind.currentText(), float(self.accel.value()), int(self.seed.value())
+        noise, blur = float(self.noise.value()), float(self.blur.value())
+        try:
+            data = C.image_data(layer, "clean")
+            vol = data[None] if data.ndim == 2 else data
+            clean, params = C.to_unit(vol, C.layer_modality(layer))
+            x = gaussian_blur(clean, blur) if blur > 0 else clean
+            kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
+            y, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
+            y = np.asarray(y, np.float32)
+            if noise > 0:
+                y = np.asarray(gaussian_noise(y, noise, seed=seed + 1), np.float32)
+            shown = np.clip(y, 0.0, 1.0)
+            metrics = {"psnr": float(psnr(shown, clean)), "ssim": float(ssim(shown, clean)),
+                       "fraction": float(mask.fraction), "slices": int(vol.shape[0])}
+        except C.USER_ERRORS as exc:
+            self._error(C.error_text(exc), self.degrade_result)
+            return None
+        label = f"{kind} {accel:g}x"
+        extras = [f"noise {noise:g}" if noise > 0 else "", f"blur {blur:g}" if blur > 0 else ""]
+        extras = [e for e in extras if e]
+        if extras:
+            label += ", " + ", ".join(extras)
+        prov = {"mask": kind, "accel": accel, "seed": seed, "noise_sigma": noise, "blur_sigma": blur,
+                "fraction": metrics["fraction"], "center_fraction": kw.get("center_fraction"),
+                "normalisation": {k: v for k, v in params.items() if k != "mask"},
+                "psnr": metrics["psnr"], "ssim": metrics["ssim"], "time": C.now()}
+        out = C.from_unit(y, params).reshape(data.shape)
+        new = C.put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
+                          source_layer=layer, prov=prov, colormap="gray",
+                          contrast_limits=tuple(layer.contrast_limits))
+        self.last_metrics = metrics
+        self.last_layer = new
+        per = f" (mean over {metrics['slices']} slices)" if metrics["slices"] > 1 else ""
+        C.set_status(self.degrade_result,
+                     f"'{new.name}': sampled {metrics['fraction']:.1%} of k-space; vs clean: "
+                     f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}{per}")
+        self.ref_picker.set_layer(layer)
+        return new
+
+    # ------------------------------------------------------------------ compare
+    def _follow_result(self, *_) -> None:
+        """Pre-select the labels that came with a restored result."""
+        layer = self.result_picker.current_layer()
+        if layer is None:
+            return
+        name = C.provenance(layer).get("labels_layer")
+        if name and name in self.viewer.layers:
+            self.pred_labels_picker.set_layer(self.viewer.layers[name])
+
+    def run_compare(self) -> dict | None:
+        """PSNR / SSIM (and Dice / IoU when labels are picked) of the result; returns the metrics."""
+        from ..evaluate.metrics import dice, iou, psnr, ssim
+
+        ref, res = self.ref_picker.current_layer(), self.result_picker.current_layer()
+        ref_lab, pred_lab = self.ref_labels_picker.current_layer(), self.pred_labels_picker.current_layer()
+        try:
+            clean = C.image_data(ref, "clean reference")
+            result = C.image_data(res, "result")
+            if result.shape != clean.shape:
+                raise InferenceError(f"result '{res.name}' has shape {result.shape}, the reference "
+                                     f"'{ref.name}' {clean.shape}; they must match")
+            vol_shape = (1, *clean.shape) if clean.ndim == 2 else clean.shape
+            clean_u, params = C.to_unit(clean.reshape(vol_shape), C.layer_modality(ref))
+            result_u = C.apply_unit(result.reshape(vol_shape), params)
+            prov = C.provenance(res)
+            done = prov.get("slices_done")
+            idx = list(done) if done else list(range(vol_shape[0]))
+            m: dict = {"slices": len(idx)}
+            if res is not ref:
+                m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
+                m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
+            if ref_lab is not None and pred_lab is not None:
+                t = C.labels_data(ref_lab, clean.shape, "reference labels").reshape(vol_shape)
+                p = C.labels_data(pred_lab, clean.shape, "result labels").reshape(vol_shape)
+                names = C.provenance(pred_lab).get("label_names") or []
+                n = max(len(names), int(t.max()) + 1, int(p.max()) + 1, 2)
+                m["dice"] = float(dice(p[idx], t[idx], n))
+                m["iou"] = float(iou(p[idx], t[idx], n))
+                m["classes"] = n
+            elif (ref_lab is None) != (pred_lab is None):
+                m["note"] = "pick both reference and result labels for Dice"
+        except C.USER_ERRORS as exc:
+            self._error(C.error_text(exc), self.compare_result)
+            return None
+        self.last_compare = m
+        parts = []
+        if "psnr" in m:
+            parts.append(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+        if "dice" in m:
+            d = "n/a (no foreground in the reference)" if np.isnan(m["dice"]) else f"{m['dice']:.3f}"
+            parts.append(f"Dice {d}, IoU {m['iou']:.3f} ({m['classes']} classes)")
+        if m.get("note"):
+            parts.append(m["note"])
+        C.set_status(self.compare_result, f"'{res.name}' vs '{ref.name}' over {len(idx)} slice(s): "
+                     + "; ".join(parts or ["nothing to compare"]))
+        return m

@@ -1,0 +1,137 @@
+"""Inference and file-level jobs on the bundled samples and real slices (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_vldun.inference import (InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model,
+                                    predict, resolve_device)
+from napari_vldun.model import build_model
+from napari_vldun.model.checkpoint import save_checkpoint
+from napari_vldun.pipeline import degrade_file, list_samples, predict_file, run_demo
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded() -> LoadedModel:
+    return LoadedModel(build_model("tiny").eval(), torch.device("cpu"), "tiny (test)", True)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(InferenceError, match="CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(InferenceError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_iter_predict_progress_and_outputs(tiny_loaded: LoadedModel, acdc_slice: np.ndarray) -> None:
+    vol = np.stack([acdc_slice, acdc_slice[::-1].copy(), acdc_slice[:, ::-1].copy()])[:, :96, :80]
+    events = list(iter_predict(tiny_loaded, vol, return_stages=True))
+    assert [e.done for e in events[:-1] if isinstance(e, Progress)] == [1, 2, 3]
+    pred = events[-1]
+    assert isinstance(pred, Prediction)
+    assert pred.restored.shape == (3, 96, 80) and pred.labels.shape == (3, 96, 80)
+    assert pred.labels.max() < len(tiny_loaded.label_sets[pred.label_set])
+    assert pred.stages.shape == (3, tiny_loaded.model.cfg.num_stages, 3, 96, 80)
+    np.testing.assert_allclose(pred.modality_probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_label_set_choice(tiny_loaded: LoadedModel, acdc_slice: np.ndarray) -> None:
+    img = acdc_slice[:64, :64]
+    assert predict(tiny_loaded, img, label_set="covid_ct").label_set == "covid_ct"
+    assert predict(tiny_loaded, img).label_set in tiny_loaded.label_sets
+    with pytest.raises(InferenceError, match="not in this checkpoint"):
+        predict(tiny_loaded, img, label_set="liver")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((0, 10)), "empty"),
+        (np.full((32, 32), np.nan), "NaN"),
+        (np.random.rand(40, 40, 3), "RGB"),
+        (np.random.rand(2, 2, 32, 32), "2-D or 3-D"),
+        (np.random.rand(4, 4), "too small"),
+        (np.random.rand(32, 32) * 1000, "normalise"),
+        (np.array([["a"]]), "dtype"),
+    ],
+)
+def test_bad_images_are_refused(tiny_loaded: LoadedModel, bad: np.ndarray, match: str) -> None:
+    with pytest.raises(InferenceError, match=match):
+        predict(tiny_loaded, bad)
+
+
+def test_load_model_from_checkpoint_and_corrupt(tmp_path) -> None:
+    save_checkpoint(build_model("tiny", seed=1), tmp_path / "mine")
+    loaded = load_model(tmp_path / "mine", "cpu")
+    assert not loaded.random_weights and loaded.source.endswith("mine")
+    (tmp_path / "mine.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(InferenceError, match="mine.safetensors"):
+        load_model(tmp_path / "mine", "cpu")
+
+
+def test_samples_are_bundled_with_licences() -> None:
+    samples = list_samples()
+    assert {"acdc", "brain", "ct"} <= set(samples)
+    for name, s in samples.items():
+        d = s["dir"]
+        clean = nib.load(f"{d}/{s['files']['clean']}").get_fdata()
+        labels = nib.load(f"{d}/{s['files']['labels']}").get_fdata()
+        assert clean.shape == labels.shape and labels.max() >= 1, name
+        assert 0 <= clean.min() and clean.max() <= 1
+        assert (__import__("pathlib").Path(d) / s["files"]["licence"]).stat().st_size > 50
+        assert s["citation"] and s["licence"]
+
+
+def test_degrade_file_nifti_and_png(tmp_path) -> None:
+    src = list_samples()["acdc"]
+    clean = f"{src['dir']}/clean.nii.gz"
+    out = degrade_file(clean, tmp_path / "r4.nii.gz", mask="cartesian", accel=4, seed=0)
+    assert abs(out["fraction"] - 0.25) < 0.03
+    a = nib.load(tmp_path / "r4.nii.gz")
+    assert a.shape == nib.load(clean).shape
+    np.testing.assert_allclose(a.affine, nib.load(clean).affine)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        degrade_file(clean, tmp_path / "r4.nii.gz", mask="cartesian", accel=4)
+    png_in = tmp_path / "in.npy"
+    np.save(png_in, np.asarray(nib.load(clean).dataobj)[..., 5].T.astype(np.float32))
+    degrade_file(png_in, tmp_path / "out.png", mask="radial", accel=4)
+    assert (tmp_path / "out.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="accel"):
+        degrade_file(png_in, tmp_path / "bad.npy", mask="radial", accel=0.5)
+
+
+def test_predict_file_writes_aligned_outputs(tmp_path, tiny_loaded: LoadedModel) -> None:
+    s = list_samples()["ct"]
+    summary = predict_file(f"{s['dir']}/degraded.nii.gz", tmp_path / "out", labels=f"{s['dir']}/labels.nii.gz",
+                           clean=f"{s['dir']}/clean.nii.gz", loaded=tiny_loaded, progress=False, stages=True)
+    ref = nib.load(f"{s['dir']}/degraded.nii.gz")
+    for name in ("restored.nii.gz", "labels.nii.gz"):
+        img = nib.load(tmp_path / "out" / name)
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine)
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["label_set"] == "covid_ct"
+    assert {"psnr", "ssim", "psnr_input", "dice", "iou"} <= set(doc["metrics"])
+    assert summary["random_weights"] and "random weights" in summary["warning"]
+    assert nib.load(tmp_path / "out" / "stages_full.nii.gz").shape[-1] == tiny_loaded.model.cfg.num_stages
+    with pytest.raises(FileExistsError):
+        predict_file(f"{s['dir']}/degraded.nii.gz", tmp_path / "out", loaded=tiny_loaded, progress=False)
+
+
+def test_demo_runs_on_a_bundled_sample(tmp_path) -> None:
+    summary = run_demo(tmp_path / "demo", sample="ct", device="cpu")
+    assert (tmp_path / "demo" / "overview.png").stat().st_size > 10_000
+    m = summary["metrics"]
+    assert m["psnr_input"] > 10 and 0 <= m["dice"] <= 1
+    with pytest.raises(InferenceError, match="unknown sample"):
+        run_demo(tmp_path / "x", sample="liver")

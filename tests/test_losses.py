@@ -1,0 +1,197 @@
+"""Losses of napari_vldun.train.losses on hand-made cases (and the ablation switches of the model)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_vldun.model import StageMaps, VLDUNOutput
+from napari_vldun.train.losses import (DiceCELoss, FocalLoss, JointLoss, PriorLoss, charbonnier,
+                                       degradation_contrastive_loss)
+
+torch.set_num_threads(1)
+
+
+def _onehot_logits(target: torch.Tensor, n: int, scale: float = 30.0) -> torch.Tensor:
+    """(B, H, W) labels -> (B, n, H, W) logits that are confidently right."""
+    return F.one_hot(target, n).permute(0, 3, 1, 2).float() * scale
+
+
+# ----------------------------------------------------------------------------- focal / contrastive
+def test_focal_gamma0_is_alpha_times_ce():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 5, generator=g)
+    target = torch.randint(0, 5, (16,), generator=g)
+    ce = F.cross_entropy(logits, target)
+    assert torch.allclose(FocalLoss(alpha=0.25, gamma=0.0)(logits, target), 0.25 * ce, atol=1e-6)
+    assert torch.allclose(FocalLoss(alpha=None, gamma=0.0)(logits, target), ce, atol=1e-6)
+
+
+def test_focal_matches_eq3_and_down_weights_easy_examples():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    target = torch.tensor([0, 1])
+    p_t = logits.softmax(1)[torch.arange(2), target]
+    expected = (-0.25 * (1 - p_t) ** 2 * p_t.log()).mean()
+    assert torch.allclose(FocalLoss(0.25, 2.0)(logits, target), expected, atol=1e-6)
+    # the easy (confident, correct) sample is down-weighted much more than the hard one
+    per = -((1 - p_t) ** 2) * p_t.log()
+    ce = -p_t.log()
+    assert per[0] / ce[0] < 0.01 < per[1] / ce[1]
+
+
+def test_focal_per_class_alpha_and_bad_gamma():
+    logits = torch.zeros(2, 2)
+    target = torch.tensor([0, 1])
+    loss = FocalLoss(alpha=[1.0, 3.0], gamma=0.0)(logits, target)
+    assert torch.allclose(loss, torch.tensor(math.log(2) * (1 + 3) / 2), atol=1e-6)
+    with pytest.raises(ValueError):
+        FocalLoss(gamma=-1.0)
+
+
+def test_degradation_contrastive_is_ce_over_similarities():
+    sims = torch.tensor([[10.0, 1.0, -2.0], [0.0, 0.0, 5.0]])
+    target = torch.tensor([0, 2])
+    assert torch.allclose(degradation_contrastive_loss(sims, target), F.cross_entropy(sims, target))
+    assert degradation_contrastive_loss(sims * 10, target) < 1e-3
+
+
+# ----------------------------------------------------------------------------- Dice + CE
+def test_dicece_perfect_prediction_is_near_zero_and_wrong_is_large():
+    target = torch.zeros(2, 8, 8, dtype=torch.int64)
+    target[:, 2:5, 2:6] = 1
+    target[1, 6:, :3] = 3  # class 2 absent everywhere
+    loss = DiceCELoss()
+    assert float(loss(_onehot_logits(target, 4), target)) < 1e-3
+    wrong = _onehot_logits(torch.zeros_like(target), 4)  # predicts background everywhere
+    assert float(loss(wrong, target)) > 1.0
+    assert float(loss.dice(wrong, target)) > 0.6
+
+
+def test_dicece_shape_check_and_gradient():
+    logits = torch.randn(2, 3, 6, 6, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 6))
+    DiceCELoss()(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        DiceCELoss()(logits, target[:, :5])
+
+
+def test_charbonnier_close_to_l1():
+    a, b = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    assert abs(float(charbonnier(a, b)) - float(F.l1_loss(a, b))) < 2e-3
+
+
+# ----------------------------------------------------------------------------- JointLoss
+def _batch(labelled=(True, False), sets=(0, -1), size=8):
+    b = len(labelled)
+    g = torch.Generator().manual_seed(1)
+    label = torch.randint(0, 4, (b, size, size), generator=g)
+    return {
+        "clean": torch.rand(b, 1, size, size, generator=g),
+        "label": label,
+        "has_label": torch.tensor(labelled),
+        "label_set_index": torch.tensor(sets),
+        "modality": torch.tensor([0] * b),
+        "degradation": torch.tensor([4] * b),
+    }
+
+
+def _output(batch, restored=True, seg=True, priors=False, stages=2):
+    b, _, h, w = batch["clean"].shape
+    g = torch.Generator().manual_seed(2)
+    rest = torch.rand(b, 1, h, w, generator=g) if restored else None
+    seg_logits = {"acdc": torch.randn(b, 4, h, w, generator=g), "covid_ct": torch.randn(b, 2, h, w, generator=g)}
+    st = [StageMaps(0, torch.rand(b, 1, h, w, generator=g), torch.zeros(b, 1, h, w), torch.zeros(b, 1, h, w))
+          for _ in range(stages)]
+    return VLDUNOutput(rest, seg_logits if seg else {},
+                       torch.randn(b, 3, generator=g) if priors else None,
+                       torch.randn(b, 6, generator=g) if priors else None, st)
+
+
+def test_joint_terms_and_total():
+    batch = _batch()
+    out = _output(batch)
+    loss = JointLoss(["acdc", "covid_ct"], lambda_seg=0.5, stage_weight=0.1)
+    t = loss(out, batch)
+    assert set(t) == {"rec", "stage", "seg", "total"}
+    assert torch.allclose(t["rec"], F.l1_loss(out.restored, batch["clean"]))
+    stage = torch.stack([F.l1_loss(s.full, batch["clean"]) for s in out.stages]).mean()
+    assert torch.allclose(t["stage"], 0.1 * stage)
+    # seg only on the labelled sample 0 (label set "acdc")
+    seg = DiceCELoss()(out.seg_logits["acdc"][:1], batch["label"][:1])
+    assert torch.allclose(t["seg"], 0.5 * seg)
+    assert torch.allclose(t["total"], t["rec"] + t["stage"] + t["seg"])
+
+
+def test_joint_seg_skipped_without_labels_and_weighted_over_label_sets():
+    loss = JointLoss(["acdc", "covid_ct"])
+    batch = _batch(labelled=(False, False), sets=(-1, -1))
+    t = loss(_output(batch), batch)
+    assert "seg" not in t and torch.allclose(t["total"], t["rec"] + t["stage"])
+    batch = _batch(labelled=(True, True, True), sets=(0, 1, 0))
+    batch["label"][1] = batch["label"][1].clamp(max=1)
+    out = _output(batch)
+    t = loss(out, batch)
+    d = DiceCELoss()
+    sel = torch.tensor([0, 2])
+    expected = (2 / 3) * d(out.seg_logits["acdc"][sel], batch["label"][sel]) + \
+               (1 / 3) * d(out.seg_logits["covid_ct"][1:2], batch["label"][1:2])
+    assert torch.allclose(t["seg"], 0.5 * expected, atol=1e-6)
+
+
+def test_joint_ablations_and_prior_terms():
+    batch = _batch()
+    loss = JointLoss(["acdc", "covid_ct"], w_mod=0.3, w_deg=0.2)
+    # no rec head: no rec / stage terms
+    t = loss(_output(batch, restored=False), batch)
+    assert set(t) == {"seg", "total"}
+    # no seg head: no seg term
+    t = loss(_output(batch, seg=False), batch)
+    assert set(t) == {"rec", "stage", "total"}
+    # priors: modality (focal) and degradation (contrastive) terms, weighted
+    out = _output(batch, priors=True)
+    t = loss(out, batch)
+    assert torch.allclose(t["modality"], 0.3 * FocalLoss()(out.modality_logits, batch["modality"]))
+    assert torch.allclose(t["degradation"], 0.2 * F.cross_entropy(out.degradation_logits, batch["degradation"]))
+    # zero weights (the joint-phase default) leave them out
+    assert "modality" not in JointLoss(["acdc", "covid_ct"])(out, batch)
+    # charbonnier reconstruction
+    t = JointLoss(["acdc", "covid_ct"], rec_loss="charbonnier")(out, batch)
+    assert torch.allclose(t["rec"], charbonnier(out.restored, batch["clean"]))
+    # nothing to optimise at all
+    with pytest.raises(ValueError):
+        loss(_output(_batch((False, False), (-1, -1)), restored=False), _batch((False, False), (-1, -1)))
+    with pytest.raises(KeyError):
+        JointLoss(["brats2015"])(_output(batch), batch)
+
+
+def test_joint_loss_with_real_model_ablations():
+    from napari_vldun.model import build_model
+
+    batch = _batch(labelled=(True, False), sets=(0, -1), size=32)
+    batch["degraded"] = batch["clean"]
+    loss = JointLoss(["acdc"], w_mod=1.0, w_deg=1.0)
+    for overrides, expected in [
+        ({}, {"rec", "stage", "seg"}),
+        ({"rec_head": False}, {"seg"}),
+        ({"seg_head": False}, {"rec", "stage"}),
+    ]:
+        model = build_model("tiny", use_priors=False, label_sets={"acdc": ["bg", "a", "b", "c"]}, **overrides)
+        out = model(batch["degraded"], return_stages=True)
+        t = loss(out, batch)
+        assert set(t) - {"total"} == expected, overrides  # no CLIP: no modality/degradation terms
+        t["total"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_prior_loss():
+    batch = _batch()
+    out = _output(batch, priors=True)
+    t = PriorLoss()(out, batch)
+    assert set(t) == {"modality", "degradation", "total"}
+    assert torch.allclose(t["total"], t["modality"] + t["degradation"])
+    with pytest.raises(ValueError):
+        PriorLoss()(_output(batch), batch)
