@@ -384,27 +384,41 @@ def vldun_layers(viewer, widget: str | None = None, key: str | None = None) -> l
 
 
 # ------------------------------------------------------------------------- labels
-def label_colormap(colors: list[str] | None):
-    """A napari DirectLabelColormap: background transparent, class ``i`` -> ``colors[i]``."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    mapping: dict[Any, Any] = {None: "transparent", 0: "transparent"}
-    for i, c in enumerate(colors or []):
-        if i:
-            mapping[i] = c
-    return DirectLabelColormap(color_dict=mapping)
-
-
-def label_features(names: list[str], colors: list[str] | None = None):
-    """Features table (one row per class, ``index`` = label value) for a Labels layer."""
-    import pandas as pd
-
-    colors = list(colors or ["#000000"] * len(names))
-    colors += ["#000000"] * (len(names) - len(colors))
-    return pd.DataFrame({"index": np.arange(len(names)), "name": list(names), "color": colors[: len(names)]})
+from ._labels import label_colormap, label_features  # noqa: E402,F401  (Qt-free, shared with _sample_data)
 
 
 # ------------------------------------------------------------------------- model cache
+def avoid_llvm_clash() -> bool:
+    """Keep ``triton`` from loading next to an LLVM already in the process.
+
+    Importing the model imports open_clip -> torchvision -> torch._dynamo, which imports ``triton``
+    if installed. triton carries its own LLVM; loading it after Mesa's software OpenGL (llvmpipe,
+    which maps ``libLLVM``) has drawn napari's canvas kills the process with a segmentation fault.
+    Without CUDA triton is useless, so in that case it is marked unavailable (torch then reports
+    "no triton"). Returns True when it did so.
+    """
+    import sys
+
+    if "triton" in sys.modules:
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            maps = fh.read()
+    except OSError:
+        return False
+    if "libLLVM" not in maps:
+        return False
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return False
+    except Exception:  # noqa: BLE001
+        pass
+    sys.modules["triton"] = None  # type: ignore[assignment]
+    return True
+
+
 _MODEL_CACHE: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.Lock()
 
@@ -432,6 +446,7 @@ def get_model(weights: str | Path | None, device: str):
 
     from ..inference import load_model, resolve_device
 
+    avoid_llvm_clash()
     dev = str(resolve_device(device))
     key = (_weights_key(weights), dev)
     with _MODEL_LOCK:

@@ -34,6 +34,7 @@ class DegradeWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
+        C.avoid_llvm_clash()
         self.viewer = napari_viewer
         self.last_message = ""
         self.last_metrics: dict = {}
@@ -107,6 +108,7 @@ class DegradeWidget(QWidget):
         self.degrade_button.clicked.connect(self.run_degrade)
         self.compare_button.clicked.connect(self.run_compare)
         self.result_picker.currentIndexChanged.connect(self._follow_result)
+        self._follow_result()
 
     def _error(self, message: str, label: QLabel) -> None:
         self.last_message = message

@@ -25,6 +25,7 @@ class PriorsWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
+        C.avoid_llvm_clash()
         self.viewer = napari_viewer
         self.result_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_has_probs)
         self.info = QLabel("Run Restore & Segment: the priors of its result appear here.")

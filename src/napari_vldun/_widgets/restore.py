@@ -70,6 +70,7 @@ class RestoreSegmentWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
+        C.avoid_llvm_clash()
         self.viewer = napari_viewer
         self.worker = None
         self.last_message = ""
@@ -177,7 +178,8 @@ class RestoreSegmentWidget(QWidget):
 
         worker = create_worker(predict_job, weights, device, unit, label_set=self.chosen_label_set(),
                                slices=slices, return_stages=self.keep_stages.isChecked(),
-                               _connect={"errored": self._on_errored}, _ignore_errors=True)
+                               _connect={"errored": self._on_errored}, _ignore_errors=True,
+                               _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)

@@ -34,6 +34,7 @@ class StageExplorerWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
+        C.avoid_llvm_clash()
         self.viewer = napari_viewer
         self.worker = None
         self.stages: np.ndarray | None = None  # (S, 3, H, W)
@@ -118,7 +119,8 @@ class StageExplorerWidget(QWidget):
         from napari.qt.threading import create_worker
 
         worker = create_worker(predict_job, weights, device, unit, slices=[z], return_stages=True,
-                               _connect={"errored": self._on_errored}, _ignore_errors=True)
+                               _connect={"errored": self._on_errored}, _ignore_errors=True,
+                               _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)

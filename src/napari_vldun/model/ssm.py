@@ -13,8 +13,9 @@ pure-PyTorch chunked "state space duality" form, ``selective_scan`` dispatches t
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "ssd_scan_chunked",
     "selective_scan",
     "mamba_ssm_available",
+    "scan_backend",
     "BiMamba",
     "BiMamba2d",
     "DEFAULT_CHUNK_SIZE",
@@ -47,13 +49,17 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     b, l, h, p = x.shape
     n = B.shape[-1]
     S = x.new_zeros(b, h, p, n)
+    decay, dtx = torch.exp(dt * A), dt[..., None] * x                  # (b, l, h), (b, l, h, p)
     ys = []
-    for t in range(l):
-        decay = torch.exp(dt[:, t] * A)[:, :, None, None]              # (b, h, 1, 1)
-        upd = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
-        S = decay * S + upd                                            # (b, h, p, n)
-        ys.append((S * C[:, t, None, None, :]).sum(-1))                # (b, h, p)
-    y = torch.stack(ys, dim=1)
+    # blocks of unbind'ed steps: x[:, t] (or one l-way unbind/stack) makes autograd's
+    # backward O(l^2); a two-level split keeps it linear.
+    for blk in zip(*(t.split(256, dim=1) for t in (decay, dtx, B, C))):
+        out = []
+        for dA, dtx_t, Bt, Ct in zip(*(t.unbind(1) for t in blk)):
+            S = dA[:, :, None, None] * S + dtx_t[..., None] * Bt[:, None, None, :]  # (b, h, p, n)
+            out.append((S * Ct[:, None, None, :]).sum(-1))              # (b, h, p)
+        ys.append(torch.stack(out, dim=1))
+    y = torch.cat(ys, dim=1)
     if D is not None:
         y = y + D[:, None] * x
     return y
@@ -166,6 +172,22 @@ def _mamba_chunk_scan() -> Optional[Callable[..., Tensor]]:
     return mamba_chunk_scan_combined
 
 
+_BACKEND = {"name": "auto"}
+
+
+@contextmanager
+def scan_backend(name: str) -> Iterator[None]:
+    """Force the scan backend inside a ``with`` block: ``"auto"`` (mamba-ssm on CUDA when installed)
+    or ``"torch"`` (always the pure-PyTorch chunked scan). Used by ``benchmarks/gpu.py``."""
+    if name not in ("auto", "torch"):
+        raise ValueError(f"scan backend must be 'auto' or 'torch', got {name!r}")
+    old, _BACKEND["name"] = _BACKEND["name"], name
+    try:
+        yield
+    finally:
+        _BACKEND["name"] = old
+
+
 def mamba_ssm_available() -> bool:
     """True if ``mamba_ssm``'s Triton SSD kernel can be imported."""
     return _mamba_chunk_scan() is not None
@@ -180,7 +202,7 @@ def selective_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     """
     if chunk_size is None:
         chunk_size = CUDA_CHUNK_SIZE if x.is_cuda else DEFAULT_CHUNK_SIZE
-    if x.is_cuda:
+    if x.is_cuda and _BACKEND["name"] == "auto":
         kernel = _mamba_chunk_scan()
         if kernel is not None:
             return kernel(x.contiguous(), dt.contiguous(), A, B.unsqueeze(2).contiguous(),

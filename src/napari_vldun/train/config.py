@@ -42,7 +42,7 @@ IMMUTABLE_ON_RESUME = (
     "model", "model_overrides", "sources", "prior_sources", "crop", "batch_size", "seed", "lr",
     "prior_lr", "weight_decay", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
-    "train_clip_in_joint", "max_slices_per_source", "augment",
+    "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual",
 )
 
 
@@ -96,6 +96,9 @@ class TrainConfig:
     focal_alpha: Optional[float] = 0.25
     focal_gamma: float = 2.0
     train_clip_in_joint: bool = False
+    #: fresh named models only: zero the residual image heads (rec head, stage projections) so
+    #: training starts from restored == degraded input instead of input + random noise.
+    zero_init_residual: bool = True
     accel_range: list = field(default_factory=lambda: [2.0, 8.0])
     center_fraction: float = 0.08
     noise_sigma_range: list = field(default_factory=lambda: [0.0, 0.0])

@@ -269,6 +269,7 @@ class Trainer:
                 if stopped:
                     return
             self.ctx.barrier()
+            self.model.eval()
             yield self._event("done", phase=self.pos.phase, metrics={
                 "best": str(self.out_dir / "best") if math.isfinite(self.best_score) else None,
                 "last": str(self.out_dir / "last"), "best_score": self.best_score,
@@ -349,9 +350,11 @@ class Trainer:
             if improved:
                 self.best_score = self._metric(val)
                 self.best_metrics = dict(val)
+            # write the files before yielding, so a consumer that closes the generator at any event
+            # leaves `last` (and `best`) consistent with the state saved beside them
+            written = [(name, self._save(name)) for name in (("last", "best") if improved else ("last",))]
             yield self._event("epoch", spec.name, metrics, epochs=spec.epochs, epoch_steps=spec.steps)
-            for name in (("last", "best") if improved else ("last",)):
-                path = self._save(name)
+            for name, path in written:
                 yield self._event("checkpoint", spec.name, {"name": name, "score": val.get("score")}, path,
                                   spec.epochs, spec.steps)
             if self._stop_requested() and (self.pos.epoch < spec.epochs or spec.name != self.run_.phases[-1].name):

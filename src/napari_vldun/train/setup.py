@@ -121,7 +121,14 @@ def _named_model(cfg: TrainConfig, modalities: list[str], label_sets: list[str])
         label_sets={k: list(LABEL_SETS[k]) for k in label_sets},
         label_colors={k: list(LABEL_COLORS[k]) for k in label_sets if k in LABEL_COLORS},
     )
-    return build_model(mcfg, seed=cfg.seed)
+    model = build_model(mcfg, seed=cfg.seed)
+    if cfg.zero_init_residual:
+        with torch.no_grad():
+            for conv in [model.rec_head, *model.to_image]:
+                if conv is not None:
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+    return model
 
 
 def _checkpoint_model(cfg: TrainConfig, label_sets: list[str]):
@@ -151,7 +158,9 @@ def _checkpoint_model(cfg: TrainConfig, label_sets: list[str]):
 def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict:
     from ..data import SliceDataset
 
-    common = dict(root=cfg.data_root, accel_range=tuple(cfg.accel_range), center_fraction=cfg.center_fraction,
+    accel = ({k: tuple(v) for k, v in cfg.accel_range.items()} if isinstance(cfg.accel_range, dict)
+             else tuple(cfg.accel_range))
+    common = dict(root=cfg.data_root, accel_range=accel, center_fraction=cfg.center_fraction,
                   noise_sigma_range=tuple(cfg.noise_sigma_range), seed=cfg.seed, modalities=modalities)
     val_crop = cfg.val_crop or cfg.crop
     ds = {

@@ -22,6 +22,9 @@ __all__ = ["state_paths", "save_state", "load_state", "optimizer_state", "load_o
 
 STATE_VERSION = 1
 
+_UMASK = os.umask(0)  # read the process umask once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 def state_paths(prefix: str | Path) -> tuple[Path, Path]:
     """``out/last`` -> (``out/last.state.safetensors``, ``out/last.state.json``)."""
@@ -36,6 +39,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,460 @@
+"""Train dock: fine-tune or train VL-DUN on image / labels pairs from layers or from two folders.
+
+The run is :func:`napari_vldun.train.iter_train`'s loop (via :mod:`._traindata` for in-memory data)
+in a napari ``thread_worker``; its ``TrainEvent`` s drive the epoch / step progress bars and the live
+loss + validation PSNR / Dice plot. Stop asks the loop to stop after the current step (it saves
+``last``); Resume continues ``<out>/last`` exactly. Checkpoints go to an output folder the user must
+choose; a folder that already holds a checkpoint is only reused after an explicit confirmation.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                            QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QSpinBox, QStackedWidget,
+                            QVBoxLayout, QWidget)
+
+from ..inference import InferenceError, resolve_device
+from . import _common as C
+from ._plots import TrainPlot
+from ._workers import Failure, Status, TrainResult, train_job
+
+_RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", "last.state.json",
+              "last.state.safetensors")
+
+
+def _is_input(layer) -> bool:
+    return C.provenance(layer).get("widget") not in ("stages",)
+
+
+class TrainWidget(QWidget):
+    """Dock widget: train on the user's pairs with live curves."""
+
+    job_finished = Signal(str)
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        C.avoid_llvm_clash()
+        from ..model.config import PAPER_MODALITIES
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self.pairs: list[tuple] = []  # (image layer, labels layer)
+        self.out_dir: Path | None = None
+        self.last_message = ""
+        self.result: TrainResult | None = None
+        self.events: list = []
+        self._stop = threading.Event()
+        self._outcome = ""
+
+        # ---- data
+        self.source = QComboBox()
+        self.source.addItems(["layers", "folders"])
+        self.image_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_is_input)
+        self.labels_picker = C.LayerPicker(napari_viewer, (Labels,))
+        self.add_pair_button = QPushButton("Add pair")
+        self.remove_pair_button = QPushButton("Remove")
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(70)
+        layers_panel = QWidget()
+        fl = QFormLayout(layers_panel)
+        fl.setContentsMargins(0, 0, 0, 0)
+        fl.addRow("image", self.image_picker)
+        fl.addRow("labels", self.labels_picker)
+        row = QHBoxLayout()
+        row.addWidget(self.add_pair_button)
+        row.addWidget(self.remove_pair_button)
+        fl.addRow(row)
+        fl.addRow(self.pair_list)
+        self.images_dir = QLineEdit()
+        self.labels_dir = QLineEdit()
+        folders_panel = QWidget()
+        ff = QFormLayout(folders_panel)
+        ff.setContentsMargins(0, 0, 0, 0)
+        for text, edit in (("images folder", self.images_dir), ("labels folder", self.labels_dir)):
+            r = QHBoxLayout()
+            r.addWidget(edit)
+            b = QPushButton("...")
+            b.setMaximumWidth(30)
+            b.clicked.connect(lambda _=False, e=edit: self._choose_dir_into(e))
+            r.addWidget(b)
+            ff.addRow(text, r)
+        self.data_stack = QStackedWidget()
+        self.data_stack.addWidget(layers_panel)
+        self.data_stack.addWidget(folders_panel)
+        data_box = QGroupBox("Data")
+        fd = QFormLayout(data_box)
+        fd.addRow("pairs from", self.source)
+        fd.addRow(self.data_stack)
+
+        # ---- labels
+        self.label_set = QLineEdit("custom")
+        self.label_set.setToolTip("name of the label set (a known one -- acdc, brats2015, covid_ct -- reuses its "
+                                  "class names and colours)")
+        self.n_classes = QSpinBox()
+        self.n_classes.setRange(2, 255)
+        self.n_classes.setValue(2)
+        self.n_classes.setToolTip("number of classes including background (label 0)")
+        self.modality = QComboBox()
+        self.modality.addItems(list(PAPER_MODALITIES))
+        self.mask_kind = QComboBox()
+        self.mask_kind.addItems(["cartesian", "radial"])
+        self.mask_kind.setToolTip("k-space degradation simulated for training: cartesian (MRI) or radial (CT)")
+        lab_box = QGroupBox("Labels and degradation")
+        flb = QFormLayout(lab_box)
+        flb.addRow("label set", self.label_set)
+        flb.addRow("classes", self.n_classes)
+        flb.addRow("modality", self.modality)
+        flb.addRow("k-space mask", self.mask_kind)
+
+        # ---- training
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.01, 0.9)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.2)
+        self.val_fraction.setToolTip("share of slices kept for validation (at least 1 slice)")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 100000)
+        self.epochs.setValue(10)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 1000000)
+        self.steps.setSpecialValueText("full pass")
+        self.steps.setToolTip("optimiser steps per epoch (full pass: every training slice once)")
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.batch.setValue(4)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(5e-4)
+        self.crop = QSpinBox()
+        self.crop.setRange(16, 1024)
+        self.crop.setSingleStep(16)
+        self.crop.setValue(128)
+        self.start_from = QComboBox()
+        self.start_from.addItems(["scratch (tiny)", "shipped checkpoint"])
+        if not C.shipped_checkpoint_exists():
+            self.start_from.model().item(1).setEnabled(False)
+            self.start_from.setToolTip("no checkpoint is shipped yet: training starts from scratch")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        train_box = QGroupBox("Training")
+        ft = QFormLayout(train_box)
+        ft.addRow("validation fraction", self.val_fraction)
+        ft.addRow("epochs", self.epochs)
+        ft.addRow("steps / epoch", self.steps)
+        ft.addRow("batch size", self.batch)
+        ft.addRow("learning rate", self.lr)
+        ft.addRow("crop size", self.crop)
+        ft.addRow("start from", self.start_from)
+        ft.addRow("device", self.device)
+
+        # ---- output + controls
+        self.out_edit = QLineEdit()
+        self.out_edit.setReadOnly(True)
+        self.out_edit.setPlaceholderText("choose an output folder first")
+        self.out_button = QPushButton("Choose ...")
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit)
+        out_row.addWidget(self.out_button)
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        controls = QHBoxLayout()
+        for b in (self.start_button, self.stop_button, self.resume_button):
+            controls.addWidget(b)
+        self.epoch_bar = QProgressBar()
+        self.epoch_bar.setFormat("epoch %v / %m")
+        self.step_bar = QProgressBar()
+        self.step_bar.setFormat("step %v / %m")
+        self.plot = TrainPlot(viewer=napari_viewer)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(data_box)
+        lay.addWidget(lab_box)
+        lay.addWidget(train_box)
+        fo = QFormLayout()
+        fo.addRow("output folder", out_row)
+        lay.addLayout(fo)
+        lay.addLayout(controls)
+        lay.addWidget(self.epoch_bar)
+        lay.addWidget(self.step_bar)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.status)
+
+        self.source.currentIndexChanged.connect(self.data_stack.setCurrentIndex)
+        self.add_pair_button.clicked.connect(self.add_pair)
+        self.remove_pair_button.clicked.connect(self.remove_pair)
+        self.out_button.clicked.connect(self._choose_out)
+        self.start_button.clicked.connect(lambda: self.start(resume=False))
+        self.resume_button.clicked.connect(lambda: self.start(resume=True))
+        self.stop_button.clicked.connect(self.stop)
+        napari_viewer.layers.events.removed.connect(self._drop_removed)
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ helpers
+    def _error(self, message: str) -> None:
+        self.last_message = message
+        C.set_status(self.status, message, "error")
+        C.show_error(message)
+
+    def _confirm(self, question: str) -> bool:
+        """Ask the user (tests replace this)."""
+        answer = QMessageBox.question(self, "VL-DUN training", question, QMessageBox.Yes | QMessageBox.No,
+                                      QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def _choose_dir_into(self, edit: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text() or "")
+        if path:
+            edit.setText(path)
+
+    def _choose_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder for checkpoints", "")
+        if path:
+            self.set_output_dir(path)
+
+    def set_output_dir(self, path: str | Path | None) -> None:
+        """The folder for ``best`` / ``last`` checkpoints (nothing is written until Start)."""
+        self.out_dir = None if path in (None, "") else Path(path).expanduser()
+        self.out_edit.setText("" if self.out_dir is None else str(self.out_dir))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.worker is not None
+        has_out = self.out_dir is not None
+        self.start_button.setEnabled(has_out and not running)
+        self.resume_button.setEnabled(has_out and not running and (self.out_dir / "last.state.json").is_file())
+        self.stop_button.setEnabled(running)
+        for w in (self.add_pair_button, self.remove_pair_button, self.out_button, self.source):
+            w.setEnabled(not running)
+        if not has_out and not running:
+            self.start_button.setToolTip("choose an output folder first")
+
+    def _drop_removed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if any(layer is a or layer is b for a, b in self.pairs):
+            self.pairs = [(a, b) for a, b in self.pairs if a is not layer and b is not layer]
+            self._refresh_pairs()
+
+    def _refresh_pairs(self) -> None:
+        self.pair_list.clear()
+        for img, lab in self.pairs:
+            self.pair_list.addItem(f"{img.name}  +  {lab.name}  {tuple(np.shape(img.data))}")
+
+    # ------------------------------------------------------------------ pairs
+    def add_pair(self, image=None, labels=None) -> bool:
+        """Add (image, labels) layers (default: the pickers' choice); checks shapes now."""
+        image = image if image is not None else self.image_picker.current_layer()
+        labels = labels if labels is not None else self.labels_picker.current_layer()
+        try:
+            data = C.image_data(image, "training image")
+            lab = C.labels_data(labels, data.shape, "training labels")
+        except C.USER_ERRORS as exc:
+            self._error(C.error_text(exc))
+            return False
+        if any(image is a and labels is b for a, b in self.pairs):
+            return True
+        self.pairs.append((image, labels))
+        self._refresh_pairs()
+        prov = C.provenance(labels)
+        sample = (labels.metadata or {}).get("vldun_sample") or {}
+        known = prov.get("label_set") or sample.get("label_set")
+        if known and self.label_set.text().strip() in ("", "custom"):
+            self.label_set.setText(str(known))
+        names = prov.get("label_names") or sample.get("label_names") or []
+        self.n_classes.setValue(max(self.n_classes.value(), int(lab.max()) + 1 if lab.size else 2, len(names)))
+        C.set_status(self.status, f"{len(self.pairs)} pair(s)")
+        return True
+
+    def remove_pair(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self.pairs):
+            del self.pairs[row]
+            self._refresh_pairs()
+
+    def _pairs_factory(self):
+        """A callable (run in the worker) that returns the datasets."""
+        from ._traindata import load_folder_pairs, make_training_data
+
+        label_set = self.label_set.text().strip()
+        if not label_set or not label_set.replace("_", "").replace("-", "").isalnum():
+            raise InferenceError("give the label set a name (letters, digits, '_' or '-')")
+        n_classes = int(self.n_classes.value())
+        opts = dict(label_set=label_set, n_classes=n_classes, modality=self.modality.currentText(),
+                    val_fraction=float(self.val_fraction.value()), crop=int(self.crop.value()),
+                    mask_kind=self.mask_kind.currentText(),
+                    accel_range=(2.0, 8.0) if self.mask_kind.currentText() == "cartesian" else (2.0, 8.0))
+        from ..model.config import PAPER_MODALITIES
+
+        opts["modalities"] = list(PAPER_MODALITIES)
+        if self.source.currentText() == "layers":
+            if not self.pairs:
+                raise InferenceError("add at least one image + labels pair (pick them, then 'Add pair')")
+            pairs = []
+            for img_layer, lab_layer in self.pairs:
+                data = C.image_data(img_layer, "training image")
+                lab = C.labels_data(lab_layer, data.shape, "training labels")
+                unit, _ = C.to_unit(data, C.layer_modality(img_layer))
+                pairs.append((unit, np.asarray(lab)))
+            data = make_training_data(pairs, **opts)  # checks now, in the GUI thread
+            return lambda: data
+        images, labels = self.images_dir.text().strip(), self.labels_dir.text().strip()
+        if not images or not labels:
+            raise InferenceError("choose both the images folder and the labels folder")
+        return lambda: make_training_data(load_folder_pairs(images, labels), **opts)
+
+    # ------------------------------------------------------------------ run
+    def config(self, resume: bool = False):
+        """The :class:`~napari_vldun.train.TrainConfig` of the form (raises ValueError)."""
+        from ..inference import SHIPPED_WEIGHTS
+        from ..train import TrainConfig
+        from ._traindata import PLACEHOLDER_SOURCE
+
+        if self.out_dir is None:
+            raise InferenceError("choose an output folder for the checkpoints first")
+        crop = int(self.crop.value())
+        model = "tiny"
+        if self.start_from.currentIndex() == 1:
+            if not C.shipped_checkpoint_exists():
+                raise InferenceError("no checkpoint is shipped yet: train from scratch")
+            model = str(SHIPPED_WEIGHTS)
+        cfg = TrainConfig(model=model, sources=[PLACEHOLDER_SOURCE], crop=crop, val_crop=crop,
+                          batch_size=int(self.batch.value()), epochs=int(self.epochs.value()),
+                          steps_per_epoch=int(self.steps.value()) or None, lr=float(self.lr.value()),
+                          out_dir=str(self.out_dir), device=self.device.currentText(), prior_epochs=0,
+                          val_max_slices=None, log_every=1, seed=0)
+        cfg.validate("training form")
+        return cfg
+
+    def start(self, resume: bool = False):
+        """Start (or resume) training; returns the worker (None when refused)."""
+        if self.worker is not None:
+            return None
+        try:
+            cfg = self.config(resume)
+            resolve_device(cfg.device)
+            factory = self._pairs_factory()
+            present = [f for f in _RUN_FILES if (self.out_dir / f).exists()]
+            if resume:
+                if not (self.out_dir / "last.state.json").is_file():
+                    raise InferenceError(f"nothing to resume in {self.out_dir}: no 'last' checkpoint with its "
+                                         "training state; press Start")
+            elif present:
+                if not self._confirm(f"{self.out_dir} already holds a checkpoint ({', '.join(present)}).\n"
+                                     "Replace it with a new training run?"):
+                    C.set_status(self.status, "not started: the existing checkpoint was kept", "warning")
+                    return None
+                cfg.overwrite = True
+        except C.USER_ERRORS as exc:
+            self._error(C.error_text(exc))
+            return None
+        self._stop.clear()
+        self._outcome = ""
+        self.result = None
+        self.events = []
+        if not resume:
+            self.plot.reset()
+        self.epoch_bar.setRange(0, cfg.epochs)
+        self.epoch_bar.setValue(0)
+        self.step_bar.setValue(0)
+        C.set_status(self.status, "starting ...")
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_train_with_factory, cfg, resume, self._stop, factory,
+                               _connect={"errored": self._on_errored}, _ignore_errors=True,
+                               _start_thread=False)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._update_buttons()
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current step (it saves ``last``)."""
+        if self.worker is not None:
+            self._stop.set()
+            C.set_status(self.status, "stopping after the current step ...", "warning")
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, Status):
+            C.set_status(self.status, ev.text)
+            return
+        self.events.append(ev)
+        m = ev.metrics or {}
+        if ev.kind == "start":
+            ph = (m.get("phases") or {}).get("joint", {})
+            self.epoch_bar.setRange(0, int(ph.get("epochs", self.epochs.value())))
+            self.step_bar.setRange(0, max(1, int(ph.get("steps_per_epoch", 1))))
+            note = f"training on {m.get('device')}: {m.get('train_slices')} training / {m.get('val_slices')} " \
+                   "validation slices"
+            if m.get("resumed"):
+                note += f", resumed at step {m.get('resumed_from_step')}"
+            C.set_status(self.status, note)
+        elif ev.kind == "step":
+            if "loss" in m:
+                self.plot.add_point("loss", ev.step, m["loss"])
+            self.step_bar.setRange(0, max(1, ev.epoch_steps))
+            self.step_bar.setValue(ev.epoch_step)
+            self.epoch_bar.setRange(0, max(1, ev.epochs))
+            self.epoch_bar.setValue(max(ev.epoch - 1, 0))
+            C.set_status(self.status, f"epoch {ev.epoch}/{ev.epochs}, step {ev.step}/{ev.total_steps}: "
+                         f"loss {m.get('loss', float('nan')):.4f}")
+        elif ev.kind == "epoch":
+            for key in ("val_psnr", "val_dice"):
+                if key in m and m[key] == m[key]:
+                    self.plot.add_point(key, ev.step, m[key])
+            self.epoch_bar.setValue(ev.epoch)
+            C.set_status(self.status, f"epoch {ev.epoch}: val PSNR {m.get('val_psnr', float('nan')):.2f} dB, "
+                         f"val Dice {m.get('val_dice', float('nan')):.3f}")
+        elif ev.kind == "checkpoint":
+            C.set_status(self.status, f"saved {ev.checkpoint}")
+        elif ev.kind == "stopped":
+            C.set_status(self.status, f"stopped at step {ev.step}; 'last' saved in {self.out_dir} (Resume continues)",
+                         "warning")
+        elif ev.kind == "done":
+            best = m.get("best") or m.get("last")
+            C.set_status(self.status, f"done: best checkpoint {best}")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._outcome = "error"
+        self._error(C.error_text(exc))
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failure):
+            self._outcome = "error"
+            self._error(result.message)
+            return
+        self.result = result
+        self._outcome = result.outcome
+        where = result.best or result.last
+        if result.outcome == "done":
+            C.set_status(self.status, f"done after {result.events} events: checkpoint {where} "
+                         "(load it in Restore & Segment as a local file)")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._update_buttons()
+        self.job_finished.emit(self._outcome or "done")
+
+
+def _train_with_factory(cfg, resume, stop, factory):
+    """Worker generator: build the datasets (folders are read here, off the GUI thread), then train."""
+    from ._workers import _expected_errors
+
+    try:
+        yield Status("reading the training data ...")
+        data = factory()
+    except _expected_errors() as exc:
+        return Failure(C.error_text(exc))
+    return (yield from train_job(cfg, resume=resume, stop=stop, datasets=data))

@@ -1,0 +1,234 @@
+"""Training: config files, the event loop, checkpoints, resume/stop, the runner and 2-process DDP.
+
+Real data (ACDC + COVID-19 CT slices from shared/data), the tiny model, crop 48, a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_vldun.train import (RunExistsError, TrainConfig, fit_batch, iter_train, train_from_file)
+from napari_vldun.train.losses import JointLoss
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _need_data(shared_data):
+    """Every test here reads the real data (skipped when shared/data is absent)."""
+
+
+def small(out_dir, **kw) -> TrainConfig:
+    base = dict(model="tiny", sources=["acdc", "covid_ct"], crop=48, batch_size=2, epochs=1, steps_per_epoch=3,
+                max_slices_per_source=8, val_max_slices=1, out_dir=str(out_dir), device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_files(tmp_path):
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"_comment": "ignored", "sources": ["acdc"], "crop": 64,
+                             "model_overrides": {"use_priors": False}}))
+    cfg = TrainConfig.from_file(j)
+    assert cfg.crop == 64 and cfg.model_overrides == {"use_priors": False}
+    assert cfg.resolved_val_sources() == ["acdc"] and cfg.lambda_seg == 0.5 and cfg.stage_weight == 0.1
+    t = tmp_path / "c.toml"
+    t.write_text('sources = ["acdc", "totalseg_ct"]\nepochs = 3\n[model_overrides]\nfreq_decoupling = false\n')
+    cfg = TrainConfig.from_file(t)
+    assert cfg.epochs == 3 and cfg.model_overrides == {"freq_decoupling": False}
+    assert cfg.resolved_val_sources() == ["acdc"]  # labelled sources only
+    j.write_text(json.dumps({"sources": ["acdc"], "learning_rate": 1, "bogus": 2}))
+    with pytest.raises(ValueError, match="bogus.*learning_rate|learning_rate.*bogus"):
+        TrainConfig.from_file(j)
+    j.write_text(json.dumps({"sources": ["nope"]}))
+    with pytest.raises(ValueError, match="nope"):
+        TrainConfig.from_file(j)
+    for name in ("tiny_acdc.json", "shipped.json"):
+        shipped = TrainConfig.from_file(REPO / "configs" / name)
+        assert shipped.model == "tiny"
+
+
+# ----------------------------------------------------------------------------- events, checkpoints
+def test_iter_train_events_and_checkpoints(tmp_path, acdc_slice):
+    from napari_vldun.model.checkpoint import load_checkpoint
+
+    cfg = small(tmp_path / "run", prior_epochs=1, prior_steps_per_epoch=1, steps_per_epoch=2, val_max_slices=2)
+    events = list(iter_train(cfg))
+    kinds = [e.kind for e in events]
+    assert kinds == ["start", "step", "epoch", "checkpoint",                    # prior phase
+                     "step", "step", "epoch", "checkpoint", "checkpoint", "done"]  # joint phase
+    assert [e.phase for e in events[1:4]] == ["prior"] * 3
+    assert events[1].metrics.keys() >= {"modality", "degradation", "loss", "samples_per_s"}
+    step = events[4]
+    assert step.phase == "joint" and step.step == 2 and step.total_steps == 3 and step.epoch == 1
+    assert step.metrics.keys() >= {"rec", "stage", "seg", "loss", "lr", "samples_per_s"}
+    assert all(torch.isfinite(torch.tensor(e.metrics["loss"])) for e in events if e.kind == "step")
+    joint_epoch = events[6].metrics
+    for k in ("val_psnr", "val_ssim", "val_dice", "val_iou", "zero_filled_psnr", "zero_filled_ssim", "score"):
+        assert k in joint_epoch, k
+    assert "val_modality_acc" in events[2].metrics
+    ckpts = {e.metrics["name"]: e.checkpoint for e in events if e.kind == "checkpoint"}
+    assert set(ckpts) == {"last", "best"}
+    done = events[-1]
+    assert done.metrics["best"] == str(tmp_path / "run" / "best") and done.model is not None
+    for f in ("last.safetensors", "last.json", "last.state.safetensors", "last.state.json",
+              "best.safetensors", "best.json"):
+        assert (tmp_path / "run" / f).is_file(), f
+    assert not list((tmp_path / "run").glob("*.pt")) and not list((tmp_path / "run").glob("*.pkl"))
+
+    model, meta = load_checkpoint(tmp_path / "run" / "best")
+    assert meta["train_config"]["sources"] == ["acdc", "covid_ct"]
+    assert meta["label_sets"]["acdc"]["classes"][1] == "RV cavity"
+    assert meta["label_sets"]["covid_ct"]["colors"][1].startswith("#")
+    assert "CC BY-NC-SA" in meta["data_sources"]["acdc"]
+    assert meta["val_metrics"]["val_psnr"] == joint_epoch["val_psnr"] and meta["wall_s"] > 0
+    assert list(model.cfg.modalities) == ["cardiac_mri", "lung_ct"]
+    assert set(model.cfg.label_sets) == {"acdc", "covid_ct"}
+    y = torch.from_numpy(acdc_slice[:64, :64].copy())[None, None]
+    with torch.no_grad():
+        out = model(y)
+    assert out.restored.shape == y.shape and out.seg_logits["acdc"].shape == (1, 4, 64, 64)
+    last, _ = load_checkpoint(tmp_path / "run" / "last")
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values()))
+
+
+def test_overfits_one_batch():
+    """The joint loss goes down when the tiny model trains on one fixed real batch."""
+    from napari_vldun.data import SliceDataset
+    from napari_vldun.model import build_model
+
+    ds = SliceDataset(["acdc"], "val", crop=48, max_slices_per_source=12, fixed_accel=4.0, seed=3)
+    items = [it for it in (ds[i] for i in range(len(ds))) if (it["label"] > 0).sum() > 50][:2]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("clean", "degraded", "label", "has_label",
+                                                               "label_set_index", "modality", "degradation")}
+    assert bool(batch["has_label"].all()) and (batch["label"] > 0).any()
+    model = build_model("tiny", seed=0, use_priors=False, modalities=("cardiac_mri",),
+                        label_sets={"acdc": ["bg", "rv", "myo", "lv"]})
+    losses = fit_batch(model, batch, JointLoss(ds.label_sets), steps=15, lr=2e-3)
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert min(losses[-3:]) < 0.7 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------- resume / stop / overwrite
+def test_reproducible_stop_and_exact_resume(tmp_path):
+    a = [e.metrics["loss"] for e in iter_train(small(tmp_path / "a")) if e.kind == "step"]
+    assert len(a) == 3
+
+    stop = threading.Event()
+    b, kinds = [], []
+    for e in iter_train(small(tmp_path / "b"), stop=stop):
+        kinds.append(e.kind)
+        if e.kind == "step":
+            b.append(e.metrics["loss"])
+            if e.step == 2:
+                stop.set()
+    assert kinds == ["start", "step", "step", "stopped"]
+    assert b == a[:2]  # same config -> identical losses
+    run_b = tmp_path / "b"
+    assert (run_b / "last.json").is_file() and not (run_b / "best.json").exists()
+    state = json.loads((run_b / "last.state.json").read_text())
+    assert state["position"] == {"phase": "joint", "epoch": 0, "epoch_step": 2, "phase_step": 2, "global_step": 2}
+
+    # a fresh start there is refused; resuming continues at step 3 with the uninterrupted run's loss
+    with pytest.raises(RunExistsError, match="resume"):
+        next(iter(iter_train(small(run_b))))
+    resumed = list(iter_train(small(run_b), resume=True))
+    assert resumed[0].kind == "start" and resumed[0].metrics["resumed_from_step"] == 2
+    steps = [e for e in resumed if e.kind == "step"]
+    assert [e.step for e in steps] == [3] and [e.metrics["loss"] for e in steps] == a[2:]
+    assert resumed[-1].kind == "done" and (run_b / "best.json").is_file()
+
+    # changing a fixed field is refused on resume
+    with pytest.raises(ValueError, match="crop"):
+        next(iter(iter_train(small(run_b, crop=32), resume=True)))
+    with pytest.raises(FileNotFoundError):
+        next(iter(iter_train(small(tmp_path / "empty"), resume=True)))
+
+
+def test_close_generator_keeps_last_and_overwrite(tmp_path):
+    cfg = small(tmp_path / "c", steps_per_epoch=2, model_overrides={"use_priors": False})
+    gen = iter_train(cfg)
+    for e in gen:
+        if e.kind == "step":
+            break
+    gen.close()  # like a GUI closing the worker: `last` is written
+    state = json.loads((tmp_path / "c" / "last.state.json").read_text())
+    assert state["position"]["global_step"] == 1
+    gen = iter_train(cfg.replace(overwrite=True))
+    assert next(gen).kind == "start"  # allowed, and the previous run's files are gone
+    gen.close()
+    assert not (tmp_path / "c" / "last.json").exists()
+
+
+# ----------------------------------------------------------------------------- runner (CLI)
+def test_train_from_file_summary(tmp_path, capsys):
+    summary = train_from_file(REPO / "configs" / "tiny_acdc.json", out_dir=tmp_path / "r", progress=False,
+                              overrides={"crop": 48, "batch_size": 2, "epochs": 1, "steps_per_epoch": 1,
+                                         "prior_epochs": 0, "max_slices_per_source": 4, "val_max_slices": 1,
+                                         "model_overrides": {"use_priors": False}})
+    assert summary["best"] == str(tmp_path / "r" / "best") and summary["last"] == str(tmp_path / "r" / "last")
+    assert summary["epochs"] == 1 and summary["steps"] == 1 and not summary["stopped"]
+    assert "val_psnr" in summary["metrics"] and summary["wall_s"] > 0
+    out = capsys.readouterr().out
+    assert "joint epoch 1/1" in out and "val_psnr=" in out
+
+
+def test_runner_stop_and_sigint(tmp_path):
+    import signal
+
+    from napari_vldun.train.runner import _SigintToStop, run_training
+
+    stop = threading.Event()
+    stop.set()  # as if Ctrl-C came during the first step
+    cfg = small(tmp_path / "s", model_overrides={"use_priors": False}, max_slices_per_source=4)
+    summary = run_training(cfg, progress=False, verbose=False, stop=stop)
+    assert summary["stopped"] and summary["steps"] == 1 and summary["last"] == str(tmp_path / "s" / "last")
+    assert (tmp_path / "s" / "last.state.json").is_file()
+
+    stop = threading.Event()
+    with _SigintToStop(stop, lambda msg: None):
+        os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: stop after the current step
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):  # second Ctrl-C: abort
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+# ----------------------------------------------------------------------------- torchrun
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "_ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in (0, 1):
+        assert f"rank {r}: start step step epoch checkpoint checkpoint done" in proc.stdout
+    sums = [(out / f"params_rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1] and len(sums[0]) == 64
+    # every rank reports the same (all-reduced) validation metrics
+    assert (out / "metrics_rank0.txt").read_text() == (out / "metrics_rank1.txt").read_text()
+    # one checkpoint set, written by rank 0 only, equal to the ranks' parameters
+    files = sorted(p.name for p in out.iterdir() if not p.name.endswith(".txt"))
+    assert files == ["best.json", "best.safetensors", "last.json", "last.safetensors", "last.state.json",
+                     "last.state.safetensors"]
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from _ddp_worker import checksum
+    finally:
+        sys.path.pop(0)
+    from napari_vldun.model.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(out / "last")
+    assert checksum(model) == sums[0] and meta["world_size"] == 2 and meta["global_step"] == 2

@@ -1,0 +1,529 @@
+"""GUI tests of the VL-DUN dock widgets on the bundled samples (napari + pytest-qt under Xvfb).
+
+The model is the shipped checkpoint when there is one, else the random tiny model; both give
+outputs of the right shapes, names and colours, which is what is checked here. Inputs are small
+crops of the samples so that the whole file runs in a few minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import torch  # noqa: E402
+from napari.layers import Image, Labels, Layer  # noqa: E402
+
+from napari_vldun._sample_data import sample_layers  # noqa: E402
+from napari_vldun._widgets import _common as C  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 120_000  # ms, per worker
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Collect napari error notifications instead of showing them."""
+    seen: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_error", lambda msg: seen.append(str(msg)))
+    return seen
+
+
+def _crop_box(labels: np.ndarray, z: int, size: int) -> tuple[slice, slice]:
+    """A size x size window centred on the labels of slice z (or the image centre)."""
+    h, w = labels.shape[-2:]
+    ys, xs = np.nonzero(labels[z])
+    cy, cx = (int(ys.mean()), int(xs.mean())) if ys.size else (h // 2, w // 2)
+    y0 = min(max(cy - size // 2, 0), h - size)
+    x0 = min(max(cx - size // 2, 0), w - size)
+    return slice(y0, y0 + size), slice(x0, x0 + size)
+
+
+def sample_crop(name: str, n_slices: int = 3, size: int = 64, scale=None) -> dict[str, Layer]:
+    """clean / degraded / labels layers of a bundled sample, cropped to (n_slices, size, size)."""
+    tuples = sample_layers(name)
+    labels = tuples[2][0]
+    z_best = int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(1)))
+    z0 = min(max(z_best - n_slices // 2, 0), max(labels.shape[0] - n_slices, 0))
+    ys, xs = _crop_box(labels, z_best, size)
+    out = {}
+    for (data, kwargs, kind), key in zip(tuples, ("clean", "degraded", "labels")):
+        crop = np.ascontiguousarray(data[z0:z0 + n_slices, ys, xs])
+        kw = {k: v for k, v in kwargs.items() if k not in ("affine",)}
+        kw["name"] = f"{name} {key}"
+        kw["metadata"] = {k: v for k, v in kw["metadata"].items() if k != "vldun_volume"}  # a crop: new grid
+        if scale is not None:
+            kw["scale"] = scale
+        out[key] = Layer.create(crop, kw, kind)
+    return out
+
+
+def wait_job(qtbot, widget, start=None):
+    """Start (optional) and wait for widget.job_finished; returns the outcome string."""
+    outcome = []
+    widget.job_finished.connect(outcome.append)
+    worker = start() if start is not None else widget.start()
+    assert worker is not None, widget.last_message
+    qtbot.waitUntil(lambda: bool(outcome), timeout=TIMEOUT)
+    widget.job_finished.disconnect(outcome.append)
+    return outcome[0]
+
+
+def hex_rgba(colour: str) -> np.ndarray:
+    c = colour.lstrip("#")
+    return np.array([int(c[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0])
+
+
+# --------------------------------------------------------------------------- Restore & Segment
+def test_restore_segment_end_to_end(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.model.config import LABEL_COLORS, LABEL_SETS
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 2, 64, scale=(8.0, 1.4, 1.4))
+    deg = viewer.add_layer(layers["degraded"])
+    deg.translate = (0.0, 10.0, -5.0)
+    deg.metadata["patient"] = "p028"
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    w.label_set.setCurrentText("acdc")
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert not errors
+
+    restored = viewer.layers[f"{deg.name} restored"]
+    labels = viewer.layers[f"{deg.name} labels"]
+    assert isinstance(restored, Image) and isinstance(labels, Labels)
+    assert restored.data.shape == labels.data.shape == deg.data.shape
+    assert labels.data.dtype == np.uint8
+    for lay in (restored, labels):
+        np.testing.assert_allclose(lay.scale, deg.scale)
+        np.testing.assert_allclose(lay.translate, deg.translate)
+        np.testing.assert_allclose(lay.affine.affine_matrix, deg.affine.affine_matrix)
+        assert lay.metadata["patient"] == "p028"
+    prov = restored.metadata["vldun"]
+    assert prov["widget"] == "restore" and prov["source"] == deg.name
+    assert prov["label_set"] == "acdc" and prov["device"] == "cpu"
+    assert prov["slices_done"] == [0, 1]
+    assert prov["modality_probs"].shape == (2, len(prov["modalities"]))
+    np.testing.assert_allclose(prov["modality_probs"].sum(1), 1.0, atol=1e-4)
+    assert set(prov["normalisation"]) >= {"method", "lo", "hi"}
+    assert prov["random_weights"] == (not C.shipped_checkpoint_exists())
+    assert w.model.warning.isVisibleTo(w) == prov["random_weights"]
+    # labels: class names and colours of the label set
+    assert list(labels.features["name"]) == list(LABEL_SETS["acdc"])
+    assert labels.metadata["vldun"]["label_names"] == list(LABEL_SETS["acdc"])
+    for i, colour in enumerate(LABEL_COLORS["acdc"][1:], start=1):
+        np.testing.assert_allclose(labels.colormap.map(np.array([i]))[0], hex_rgba(colour), atol=1e-2)
+    assert labels.colormap.map(np.array([0]))[0][3] == 0  # background transparent
+    # restored in the input's units: normalisation was needed (max > 1), values map back into [lo, hi]
+    lo, hi = prov["normalisation"]["lo"], prov["normalisation"]["hi"]
+    if prov["normalisation"]["method"] != "none":
+        assert restored.data.min() >= lo - 1e-3 and restored.data.max() <= hi + 1e-3
+
+
+def test_restore_current_slice_updates_own_layer(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(sample_crop("brain", 3, 48)["degraded"])
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    w.current_only.setChecked(True)
+    viewer.dims.set_current_step(0, 1)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers[f"{img.name} restored"]
+    assert restored.data.shape == img.data.shape
+    assert restored.metadata["vldun"]["slices_done"] == [1]
+    assert np.abs(restored.data[1]).sum() > 0 and not restored.data[0].any() and not restored.data[2].any()
+    assert np.isnan(restored.metadata["vldun"]["modality_probs"][0]).all()
+    n_layers = len(viewer.layers)
+    viewer.dims.set_current_step(0, 2)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert len(viewer.layers) == n_layers  # updated in place
+    assert viewer.layers[f"{img.name} restored"] is restored
+    assert restored.metadata["vldun"]["slices_done"] == [1, 2]
+    assert restored.data[2].any() and restored.data[1].any()
+    assert not errors
+
+
+def test_restore_cancel_leaves_no_layer(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(sample_crop("acdc", 6, 48)["degraded"])
+    before = [ly.name for ly in viewer.layers]
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    progressed = []
+
+    def start():
+        worker = w.start()
+        worker.yielded.connect(lambda item: (progressed.append(item), w.cancel()) if hasattr(item, "done") else None)
+        return worker
+
+    assert wait_job(qtbot, w, start) == "cancelled"
+    assert progressed and progressed[0].done < progressed[0].total
+    assert [ly.name for ly in viewer.layers] == before
+    assert not errors
+
+
+def test_restore_never_overwrites_foreign_layer(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((48, 48)).astype(np.float32), name="slice")
+    mine = np.full((48, 48), 7.0, np.float32)
+    foreign = viewer.add_image(mine.copy(), name="slice restored")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    np.testing.assert_array_equal(foreign.data, mine)
+    assert "vldun" not in foreign.metadata
+    new = viewer.layers["slice restored [2]"]
+    assert new.metadata["vldun"]["widget"] == "restore" and new.data.shape == (48, 48)
+    # a second run updates "[2]", still leaving the user's layer alone
+    n = len(viewer.layers)
+    assert wait_job(qtbot, w) == "done"
+    assert len(viewer.layers) == n
+    np.testing.assert_array_equal(foreign.data, mine)
+    assert not errors
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _bad_layer(viewer, case: str):
+    rng = np.random.default_rng(1)
+    if case == "rgb":
+        return viewer.add_image((rng.random((32, 32, 3)) * 255).astype(np.uint8), rgb=True, name="rgb")
+    if case == "4d":
+        return viewer.add_image(rng.random((2, 2, 32, 32)).astype(np.float32), name="four")
+    if case == "nan":
+        a = rng.random((32, 32)).astype(np.float32)
+        a[3, 4] = np.nan
+        return viewer.add_image(a, name="nan")
+    if case == "tiny":
+        return viewer.add_image(rng.random((4, 4)).astype(np.float32), name="tiny")
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["rgb", "4d", "nan", "tiny", "no_layer"])
+def test_restore_bad_images(make_napari_viewer, qtbot, errors, case):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    if case != "no_layer":
+        w.image_picker.set_layer(_bad_layer(viewer, case))
+    n = len(viewer.layers)
+    assert w.start() is None
+    assert len(errors) == 1 and len(viewer.layers) == n
+    expected = {"rgb": "RGB", "4d": "4-D", "nan": "NaN", "tiny": "too small", "no_layer": "no input layer"}[case]
+    assert expected in errors[0]
+
+
+def test_non_image_layer_is_refused(make_napari_viewer):
+    viewer = make_napari_viewer()
+    lab = viewer.add_labels(np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match="Labels layer"):
+        C.image_data(lab)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_restore_cuda_without_gpu(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="x")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    w.model.device.setCurrentText("cuda")
+    assert w.start() is None
+    assert len(errors) == 1 and "CUDA" in errors[0]
+    assert len(viewer.layers) == 1
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "mismatch", "missing"])
+def test_restore_bad_checkpoint(make_napari_viewer, qtbot, errors, tmp_path, corruption):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "model"
+    if corruption == "garbage":
+        save_checkpoint(build_model("tiny"), ckpt)
+        (tmp_path / "model.safetensors").write_bytes(b"\x00 this is not a safetensors file" * 10)
+    elif corruption == "mismatch":
+        save_checkpoint(build_model("tiny"), ckpt)
+        import json
+
+        doc = json.loads((tmp_path / "model.json").read_text())
+        doc["config"]["widths"] = [8, 16, 32]
+        (tmp_path / "model.json").write_text(json.dumps(doc))
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="x")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    w.set_weights(tmp_path / "model.safetensors")
+    assert wait_job(qtbot, w) == "error"
+    assert len(errors) == 1 and "model" in errors[0]
+    assert [ly.name for ly in viewer.layers] == ["x"]
+
+
+# --------------------------------------------------------------------------- Priors
+def test_priors_bars_follow_slice(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.priors import PriorsWidget
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.inference import predict
+
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    priors = PriorsWidget(viewer)
+    qtbot.addWidget(priors)
+    assert priors.chart.heights(0) == []
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers[f"{img.name} restored"]
+    assert priors.result_picker.current_layer() is restored
+    # the model's own probabilities for each slice
+    loaded = C.get_model(None, "cpu")
+    unit, _ = C.to_unit(img.data)
+    for z in (1, 0):
+        viewer.dims.set_current_step(0, z)
+        expected = predict(loaded, unit, slices=[z])
+        np.testing.assert_allclose(priors.chart.heights(0), expected.modality_probs[0], atol=1e-5)
+        np.testing.assert_allclose(priors.chart.heights(1), expected.degradation_probs[0], atol=1e-5)
+        assert priors.slice_index == z
+        assert f"slice {z}" in priors.chart.axes[0].get_title()
+    assert not errors
+
+
+# --------------------------------------------------------------------------- Stage explorer
+@pytest.mark.parametrize("sample,n", [("ct", 1), ("acdc", 3)])
+def test_stage_explorer(make_napari_viewer, qtbot, errors, sample, n):
+    from napari_vldun._widgets.stages import StageExplorerWidget
+
+    viewer = make_napari_viewer()
+    layer = sample_crop(sample, n, 48)["degraded"]
+    if n == 1:  # a true 2-D image
+        layer = Layer.create(layer.data[0], {"name": "ct slice", "scale": (0.7, 0.7)}, "image")
+    img = viewer.add_layer(layer)
+    if n > 1:
+        viewer.dims.set_current_step(0, 2)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    n_stages = C.get_model(None, "cpu").model.cfg.num_stages
+    for band in ("full", "low", "high"):
+        st = viewer.layers[f"{img.name} stages {band}"]
+        assert st.data.shape[0] == n_stages and st.data.shape[-2:] == (48, 48)
+        assert st.data.shape == ((n_stages, 48, 48) if n == 1 else (n_stages, 1, 48, 48))
+        assert not st.visible
+        assert st.metadata["vldun"]["slices"] == ([0] if n == 1 else [2])
+        np.testing.assert_allclose(st.scale[-2:], img.scale[-2:])
+    if n > 1:  # the single slice sits at its place along the slice axis
+        assert viewer.layers[f"{img.name} stages full"].translate[1] == pytest.approx(img.translate[0] + 2 * img.scale[0])
+    assert w.stage_slider.maximum() == n_stages - 1
+    full = viewer.layers[f"{img.name} stages full"].data
+    for s in (0, n_stages - 1):
+        w.stage_slider.setValue(s)
+        w.band.setCurrentText("low")
+        np.testing.assert_allclose(w.current_map(), w.stages[s, 1])
+        w.band.setCurrentText("full")
+        np.testing.assert_allclose(w.current_map(), full[s].reshape(48, 48))
+        assert w.view.image is not None
+    w.show_in_viewer.setChecked(True)
+    assert viewer.layers[f"{img.name} stages full"].visible
+    assert not viewer.layers[f"{img.name} stages low"].visible
+    assert not errors
+
+
+# --------------------------------------------------------------------------- Degrade & Compare
+def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun.evaluate.metrics import dice, psnr, ssim
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 2, 64, scale=(10.0, 1.5, 1.5))
+    clean = viewer.add_layer(layers["clean"])
+    ref_labels = viewer.add_layer(layers["labels"])
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.clean_picker.set_layer(clean)
+    w.kind.setCurrentText("cartesian")
+    w.accel.setValue(4.0)
+    new = w.run_degrade()
+    assert new is not None, w.last_message
+    assert new.name == "acdc clean degraded (cartesian 4x)"
+    assert new.data.shape == clean.data.shape
+    np.testing.assert_allclose(new.scale, clean.scale)
+    expected = psnr(np.clip(new.data, 0, 1), clean.data)
+    assert w.last_metrics["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert w.last_metrics["ssim"] == pytest.approx(ssim(np.clip(new.data, 0, 1), clean.data), abs=1e-4)
+    assert f"PSNR {expected:.2f} dB" in w.degrade_result.text()
+    assert 0.2 < w.last_metrics["fraction"] < 0.35
+    # radial with noise and blur
+    w.kind.setCurrentText("radial")
+    w.noise.setValue(0.02)
+    w.blur.setValue(1.0)
+    rad = w.run_degrade()
+    assert rad.name == "acdc clean degraded (radial 4x, noise 0.02, blur 1)"
+    assert w.last_metrics["psnr"] == pytest.approx(psnr(np.clip(rad.data, 0, 1), clean.data), abs=1e-4)
+    # compare a "result" (the degraded image) and result labels (reference with a change) with the references
+    pred = np.asarray(ref_labels.data).copy()
+    pred[:, :10] = 0
+    pred_layer = viewer.add_labels(pred, name="pred labels")
+    w.ref_picker.set_layer(clean)
+    w.result_picker.set_layer(new)
+    w.ref_labels_picker.set_layer(ref_labels)
+    w.pred_labels_picker.set_layer(pred_layer)
+    m = w.run_compare()
+    assert m["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert m["dice"] == pytest.approx(dice(pred, ref_labels.data, m["classes"]), abs=1e-6)
+    assert "Dice" in w.compare_result.text()
+    # labels of the wrong shape: a clear error, nothing computed
+    bad = viewer.add_labels(np.zeros((2, 32, 32), np.uint8), name="bad labels")
+    w.ref_labels_picker.set_layer(bad)
+    n = len(viewer.layers)
+    assert w.run_compare() is None
+    assert len(errors) == 1 and "shape" in errors[0] and len(viewer.layers) == n
+
+
+def test_compare_restored_result(make_napari_viewer, qtbot, errors):
+    """Restore & Segment output compared with the clean image and the reference labels."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.evaluate.metrics import dice, psnr
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("ct", 1, 64)
+    clean, deg, ref = (viewer.add_layer(layers[k]) for k in ("clean", "degraded", "labels"))
+    r = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(r)
+    r.image_picker.set_layer(deg)
+    r.label_set.setCurrentText("covid_ct")
+    assert wait_job(qtbot, r) == "done", r.last_message
+    restored = viewer.layers[f"{deg.name} restored"]
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.ref_picker.set_layer(clean)
+    w.result_picker.set_layer(restored)
+    assert w.pred_labels_picker.current_layer() is viewer.layers[f"{deg.name} labels"]  # follows provenance
+    w.ref_labels_picker.set_layer(ref)
+    m = w.run_compare()
+    assert m is not None, w.last_message
+    assert m["psnr"] == pytest.approx(psnr(np.clip(restored.data, 0, 1), clean.data), abs=1e-4)
+    assert m["classes"] == 2
+    assert m["dice"] == pytest.approx(dice(viewer.layers[f"{deg.name} labels"].data, ref.data, 2), nan_ok=True)
+    assert not errors
+
+
+# --------------------------------------------------------------------------- Train
+def test_train_widget_layers(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
+    from napari_vldun._widgets.train import TrainWidget
+    from napari_vldun.inference import load_model, predict
+    from napari_vldun.model.config import LABEL_SETS
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 3, 48)
+    img, lab = viewer.add_layer(layers["clean"]), viewer.add_layer(layers["labels"])
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    assert not w.start_button.isEnabled()  # no output folder yet
+    assert w.start() is None and "output folder" in errors[-1]
+    errors.clear()
+    assert w.add_pair(img, lab)
+    assert w.label_set.text() == "acdc" and w.n_classes.value() == 4
+    # a labels layer of the wrong shape is refused
+    bad = viewer.add_labels(np.zeros((3, 40, 40), np.uint8), name="bad")
+    assert not w.add_pair(img, bad) and "shape" in errors[-1]
+    errors.clear()
+    w.val_fraction.setValue(0.2)
+    w.epochs.setValue(1)
+    w.steps.setValue(2)
+    w.batch.setValue(1)
+    w.crop.setValue(32)
+    w.device.setCurrentText("cpu")
+    out = tmp_path / "run"
+    w.set_output_dir(out)
+    assert w.start_button.isEnabled()
+    assert wait_job(qtbot, w, lambda: w.start(resume=False)) == "done", w.last_message
+    assert not errors
+    kinds = [ev.kind for ev in w.events]
+    assert kinds[0] == "start" and kinds.count("step") == 2 and "epoch" in kinds and kinds[-1] == "done"
+    start = w.events[0].metrics
+    assert start["train_slices"] == 2 and start["val_slices"] == 1
+    assert w.plot.points("loss") == 2 and w.plot.points("val_psnr") == 1 and w.plot.points("val_dice") >= 0
+    assert w.epoch_bar.value() == 1
+    best = out / "best"
+    assert (out / "best.safetensors").is_file() and (out / "last.json").is_file()
+    loaded = load_model(weights=best, device="cpu")
+    assert loaded.label_sets == {"acdc": list(LABEL_SETS["acdc"])}
+    pred = predict(loaded, np.clip(img.data[:1], 0, 1))
+    assert pred.labels.shape == (1, 48, 48) and pred.restored.shape == (1, 48, 48) and pred.label_set == "acdc"
+    # a second Start in the same folder needs a confirmation; declining keeps the checkpoint
+    stamp = (out / "best.safetensors").stat().st_mtime_ns
+    asked = []
+    monkeypatch.setattr(w, "_confirm", lambda q: asked.append(q) or False)
+    assert w.start() is None and asked
+    assert (out / "best.safetensors").stat().st_mtime_ns == stamp
+    assert w.resume_button.isEnabled()
+
+
+def test_train_widget_stop_and_folders(make_napari_viewer, qtbot, errors, tmp_path):
+    """Folders of NIfTI pairs; Stop after the first step writes 'last', Resume continues it."""
+    from napari_vldun._widgets.train import TrainWidget
+    from napari_vldun.io import write_nifti
+
+    layers = sample_crop("brain", 2, 40)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for k in range(2):
+        write_nifti(layers["clean"].data[k:k + 1], tmp_path / "img" / f"case{k}.nii.gz")
+        write_nifti(layers["labels"].data[k:k + 1].astype(np.uint8), tmp_path / "lab" / f"case{k}_seg.nii.gz")
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.source.setCurrentText("folders")
+    w.images_dir.setText(str(tmp_path / "img"))
+    w.labels_dir.setText(str(tmp_path / "lab"))
+    w.label_set.setText("brats2015")
+    w.n_classes.setValue(5)
+    w.modality.setCurrentText("brain_mri")
+    w.val_fraction.setValue(0.5)
+    w.epochs.setValue(2)
+    w.batch.setValue(1)
+    w.crop.setValue(32)
+    w.device.setCurrentText("cpu")
+    w.set_output_dir(tmp_path / "out")
+
+    def start():
+        worker = w.start()
+        worker.yielded.connect(lambda ev: w.stop() if getattr(ev, "kind", "") == "step" else None)
+        return worker
+
+    assert wait_job(qtbot, w, start) == "stopped", w.last_message
+    assert (tmp_path / "out" / "last.state.json").is_file()
+    assert w.resume_button.isEnabled()
+    assert wait_job(qtbot, w, lambda: w.start(resume=True)) == "done", w.last_message
+    assert w.events[0].metrics["resumed"] and w.events[-1].kind == "done"
+    assert not errors
