@@ -58,11 +58,23 @@ def _settle(app, seconds: float = 0.8) -> None:
         time.sleep(0.02)
 
 
+def _dismiss_notifications(app) -> None:
+    """Close napari's toast notifications (e.g. the PyQt5 deprecation notice) before a screenshot."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for w in app.allWidgets():
+        if isinstance(w, NapariQtNotification):
+            w.hide()
+            w.deleteLater()
+
+
 def _save(viewer, app, path: Path) -> None:
     """Whole window (dock included) -> PNG under MAX_BYTES (palette-reduced / shrunk if needed)."""
     from PIL import Image
 
     _settle(app)
+    _dismiss_notifications(app)
+    _settle(app, 0.3)
     arr = viewer.screenshot(canvas_only=False, flash=False)
     img = Image.fromarray(arr[..., :3])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +145,13 @@ def main() -> None:
     priors = PriorsWidget(viewer)
     d = dock(priors, "Priors")
     priors.update_plot()
+    degraded.visible = True
+    for suffix in ("restored", "labels"):
+        viewer.layers[f"{degraded.name} {suffix}"].visible = False
     _save(viewer, app, out / "priors.png")
+    for suffix in ("restored", "labels"):
+        viewer.layers[f"{degraded.name} {suffix}"].visible = True
+    degraded.visible = False
     viewer.window.remove_dock_widget(d)
 
     # ---- Stage explorer
@@ -149,7 +167,7 @@ def main() -> None:
     viewer.layers[f"{degraded.name} labels"].visible = False
     _save(viewer, app, out / "stage_explorer.png")
     for band in ("full", "low", "high"):
-        viewer.layers[f"{degraded.name} stages {band}"].visible = False
+        viewer.layers.remove(f"{degraded.name} stages {band}")
     viewer.window.remove_dock_widget(d)
     if labels.ndim == 3:
         viewer.dims.set_current_step(0, z)
@@ -173,6 +191,7 @@ def main() -> None:
 
     # ---- Train (a couple of steps on the sample's own pairs)
     train = TrainWidget(viewer)
+    viewer.window._qt_window.resize(1560, 1180)  # the whole form and the plot
     d = dock(train, "Train")
     train.add_pair(clean, ref_labels)
     train.epochs.setValue(3)

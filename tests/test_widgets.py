@@ -15,6 +15,7 @@ pytest.importorskip("pytestqt")
 
 import torch  # noqa: E402
 from napari.layers import Image, Labels, Layer  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_vldun._sample_data import sample_layers  # noqa: E402
 from napari_vldun._widgets import _common as C  # noqa: E402
@@ -83,6 +84,71 @@ def wait_job(qtbot, widget, start=None):
 def hex_rgba(colour: str) -> np.ndarray:
     c = colour.lstrip("#")
     return np.array([int(c[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0])
+
+
+# --------------------------------------------------------------------------- manifest
+def test_docks_open_from_the_manifest(make_napari_viewer, qtbot):
+    """Every widget contribution opens as a dock; closing docks leaves the viewer working."""
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    if "napari-vldun" not in {m.name for m in pm.iter_manifests()}:
+        pm.discover()
+    viewer = make_napari_viewer()
+    names = [w.display_name for w in pm.get_manifest("napari-vldun").contributions.widgets]
+    assert names == ["Restore & Segment", "Priors", "Stage explorer", "Degrade & Compare", "Train"]
+    docks, widgets = [], {}
+    for name in names:
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-vldun", name)
+        assert widget.viewer == viewer  # napari hands plugins a public-only proxy of the viewer
+        docks.append(dock)
+        widgets[name] = widget
+    # the docks work through the proxy: restore a small image, the priors dock shows its bars
+    img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="a")
+    restore = widgets["Restore & Segment"]
+    assert restore.image_picker.current_layer() == img
+    assert wait_job(qtbot, restore) == "done", restore.last_message
+    assert "a restored" in viewer.layers and "a labels" in viewer.layers
+    assert len(widgets["Priors"].chart.heights(0)) == len(viewer.layers["a restored"].metadata["vldun"]["modalities"])
+    for dock in docks:
+        viewer.window.remove_dock_widget(dock)
+    qtbot.wait(50)
+    viewer.add_image(np.zeros((16, 16), np.float32), name="b")  # pickers of closed docks are gone quietly
+    viewer.layers["a"].name = "c"
+    viewer.layers.remove("b")
+
+
+def test_label_colours_render_where_labels_are(make_napari_viewer, qtbot):
+    """The class colour of the sample labels shows up in the rendered canvas, over the labelled area."""
+    from napari_vldun.model.config import LABEL_COLORS
+
+    viewer = make_napari_viewer(show=True)
+    layers = sample_crop("ct", 1, 64)
+    lab = np.asarray(layers["labels"].data)[0]
+    assert 0.02 < (lab > 0).mean() < 0.9
+    grey = Layer.create(np.full((64, 64), 0.5, np.float32), {"name": "grey", "contrast_limits": (0, 1)}, "image")
+    viewer.add_layer(grey)
+    labels = viewer.add_layer(Layer.create(lab, {k: v for k, v in {
+        "name": "labels", "colormap": layers["labels"].colormap, "opacity": 1.0}.items()}, "labels"))
+    viewer.reset_view()
+    qtbot.wait(100)
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    target = hex_rgba(LABEL_COLORS["covid_ct"][1])[:3] * 255
+    is_label = np.abs(shot - target).max(-1) <= 12
+    is_grey = np.abs(shot - 128).max(-1) <= 12
+    inside = is_label | is_grey  # the 64 x 64 image drawn on a black canvas
+    assert inside.sum() > 1000
+    assert is_label.sum() / inside.sum() == pytest.approx((lab > 0).mean(), abs=0.03)
+    # and where the labels are: rows of the rendered image hold labels like the data's rows
+    ys, xs = np.nonzero(inside)
+    block = is_label[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    rows = np.array_split(block, 8, axis=0)
+    data_rows = np.array_split(lab > 0, 8, axis=0)
+    np.testing.assert_allclose([r.mean() for r in rows], [r.mean() for r in data_rows], atol=0.05)
+    labels.visible = False
+    qtbot.wait(100)
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert (np.abs(shot - target).max(-1) <= 12).sum() == 0
 
 
 # --------------------------------------------------------------------------- Restore & Segment
@@ -172,11 +238,21 @@ def test_restore_cancel_leaves_no_layer(make_napari_viewer, qtbot, errors):
 
     def start():
         worker = w.start()
-        worker.yielded.connect(lambda item: (progressed.append(item), w.cancel()) if hasattr(item, "done") else None)
+        # in the worker thread, right at the first slice's Progress: stop between slices
+        worker.yielded.connect(lambda item: (progressed.append(item), worker.quit()) if hasattr(item, "done")
+                               else None, Qt.DirectConnection)
         return worker
 
     assert wait_job(qtbot, w, start) == "cancelled"
-    assert progressed and progressed[0].done < progressed[0].total
+    assert len(progressed) == 1 and progressed[0].done < progressed[0].total
+    assert [ly.name for ly in viewer.layers] == before
+    # the Cancel button right after Run
+    def start_and_cancel():
+        worker = w.start()
+        w.cancel()
+        return worker
+
+    assert wait_job(qtbot, w, start_and_cancel) == "cancelled"
     assert [ly.name for ly in viewer.layers] == before
     assert not errors
 
@@ -283,6 +359,26 @@ def test_restore_bad_checkpoint(make_napari_viewer, qtbot, errors, tmp_path, cor
     w.set_weights(tmp_path / "model.safetensors")
     assert wait_job(qtbot, w) == "error"
     assert len(errors) == 1 and "model" in errors[0]
+    assert [ly.name for ly in viewer.layers] == ["x"]
+
+
+def test_restore_out_of_memory(make_napari_viewer, qtbot, errors, monkeypatch):
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    loaded = C.get_model(None, "cpu")
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(loaded.model, "forward", oom)
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((2, 32, 32)).astype(np.float32), name="x")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    w.model.device.setCurrentText("cpu")
+    assert wait_job(qtbot, w) == "error"
+    assert len(errors) == 1 and "out of memory" in errors[0] and "current slice only" in errors[0]
     assert [ly.name for ly in viewer.layers] == ["x"]
 
 
@@ -518,7 +614,9 @@ def test_train_widget_stop_and_folders(make_napari_viewer, qtbot, errors, tmp_pa
 
     def start():
         worker = w.start()
-        worker.yielded.connect(lambda ev: w.stop() if getattr(ev, "kind", "") == "step" else None)
+        # stop requested in the worker thread at the first step (Stop button = the same event)
+        worker.yielded.connect(lambda ev: w._stop.set() if getattr(ev, "kind", "") == "step" else None,
+                               Qt.DirectConnection)
         return worker
 
     assert wait_job(qtbot, w, start) == "stopped", w.last_message

@@ -100,11 +100,25 @@ class LayerPicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         ev = viewer.layers.events
-        ev.inserted.connect(self._on_inserted)
-        ev.removed.connect(self._on_removed)
-        ev.reordered.connect(self.refresh)
+        links = [(ev.inserted, self._on_inserted), (ev.removed, self._on_removed), (ev.reordered, self.refresh)]
+        for sig, cb in links:
+            sig.connect(cb)
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
+
+        def unlink(*_, links=links, viewer=viewer, cb=self.refresh):
+            for sig, fn in links:
+                try:
+                    sig.disconnect(fn)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+            for layer in list(viewer.layers):
+                try:
+                    layer.events.name.disconnect(cb)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+
+        self.destroyed.connect(unlink)
         self.refresh()
 
     def _on_inserted(self, event=None) -> None:
@@ -128,6 +142,12 @@ class LayerPicker(QComboBox):
         return self.predicate is None or bool(self.predicate(layer))
 
     def refresh(self, event=None) -> None:
+        try:
+            self._refresh()
+        except RuntimeError:  # the combo box was deleted (dock closed)
+            pass
+
+    def _refresh(self) -> None:
         current = self.current_layer()
         self.blockSignals(True)
         self.clear()
@@ -294,7 +314,7 @@ def geometry(layer, lead: int = 0, offset: Iterable[float] | None = None) -> dic
         if val is not None:
             vals = [str(v) for v in val]
             if lead:
-                vals = (["pixel"] * lead + vals) if attr == "units" else ([f"stage{i}" for i in range(lead)] + vals)
+                vals = (["pixel"] * lead + vals) if attr == "units" else ((["stage"] if lead == 1 else [f"stage {i}" for i in range(lead)]) + vals)
             out[attr] = tuple(vals)
     return out
 

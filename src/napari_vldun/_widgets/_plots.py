@@ -21,7 +21,7 @@ def theme_colours(viewer=None) -> dict:
 
         name = getattr(viewer, "theme", None) or "dark"
         theme = get_theme(name)
-        bg = theme.canvas.as_hex() if hasattr(theme.canvas, "as_hex") else str(theme.canvas)
+        bg = theme.background.as_hex() if hasattr(theme.background, "as_hex") else str(theme.background)
         fg = theme.text.as_hex() if hasattr(theme.text, "as_hex") else str(theme.text)
         base = _LIGHT if theme.id == "light" else _DARK
         return {**base, "bg": bg, "fg": fg}
@@ -36,7 +36,7 @@ class MplCanvas(QWidget):
                  **subplot_kw) -> None:
         super().__init__(parent)
         self.colours = theme_colours(viewer)
-        self.figure = Figure(figsize=(4.0, height), dpi=90, facecolor=self.colours["bg"])
+        self.figure = Figure(figsize=(4.0, height), dpi=90, facecolor=self.colours["bg"], layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.canvas.setMinimumHeight(int(height * 70))
@@ -59,10 +59,6 @@ class MplCanvas(QWidget):
         ax.title.set_color(c["fg"])
 
     def draw(self) -> None:
-        try:
-            self.figure.tight_layout(pad=0.6)
-        except Exception:  # noqa: BLE001 - tight_layout can fail on tiny canvases
-            pass
         self.canvas.draw_idle()
 
 

@@ -55,9 +55,10 @@ def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int]
             data[:, slices] = maps.transpose(1, 0, 2, 3)
             geom = C.geometry(source_layer, lead=1)
         p = {**prov, "band": band, "stage_levels": list(levels), "slices": list(slices)}
+        lo, hi = (0.0, 1.0) if band == "full" else (float(data.min()), float(data.max()))  # bands are signed
         layer = C.put_layer(viewer, "image", f"{source_layer.name} stages {band}", data, widget=STAGES_WIDGET,
                             source_layer=source_layer, prov=p, geom=geom, colormap="gray",
-                            visible=(band == visible_band), contrast_limits=(0.0, 1.0))
+                            visible=(band == visible_band), contrast_limits=(lo, hi if hi > lo else lo + 1.0))
         layers.append(layer)
     return layers
 
@@ -277,7 +278,7 @@ class RestoreSegmentWidget(QWidget):
         prov = {
             "weights": result.source, "random_weights": result.random_weights, "device": result.device,
             "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
-            "normalisation": {k: v for k, v in job["params"].items() if k != "mask" or isinstance(v, str)},
+            "normalisation": dict(job["params"]),
             "time": C.now(), "seconds": round(result.seconds, 3), "slices_done": done,
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),

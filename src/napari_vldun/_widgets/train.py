@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QSpinBox, QStackedWidget,
+                            QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QStackedWidget,
                             QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
@@ -177,7 +177,8 @@ class TrainWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        lay = QVBoxLayout(self)
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
         lay.addWidget(data_box)
         lay.addWidget(lab_box)
         lay.addWidget(train_box)
@@ -189,6 +190,14 @@ class TrainWidget(QWidget):
         lay.addWidget(self.step_bar)
         lay.addWidget(self.plot, 1)
         lay.addWidget(self.status)
+        scroll = QScrollArea()  # the form is tall: scroll on small screens
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.source.currentIndexChanged.connect(self.data_stack.setCurrentIndex)
         self.add_pair_button.clicked.connect(self.add_pair)
@@ -241,8 +250,8 @@ class TrainWidget(QWidget):
 
     def _drop_removed(self, event=None) -> None:
         layer = getattr(event, "value", None)
-        if any(layer is a or layer is b for a, b in self.pairs):
-            self.pairs = [(a, b) for a, b in self.pairs if a is not layer and b is not layer]
+        if layer is not None and any(layer == a or layer == b for a, b in self.pairs):
+            self.pairs = [(a, b) for a, b in self.pairs if not (layer == a or layer == b)]
             self._refresh_pairs()
 
     def _refresh_pairs(self) -> None:
@@ -261,7 +270,7 @@ class TrainWidget(QWidget):
         except C.USER_ERRORS as exc:
             self._error(C.error_text(exc))
             return False
-        if any(image is a and labels is b for a, b in self.pairs):
+        if any(image == a and labels == b for a, b in self.pairs):
             return True
         self.pairs.append((image, labels))
         self._refresh_pairs()
@@ -291,8 +300,7 @@ class TrainWidget(QWidget):
         n_classes = int(self.n_classes.value())
         opts = dict(label_set=label_set, n_classes=n_classes, modality=self.modality.currentText(),
                     val_fraction=float(self.val_fraction.value()), crop=int(self.crop.value()),
-                    mask_kind=self.mask_kind.currentText(),
-                    accel_range=(2.0, 8.0) if self.mask_kind.currentText() == "cartesian" else (2.0, 8.0))
+                    mask_kind=self.mask_kind.currentText(), accel_range=(2.0, 8.0))
         from ..model.config import PAPER_MODALITIES
 
         opts["modalities"] = list(PAPER_MODALITIES)

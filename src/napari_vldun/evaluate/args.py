@@ -21,8 +21,9 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", default=None, help="VL-DUN checkpoint (default: the shipped one)")
     g.add_argument("--label-set", default=None, help="label set to segment with (default: from the dataset / modality)")
     g.add_argument("--variants", default=None,
-                   help="folder with ablation checkpoints named no_seg_head, no_rec_head, no_priors, no_fd "
-                        "(trained on the same data and budget): adds their rows and restore-then-segment")
+                   help="folder with ablation checkpoints NAME(.safetensors/.json) or training runs NAME/best, "
+                        "NAME in no_seg_head, no_rec_head, no_priors, no_fd (trained on the same data and budget): "
+                        "adds their rows, restore-then-segment and the zero-filled Dice")
     g.add_argument("--no-tv", action="store_true", help="skip the (slow) TV reconstruction baseline")
     g.add_argument("--tv-iters", type=int, default=100)
     g.add_argument("--tv-lambda", type=float, default=0.01)

@@ -246,10 +246,13 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     main = load_model(args.weights, args.device)
     variants = {}
     if args.variants:
-        for key in VARIANTS:
-            p = Path(args.variants) / key
-            if p.with_suffix(".json").exists():
-                variants[key] = load_model(p, args.device)
+        for key in VARIANTS:  # DIR/KEY.json or a training run DIR/KEY/best.json
+            for p in (Path(args.variants) / key / "best", Path(args.variants) / key):
+                if p.with_name(p.name + ".json").exists():
+                    variants[key] = load_model(p, args.device)
+                    break
+        if not variants:
+            raise FileNotFoundError(f"--variants {args.variants}: no checkpoint named {', '.join(VARIANTS)} found")
     if args.dataset:
         def factory():
             return dataset_cases(args.dataset, args.data_root, args.max_slices)

@@ -111,7 +111,7 @@ def normalize_ct(
     """
     (lo, hi), name = _window(window)
     out = _rescale(x_hu, lo, hi)
-    params = {"method": "ct", "window": (lo, hi), "window_name": name}
+    params = {"method": "ct", "window": (lo, hi), "window_name": name, "lo": float(lo), "hi": float(hi)}
     return (out, params) if return_params else out
 
 

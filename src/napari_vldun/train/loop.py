@@ -129,10 +129,12 @@ def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
 class Trainer:
     """Owns the model, data, optimiser and position of one run; :meth:`run` yields the events."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool, stop: threading.Event | None):
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool, stop: threading.Event | None,
+                 run_builder=None):
         self.cfg, self.ctx, self.stop = cfg, ctx, stop
         self.out_dir = Path(cfg.out_dir)
-        self.run_ = build_run(cfg, ctx, resume)  # datasets, model, resume state (see setup.py)
+        # datasets, model, resume state (setup.build_run, looked up at call time, or a custom builder)
+        self.run_ = (run_builder or build_run)(cfg, ctx, resume)
         r = self.run_
         self.model = r.model
         self.pos: Position = Position(**r.state["position"]) if r.state else Position()
@@ -375,7 +377,7 @@ class Trainer:
 
 
 def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
-               stop: threading.Event | None = None) -> Iterator[TrainEvent]:
+               stop: threading.Event | None = None, run_builder=None) -> Iterator[TrainEvent]:
     """Train VL-DUN as ``cfg`` says, yielding :class:`TrainEvent` s (see the module docstring).
 
     ``resume=True`` continues the run saved in ``cfg.out_dir/last`` exactly where it stopped
@@ -383,6 +385,11 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
     training after the current step and writes ``last`` ("stopped" is yielded for ``stop``).
     Raises :class:`RunExistsError` when ``out_dir`` holds a checkpoint and neither ``resume`` nor
     ``cfg.overwrite`` is set. Under ``torchrun`` every rank runs this generator (data-parallel).
+
+    ``run_builder(cfg, ctx, resume) -> setup.Run`` replaces :func:`~.setup.build_run` to train on
+    other data (e.g. napari layers): it must do the out_dir checks (``setup.check_out_dir``), build
+    the model, the datasets (SliceDataset's sample dict, ``label_sets`` / ``modalities`` attributes)
+    and the phases (``setup.make_phase``), and load the resume state.
     """
     if not isinstance(cfg, TrainConfig):
         cfg = TrainConfig.from_file(cfg)
@@ -390,7 +397,7 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
         torch.set_num_threads(int(cfg.num_threads))
     ctx = setup(cfg.device)
     try:
-        trainer = Trainer(cfg, ctx, resume, stop)
+        trainer = Trainer(cfg, ctx, resume, stop, run_builder)
         yield from trainer.run()
     finally:
         teardown(ctx)

@@ -21,7 +21,8 @@ import torch
 from .config import IMMUTABLE_ON_RESUME, SOURCE_LICENSES, TrainConfig
 from .distributed import DistContext
 
-__all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "checkpoint_meta", "CHECKPOINT_NAMES"]
+__all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "checkpoint_meta", "check_out_dir", "make_phase",
+           "check_resume_config", "CHECKPOINT_NAMES"]
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
@@ -267,7 +268,7 @@ def checkpoint_meta(trainer, name: str) -> dict:
         "label_sets": {k: {"classes": list(v), "colors": list(m.label_colors.get(k, []))}
                        for k, v in m.label_sets.items()},
         "modalities": list(m.modalities),
-        "data_sources": {s: SOURCE_LICENSES.get(s, "see shared/data/README.md") for s in run.sources_used},
+        "data_sources": {s: SOURCE_LICENSES.get(s, "licence not recorded (user data)") for s in run.sources_used},
         "train_sources": list(cfg.sources),
         "val_sources": cfg.resolved_val_sources(),
         "wall_s": round(trainer.wall_s, 2),
@@ -275,3 +276,9 @@ def checkpoint_meta(trainer, name: str) -> dict:
         "software": {"torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# public names for custom run builders (``iter_train(..., run_builder=...)``)
+check_out_dir = _check_out_dir
+check_resume_config = _check_resume_config
+make_phase = _phase
