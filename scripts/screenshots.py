@@ -100,7 +100,7 @@ def main() -> None:
     import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_vldun._widgets import _common as C
+    from napari_vldun._widgets._models import clear_model_cache
     from napari_vldun._widgets.degrade import DegradeWidget
     from napari_vldun._widgets.priors import PriorsWidget
     from napari_vldun._widgets.restore import RestoreSegmentWidget
@@ -208,7 +208,7 @@ def main() -> None:
         new.visible = False
         _save(viewer, app, out / "train.png")
     viewer.window.remove_dock_widget(d)
-    C.clear_model_cache()
+    clear_model_cache()
     viewer.close()
 
 

@@ -18,7 +18,8 @@ from napari.layers import Image, Labels, Layer  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_vldun._sample_data import sample_layers  # noqa: E402
-from napari_vldun._widgets import _common as C  # noqa: E402
+from napari_vldun._widgets._layers import image_data, to_unit  # noqa: E402
+from napari_vldun._widgets._models import get_model, shipped_checkpoint_exists  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -185,7 +186,7 @@ def test_restore_segment_end_to_end(make_napari_viewer, qtbot, errors):
     assert prov["modality_probs"].shape == (2, len(prov["modalities"]))
     np.testing.assert_allclose(prov["modality_probs"].sum(1), 1.0, atol=1e-4)
     assert set(prov["normalisation"]) >= {"method", "lo", "hi"}
-    assert prov["random_weights"] == (not C.shipped_checkpoint_exists())
+    assert prov["random_weights"] == (not shipped_checkpoint_exists())
     assert w.model.warning.isVisibleTo(w) == prov["random_weights"]
     # labels: class names and colours of the label set
     assert list(labels.features["name"]) == list(LABEL_SETS["acdc"])
@@ -316,7 +317,7 @@ def test_non_image_layer_is_refused(make_napari_viewer):
     viewer = make_napari_viewer()
     lab = viewer.add_labels(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="Labels layer"):
-        C.image_data(lab)
+        image_data(lab)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -365,7 +366,7 @@ def test_restore_bad_checkpoint(make_napari_viewer, qtbot, errors, tmp_path, cor
 def test_restore_out_of_memory(make_napari_viewer, qtbot, errors, monkeypatch):
     from napari_vldun._widgets.restore import RestoreSegmentWidget
 
-    loaded = C.get_model(None, "cpu")
+    loaded = get_model(None, "cpu")
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -400,8 +401,8 @@ def test_priors_bars_follow_slice(make_napari_viewer, qtbot, errors):
     restored = viewer.layers[f"{img.name} restored"]
     assert priors.result_picker.current_layer() is restored
     # the model's own probabilities for each slice
-    loaded = C.get_model(None, "cpu")
-    unit, _ = C.to_unit(img.data)
+    loaded = get_model(None, "cpu")
+    unit, _ = to_unit(img.data)
     for z in (1, 0):
         viewer.dims.set_current_step(0, z)
         expected = predict(loaded, unit, slices=[z])
@@ -428,7 +429,7 @@ def test_stage_explorer(make_napari_viewer, qtbot, errors, sample, n):
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     assert wait_job(qtbot, w) == "done", w.last_message
-    n_stages = C.get_model(None, "cpu").model.cfg.num_stages
+    n_stages = get_model(None, "cpu").model.cfg.num_stages
     for band in ("full", "low", "high"):
         st = viewer.layers[f"{img.name} stages {band}"]
         assert st.data.shape[0] == n_stages and st.data.shape[-2:] == (48, 48)

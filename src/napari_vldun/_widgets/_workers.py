@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..inference import InferenceError, Prediction, Progress
-from ._common import USER_ERRORS, error_text, get_model
+from ._messages import USER_ERRORS, error_text
+from ._models import get_model
 
 
 @dataclass
@@ -120,20 +121,20 @@ def free_memory(device: Any = None) -> None:
 
 
 def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = None,
-              datasets: Any = None) -> Iterator[Any]:
+              run_builder: Any = None) -> Iterator[Any]:
     """Run :func:`napari_vldun.train.iter_train` and pass its ``TrainEvent``s on.
 
-    ``datasets`` (optional) are in-memory training / validation datasets built from layers; they are
-    handed to the core through :func:`._traindata.iter_train_on`. Returns :class:`TrainResult` or
+    ``run_builder`` (optional, e.g. :func:`napari_vldun.train.make_run_builder` of the datasets
+    built from layers or folders) is handed to ``iter_train``. Returns :class:`TrainResult` or
     :class:`Failure`.
     """
-    from ._traindata import iter_train_on
+    from ..train import iter_train
 
     result = TrainResult(outcome="done", out_dir=str(getattr(cfg, "out_dir", "")))
     gen = None
     try:
         yield Status("preparing the training run ...")
-        gen = iter_train_on(cfg, resume=resume, stop=stop, datasets=datasets)
+        gen = iter_train(cfg, resume=resume, stop=stop, run_builder=run_builder)
         for ev in gen:
             result.events += 1
             if getattr(ev, "metrics", None):

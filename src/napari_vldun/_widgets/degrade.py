@@ -20,13 +20,16 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, Q
                             QVBoxLayout, QWidget)
 
 from ..inference import InferenceError
-from . import _common as C
+from ._layers import (LayerPicker, apply_unit, from_unit, image_data, labels_data, layer_modality, now, provenance,
+                      put_layer, to_unit)
+from ._messages import USER_ERRORS, error_text, set_status, show_error
+from ._models import avoid_llvm_clash
 
 WIDGET = "degrade"
 
 
 def _not_ours_stage(layer) -> bool:
-    return C.provenance(layer).get("widget") != "stages"
+    return provenance(layer).get("widget") != "stages"
 
 
 class DegradeWidget(QWidget):
@@ -34,7 +37,7 @@ class DegradeWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
-        C.avoid_llvm_clash()
+        avoid_llvm_clash()
         self.viewer = napari_viewer
         self.last_message = ""
         self.last_metrics: dict = {}
@@ -42,7 +45,7 @@ class DegradeWidget(QWidget):
         self.last_layer = None
 
         # ---- degrade
-        self.clean_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.clean_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
         self.kind = QComboBox()
         self.kind.addItems(["cartesian", "radial"])
         self.kind.setToolTip("cartesian: phase-encode lines (accelerated MRI); radial: spokes (sparse-view CT)")
@@ -83,10 +86,10 @@ class DegradeWidget(QWidget):
         f1.addRow(self.degrade_result)
 
         # ---- compare
-        self.ref_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
-        self.result_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
-        self.ref_labels_picker = C.LayerPicker(napari_viewer, (Labels,), none_text="(none)")
-        self.pred_labels_picker = C.LayerPicker(napari_viewer, (Labels,), none_text="(none)")
+        self.ref_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.result_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
+        self.ref_labels_picker = LayerPicker(napari_viewer, (Labels,), none_text="(none)")
+        self.pred_labels_picker = LayerPicker(napari_viewer, (Labels,), none_text="(none)")
         self.compare_button = QPushButton("Compare")
         self.compare_result = QLabel("")
         self.compare_result.setWordWrap(True)
@@ -112,8 +115,8 @@ class DegradeWidget(QWidget):
 
     def _error(self, message: str, label: QLabel) -> None:
         self.last_message = message
-        C.set_status(label, message, "error")
-        C.show_error(message)
+        set_status(label, message, "error")
+        show_error(message)
 
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
@@ -125,9 +128,9 @@ class DegradeWidget(QWidget):
         kind, accel, seed = self.kind.currentText(), float(self.accel.value()), int(self.seed.value())
         noise, blur = float(self.noise.value()), float(self.blur.value())
         try:
-            data = C.image_data(layer, "clean")
+            data = image_data(layer, "clean")
             vol = data[None] if data.ndim == 2 else data
-            clean, params = C.to_unit(vol, C.layer_modality(layer))
+            clean, params = to_unit(vol, layer_modality(layer))
             x = gaussian_blur(clean, blur) if blur > 0 else clean
             kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
             y, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
@@ -137,8 +140,8 @@ class DegradeWidget(QWidget):
             shown = np.clip(y, 0.0, 1.0)
             metrics = {"psnr": float(psnr(shown, clean)), "ssim": float(ssim(shown, clean)),
                        "fraction": float(mask.fraction), "slices": int(vol.shape[0])}
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc), self.degrade_result)
+        except USER_ERRORS as exc:
+            self._error(error_text(exc), self.degrade_result)
             return None
         label = f"{kind} {accel:g}x"
         extras = [f"noise {noise:g}" if noise > 0 else "", f"blur {blur:g}" if blur > 0 else ""]
@@ -148,15 +151,15 @@ class DegradeWidget(QWidget):
         prov = {"mask": kind, "accel": accel, "seed": seed, "noise_sigma": noise, "blur_sigma": blur,
                 "fraction": metrics["fraction"], "center_fraction": kw.get("center_fraction"),
                 "normalisation": {k: v for k, v in params.items() if k != "mask"},
-                "psnr": metrics["psnr"], "ssim": metrics["ssim"], "time": C.now()}
-        out = C.from_unit(y, params).reshape(data.shape)
-        new = C.put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
+                "psnr": metrics["psnr"], "ssim": metrics["ssim"], "time": now()}
+        out = from_unit(y, params).reshape(data.shape)
+        new = put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
                           source_layer=layer, prov=prov, colormap="gray",
                           contrast_limits=tuple(layer.contrast_limits))
         self.last_metrics = metrics
         self.last_layer = new
         per = f" (mean over {metrics['slices']} slices)" if metrics["slices"] > 1 else ""
-        C.set_status(self.degrade_result,
+        set_status(self.degrade_result,
                      f"'{new.name}': sampled {metrics['fraction']:.1%} of k-space; vs clean: "
                      f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}{per}")
         self.ref_picker.set_layer(layer)
@@ -168,7 +171,7 @@ class DegradeWidget(QWidget):
         layer = self.result_picker.current_layer()
         if layer is None:
             return
-        name = C.provenance(layer).get("labels_layer")
+        name = provenance(layer).get("labels_layer")
         if name and name in self.viewer.layers:
             self.pred_labels_picker.set_layer(self.viewer.layers[name])
 
@@ -179,15 +182,15 @@ class DegradeWidget(QWidget):
         ref, res = self.ref_picker.current_layer(), self.result_picker.current_layer()
         ref_lab, pred_lab = self.ref_labels_picker.current_layer(), self.pred_labels_picker.current_layer()
         try:
-            clean = C.image_data(ref, "clean reference")
-            result = C.image_data(res, "result")
+            clean = image_data(ref, "clean reference")
+            result = image_data(res, "result")
             if result.shape != clean.shape:
                 raise InferenceError(f"result '{res.name}' has shape {result.shape}, the reference "
                                      f"'{ref.name}' {clean.shape}; they must match")
             vol_shape = (1, *clean.shape) if clean.ndim == 2 else clean.shape
-            clean_u, params = C.to_unit(clean.reshape(vol_shape), C.layer_modality(ref))
-            result_u = C.apply_unit(result.reshape(vol_shape), params)
-            prov = C.provenance(res)
+            clean_u, params = to_unit(clean.reshape(vol_shape), layer_modality(ref))
+            result_u = apply_unit(result.reshape(vol_shape), params)
+            prov = provenance(res)
             done = prov.get("slices_done")
             idx = list(done) if done else list(range(vol_shape[0]))
             m: dict = {"slices": len(idx)}
@@ -195,17 +198,17 @@ class DegradeWidget(QWidget):
                 m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
                 m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
             if ref_lab is not None and pred_lab is not None:
-                t = C.labels_data(ref_lab, clean.shape, "reference labels").reshape(vol_shape)
-                p = C.labels_data(pred_lab, clean.shape, "result labels").reshape(vol_shape)
-                names = C.provenance(pred_lab).get("label_names") or []
+                t = labels_data(ref_lab, clean.shape, "reference labels").reshape(vol_shape)
+                p = labels_data(pred_lab, clean.shape, "result labels").reshape(vol_shape)
+                names = provenance(pred_lab).get("label_names") or []
                 n = max(len(names), int(t.max()) + 1, int(p.max()) + 1, 2)
                 m["dice"] = float(dice(p[idx], t[idx], n))
                 m["iou"] = float(iou(p[idx], t[idx], n))
                 m["classes"] = n
             elif (ref_lab is None) != (pred_lab is None):
                 m["note"] = "pick both reference and result labels for Dice"
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc), self.compare_result)
+        except USER_ERRORS as exc:
+            self._error(error_text(exc), self.compare_result)
             return None
         self.last_compare = m
         parts = []
@@ -216,6 +219,6 @@ class DegradeWidget(QWidget):
             parts.append(f"Dice {d}, IoU {m['iou']:.3f} ({m['classes']} classes)")
         if m.get("note"):
             parts.append(m["note"])
-        C.set_status(self.compare_result, f"'{res.name}' vs '{ref.name}' over {len(idx)} slice(s): "
+        set_status(self.compare_result, f"'{res.name}' vs '{ref.name}' over {len(idx)} slice(s): "
                      + "; ".join(parts or ["nothing to compare"]))
         return m

@@ -11,12 +11,14 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
-from . import _common as C
+from ._layers import LayerPicker, current_index, provenance
+from ._messages import results_hub
+from ._models import avoid_llvm_clash
 from ._plots import BarChart
 
 
 def _has_probs(layer) -> bool:
-    prov = C.provenance(layer)
+    prov = provenance(layer)
     return prov.get("widget") == "restore" and prov.get("modality_probs") is not None
 
 
@@ -25,9 +27,9 @@ class PriorsWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
-        C.avoid_llvm_clash()
+        avoid_llvm_clash()
         self.viewer = napari_viewer
-        self.result_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_has_probs)
+        self.result_picker = LayerPicker(napari_viewer, (Image,), predicate=_has_probs)
         self.info = QLabel("Run Restore & Segment: the priors of its result appear here.")
         self.info.setWordWrap(True)
         self.chart = BarChart(["modality prior", "degradation prior"], viewer=napari_viewer)
@@ -41,13 +43,13 @@ class PriorsWidget(QWidget):
 
         self.result_picker.currentIndexChanged.connect(self.update_plot)
         napari_viewer.dims.events.current_step.connect(self.update_plot)
-        C.results_hub().published.connect(self._on_published)
+        results_hub().published.connect(self._on_published)
         self.destroyed.connect(self._disconnect)
         self.update_plot()
 
     def _disconnect(self, *_) -> None:
         try:
-            C.results_hub().published.disconnect(self._on_published)
+            results_hub().published.disconnect(self._on_published)
         except (TypeError, RuntimeError):
             pass
         try:
@@ -68,9 +70,9 @@ class PriorsWidget(QWidget):
         layer = self.result_picker.current_layer()
         if layer is None:
             return None
-        prov = C.provenance(layer)
+        prov = provenance(layer)
         mod, deg = np.asarray(prov["modality_probs"], float), np.asarray(prov.get("degradation_probs"), float)
-        z = C.current_index(self.viewer, layer, 0) if layer.ndim == 3 else 0
+        z = current_index(self.viewer, layer, 0) if layer.ndim == 3 else 0
         self.slice_index = z
         if z >= len(mod) or np.isnan(mod[z]).any():
             return None
@@ -85,7 +87,7 @@ class PriorsWidget(QWidget):
             self.chart.clear("no result yet")
             self.info.setText("Run Restore & Segment: the priors of its result appear here.")
             return
-        prov = C.provenance(layer)
+        prov = provenance(layer)
         probs = self.probabilities()
         z = self.slice_index
         if probs is None:

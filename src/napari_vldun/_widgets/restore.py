@@ -23,7 +23,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
-from . import _common as C
+from ._labels import label_colormap, label_features
+from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, layer_modality, now, output_slot,
+                      provenance, put_layer, to_unit)
+from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_error
+from ._models import ModelChooser, avoid_llvm_clash, checkpoint_label_sets
 from ._workers import Failure, PredictResult, Status, predict_job
 
 WIDGET = "restore"
@@ -46,17 +50,17 @@ def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int]
         maps = stages[:, :, b]  # (Zs, S, H, W)
         if source_layer.ndim == 2:
             data = np.ascontiguousarray(maps[0])
-            geom = C.geometry(source_layer, lead=1)
+            geom = geometry(source_layer, lead=1)
         elif zs == 1:
             data = np.ascontiguousarray(maps.transpose(1, 0, 2, 3))
-            geom = C.geometry(source_layer, lead=1, offset=(slices[0], 0, 0))
+            geom = geometry(source_layer, lead=1, offset=(slices[0], 0, 0))
         else:
             data = np.zeros((s, *shape), np.float32)
             data[:, slices] = maps.transpose(1, 0, 2, 3)
-            geom = C.geometry(source_layer, lead=1)
+            geom = geometry(source_layer, lead=1)
         p = {**prov, "band": band, "stage_levels": list(levels), "slices": list(slices)}
         lo, hi = (0.0, 1.0) if band == "full" else (float(data.min()), float(data.max()))  # bands are signed
-        layer = C.put_layer(viewer, "image", f"{source_layer.name} stages {band}", data, widget=STAGES_WIDGET,
+        layer = put_layer(viewer, "image", f"{source_layer.name} stages {band}", data, widget=STAGES_WIDGET,
                             source_layer=source_layer, prov=p, geom=geom, colormap="gray",
                             visible=(band == visible_band), contrast_limits=(lo, hi if hi > lo else lo + 1.0))
         layers.append(layer)
@@ -71,7 +75,7 @@ class RestoreSegmentWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
-        C.avoid_llvm_clash()
+        avoid_llvm_clash()
         self.viewer = napari_viewer
         self.worker = None
         self.last_message = ""
@@ -79,7 +83,7 @@ class RestoreSegmentWidget(QWidget):
         self._job: dict = {}
         self._outcome = ""
 
-        self.image_picker = C.LayerPicker(napari_viewer, (Image,))
+        self.image_picker = LayerPicker(napari_viewer, (Image,))
         self.current_only = QCheckBox("current slice only")
         self.current_only.setToolTip("3-D stacks: restore only the slice shown in the viewer")
         self.label_set = QComboBox()
@@ -97,7 +101,7 @@ class RestoreSegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_picker)
         form.addRow("", self.current_only)
-        self.model = C.ModelChooser(self, form)
+        self.model = ModelChooser(self, form)
         form.addRow("label set", self.label_set)
         form.addRow("", self.keep_stages)
         buttons = QHBoxLayout()
@@ -128,7 +132,7 @@ class RestoreSegmentWidget(QWidget):
     def _refresh_label_sets(self) -> None:
         current = self.label_set.currentText()
         try:
-            sets, _ = C.checkpoint_label_sets(self.weights())
+            sets, _ = checkpoint_label_sets(self.weights())
         except (ValueError, OSError):  # not readable yet: reported when run
             sets = {}
         self.label_set.blockSignals(True)
@@ -145,8 +149,8 @@ class RestoreSegmentWidget(QWidget):
     # ------------------------------------------------------------------ messages
     def _error(self, message: str) -> None:
         self.last_message = message
-        C.set_status(self.status, message, "error")
-        C.show_error(message)
+        set_status(self.status, message, "error")
+        show_error(message)
 
     # ------------------------------------------------------------------ run
     def start(self):
@@ -155,17 +159,17 @@ class RestoreSegmentWidget(QWidget):
             return None
         layer = self.image_picker.current_layer()
         try:
-            data = C.image_data(layer)
+            data = image_data(layer)
             weights = self.weights()
             device = self.model.device_name()
             resolve_device(device)  # CUDA asked for without CUDA: refuse now
             vol = data[None] if data.ndim == 2 else data
-            unit, params = C.to_unit(vol, C.layer_modality(layer))
+            unit, params = to_unit(vol, layer_modality(layer))
             slices = None
             if self.current_only.isChecked() and data.ndim == 3:
-                slices = [C.current_index(self.viewer, layer, 0)]
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc))
+                slices = [current_index(self.viewer, layer, 0)]
+        except USER_ERRORS as exc:
+            self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
                      "slices": slices, "stages": self.keep_stages.isChecked()}
@@ -174,7 +178,7 @@ class RestoreSegmentWidget(QWidget):
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
-        C.set_status(self.status, "starting ...")
+        set_status(self.status, "starting ...")
         from napari.qt.threading import create_worker
 
         worker = create_worker(predict_job, weights, device, unit, label_set=self.chosen_label_set(),
@@ -194,25 +198,25 @@ class RestoreSegmentWidget(QWidget):
     def cancel(self) -> None:
         """Stop after the slice in progress; nothing is added."""
         if self.worker is not None:
-            C.set_status(self.status, "cancelling after the current slice ...")
+            set_status(self.status, "cancelling after the current slice ...")
             self.worker.quit()
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Status):
-            C.set_status(self.status, item.text)
+            set_status(self.status, item.text)
         else:  # inference Progress
             self.progress.setRange(0, item.total)
             self.progress.setValue(item.done)
-            C.set_status(self.status, f"slice {item.done} / {item.total}")
+            set_status(self.status, f"slice {item.done} / {item.total}")
 
     def _on_errored(self, exc: BaseException) -> None:
         self._outcome = "error"
-        self._error(C.error_text(exc))
+        self._error(error_text(exc))
 
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
         self.progress.setValue(0)
-        C.set_status(self.status, "cancelled: no layer was added or changed", "warning")
+        set_status(self.status, "cancelled: no layer was added or changed", "warning")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -227,9 +231,9 @@ class RestoreSegmentWidget(QWidget):
             return
         try:
             self.last_outputs = self._publish(result)
-        except C.USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
+        except USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
             self._outcome = "error"
-            self._error(C.error_text(exc))
+            self._error(error_text(exc))
             return
         self._outcome = "done"
         self.model.show_random(result.random_weights)
@@ -237,7 +241,7 @@ class RestoreSegmentWidget(QWidget):
                f" ({len(result.slices)} slice(s))")
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
-        C.set_status(self.status, msg, "warning" if result.random_weights else "info")
+        set_status(self.status, msg, "warning" if result.random_weights else "info")
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, result: PredictResult) -> list:
@@ -254,15 +258,15 @@ class RestoreSegmentWidget(QWidget):
         names = result.label_sets.get(pred.label_set, []) if pred.label_set else []
         colors = result.label_colors.get(pred.label_set, []) if pred.label_set else []
         rname, lname = f"{layer.name} restored", f"{layer.name} labels"
-        slot_r, old_r = C.output_slot(self.viewer, rname, WIDGET, layer.name, Image)
-        slot_l, old_l = C.output_slot(self.viewer, lname, WIDGET, layer.name, Labels)
+        slot_r, old_r = output_slot(self.viewer, rname, WIDGET, layer.name, Image)
+        slot_l, old_l = output_slot(self.viewer, lname, WIDGET, layer.name, Labels)
 
         def base(old, dtype):
             if not full and old is not None and tuple(np.shape(old.data)) == shape:
                 return np.asarray(old.data, dtype=dtype).reshape(vol_shape).copy()
             return np.zeros(vol_shape, dtype)
 
-        old_prov = C.provenance(old_r) if (old_r is not None and not full
+        old_prov = provenance(old_r) if (old_r is not None and not full
                                           and tuple(np.shape(old_r.data)) == shape) else {}
         done = sorted(set(old_prov.get("slices_done", [])) | set(slices)) if not full else list(range(z_total))
 
@@ -279,7 +283,7 @@ class RestoreSegmentWidget(QWidget):
             "weights": result.source, "random_weights": result.random_weights, "device": result.device,
             "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
             "normalisation": dict(job["params"]),
-            "time": C.now(), "seconds": round(result.seconds, 3), "slices_done": done,
+            "time": now(), "seconds": round(result.seconds, 3), "slices_done": done,
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),
             "degradation_probs": probs("degradation_probs", pred.degradation_probs, len(result.degradations)),
@@ -288,27 +292,27 @@ class RestoreSegmentWidget(QWidget):
         outputs = []
         if pred.restored is not None:
             restored = base(old_r, np.float32)
-            restored[slices] = C.from_unit(pred.restored, job["params"])
-            outputs.append(C.put_layer(
+            restored[slices] = from_unit(pred.restored, job["params"])
+            outputs.append(put_layer(
                 self.viewer, "image", rname, restored.reshape(shape), widget=WIDGET, source_layer=layer, prov=prov,
                 colormap="gray", contrast_limits=tuple(layer.contrast_limits)))
         if pred.labels is not None:
             labels = base(old_l, np.uint8)
             labels[slices] = pred.labels
-            feats = C.label_features(names, colors) if names else None
-            kwargs = {"colormap": C.label_colormap(colors), "opacity": 0.6}
+            feats = label_features(names, colors) if names else None
+            kwargs = {"colormap": label_colormap(colors), "opacity": 0.6}
             if feats is not None:
                 kwargs["features"] = feats
-            outputs.append(C.put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
+            outputs.append(put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
                                        source_layer=layer, prov={k: prov[k] for k in (
                                            "weights", "random_weights", "device", "label_set", "label_names",
                                            "label_colors", "time", "slices_done", "restored_layer")},
                                        **kwargs))
         if pred.stages is not None:
             outputs += put_stage_layers(self.viewer, layer, pred.stages, slices, pred.stage_levels,
-                                        {"weights": result.source, "device": result.device, "time": C.now(),
+                                        {"weights": result.source, "device": result.device, "time": now(),
                                          "made_by": WIDGET})
         self.image_picker.set_layer(layer)
         if outputs:
-            C.results_hub().published.emit(outputs[0])
+            results_hub().published.emit(outputs[0])
         return outputs

@@ -16,7 +16,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QSlider, QVBoxLayout, QWidget)
 
 from ..inference import resolve_device
-from . import _common as C
+from ._layers import LayerPicker, current_index, image_data, layer_modality, now, provenance, to_unit
+from ._messages import USER_ERRORS, error_text, set_status, show_error
+from ._models import ModelChooser, avoid_llvm_clash
 from ._plots import ImageView
 from ._workers import Failure, Status, predict_job
 from .restore import BANDS, STAGES_WIDGET, put_stage_layers
@@ -24,7 +26,7 @@ from .restore import BANDS, STAGES_WIDGET, put_stage_layers
 
 def _is_input(layer) -> bool:
     """Stage layers themselves are not inputs."""
-    return C.provenance(layer).get("widget") != STAGES_WIDGET
+    return provenance(layer).get("widget") != STAGES_WIDGET
 
 
 class StageExplorerWidget(QWidget):
@@ -34,7 +36,7 @@ class StageExplorerWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
-        C.avoid_llvm_clash()
+        avoid_llvm_clash()
         self.viewer = napari_viewer
         self.worker = None
         self.stages: np.ndarray | None = None  # (S, 3, H, W)
@@ -45,10 +47,10 @@ class StageExplorerWidget(QWidget):
         self._job: dict = {}
         self._outcome = ""
 
-        self.image_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_is_input)
+        self.image_picker = LayerPicker(napari_viewer, (Image,), predicate=_is_input)
         form = QFormLayout()
         form.addRow("image", self.image_picker)
-        self.model = C.ModelChooser(self, form)
+        self.model = ModelChooser(self, form)
         self.compute_button = QPushButton("Compute stages of current slice")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -94,28 +96,28 @@ class StageExplorerWidget(QWidget):
     # ------------------------------------------------------------------ run
     def _error(self, message: str) -> None:
         self.last_message = message
-        C.set_status(self.status, message, "error")
-        C.show_error(message)
+        set_status(self.status, message, "error")
+        show_error(message)
 
     def start(self):
         if self.worker is not None:
             return None
         layer = self.image_picker.current_layer()
         try:
-            data = C.image_data(layer)
+            data = image_data(layer)
             weights = self.model.weights()
             device = self.model.device_name()
             resolve_device(device)
             vol = data[None] if data.ndim == 2 else data
-            z = C.current_index(self.viewer, layer, 0) if data.ndim == 3 else 0
-            unit, params = C.to_unit(vol, C.layer_modality(layer))
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc))
+            z = current_index(self.viewer, layer, 0) if data.ndim == 3 else 0
+            unit, params = to_unit(vol, layer_modality(layer))
+        except USER_ERRORS as exc:
+            self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "z": z}
         self._outcome = ""
         self.progress.setRange(0, 0)  # busy
-        C.set_status(self.status, f"computing the stages of slice {z} ...")
+        set_status(self.status, f"computing the stages of slice {z} ...")
         from napari.qt.threading import create_worker
 
         worker = create_worker(predict_job, weights, device, unit, slices=[z], return_stages=True,
@@ -137,15 +139,15 @@ class StageExplorerWidget(QWidget):
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Status):
-            C.set_status(self.status, item.text)
+            set_status(self.status, item.text)
 
     def _on_errored(self, exc: BaseException) -> None:
         self._outcome = "error"
-        self._error(C.error_text(exc))
+        self._error(error_text(exc))
 
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
-        C.set_status(self.status, "cancelled: no layer was added or changed", "warning")
+        set_status(self.status, "cancelled: no layer was added or changed", "warning")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -170,7 +172,7 @@ class StageExplorerWidget(QWidget):
         self.levels = list(pred.stage_levels)
         self.slice_index = z
         prov = {"weights": result.source, "random_weights": result.random_weights, "device": result.device,
-                "time": C.now(), "made_by": "stage explorer"}
+                "time": now(), "made_by": "stage explorer"}
         self.stage_layers = put_stage_layers(self.viewer, layer, pred.stages, [z], self.levels, prov,
                                              visible_band=self.band.currentText() if self.show_in_viewer.isChecked()
                                              else None)
@@ -182,7 +184,7 @@ class StageExplorerWidget(QWidget):
         self.stage_slider.setEnabled(True)
         self._outcome = "done"
         self.model.show_random(result.random_weights)
-        C.set_status(self.status, f"slice {z}: {n} stages (levels {self.levels}) in {result.seconds:.1f} s"
+        set_status(self.status, f"slice {z}: {n} stages (levels {self.levels}) in {result.seconds:.1f} s"
                      + (" -- random weights" if result.random_weights else ""),
                      "warning" if result.random_weights else "info")
         self.redraw()
@@ -207,7 +209,7 @@ class StageExplorerWidget(QWidget):
         if self.show_in_viewer.isChecked():
             for layer in self.stage_layers:
                 if layer in self.viewer.layers:
-                    layer.visible = C.provenance(layer).get("band") == band
+                    layer.visible = provenance(layer).get("band") == band
             shown = [ly for ly in self.stage_layers if ly in self.viewer.layers and ly.visible]
             if shown:
                 axis = self.viewer.dims.ndim - shown[0].ndim  # the stage axis (leading axis of the layer)

@@ -1,8 +1,10 @@
 """Train dock: fine-tune or train VL-DUN on image / labels pairs from layers or from two folders.
 
-The run is :func:`napari_vldun.train.iter_train`'s loop (via :mod:`._traindata` for in-memory data)
-in a napari ``thread_worker``; its ``TrainEvent`` s drive the epoch / step progress bars and the live
-loss + validation PSNR / Dice plot. Stop asks the loop to stop after the current step (it saves
+The run is :func:`napari_vldun.train.iter_train`'s loop in a napari ``thread_worker``, on
+:class:`napari_vldun.data.PairsDataset` s (:func:`~napari_vldun.data.make_pair_datasets` for layers,
+:func:`~napari_vldun.data.folder_pair_datasets` for folders) handed over with
+:func:`~napari_vldun.train.make_run_builder`. Its ``TrainEvent`` s drive the epoch / step progress bars
+and the live loss + validation PSNR / Dice plot. Stop asks the loop to stop after the current step (it saves
 ``last``); Resume continues ``<out>/last`` exactly. Checkpoints go to an output folder the user must
 choose; a folder that already holds a checkpoint is only reused after an explicit confirmation.
 """
@@ -20,7 +22,9 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
-from . import _common as C
+from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
+from ._messages import USER_ERRORS, error_text, set_status, show_error
+from ._models import avoid_llvm_clash, shipped_checkpoint_exists
 from ._plots import TrainPlot
 from ._workers import Failure, Status, TrainResult, train_job
 
@@ -29,7 +33,7 @@ _RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", 
 
 
 def _is_input(layer) -> bool:
-    return C.provenance(layer).get("widget") not in ("stages",)
+    return provenance(layer).get("widget") not in ("stages",)
 
 
 class TrainWidget(QWidget):
@@ -39,7 +43,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
-        C.avoid_llvm_clash()
+        avoid_llvm_clash()
         from ..model.config import PAPER_MODALITIES
 
         self.viewer = napari_viewer
@@ -55,8 +59,8 @@ class TrainWidget(QWidget):
         # ---- data
         self.source = QComboBox()
         self.source.addItems(["layers", "folders"])
-        self.image_picker = C.LayerPicker(napari_viewer, (Image,), predicate=_is_input)
-        self.labels_picker = C.LayerPicker(napari_viewer, (Labels,))
+        self.image_picker = LayerPicker(napari_viewer, (Image,), predicate=_is_input)
+        self.labels_picker = LayerPicker(napari_viewer, (Labels,))
         self.add_pair_button = QPushButton("Add pair")
         self.remove_pair_button = QPushButton("Remove")
         self.pair_list = QListWidget()
@@ -139,7 +143,7 @@ class TrainWidget(QWidget):
         self.crop.setValue(128)
         self.start_from = QComboBox()
         self.start_from.addItems(["scratch (tiny)", "shipped checkpoint"])
-        if not C.shipped_checkpoint_exists():
+        if not shipped_checkpoint_exists():
             self.start_from.model().item(1).setEnabled(False)
             self.start_from.setToolTip("no checkpoint is shipped yet: training starts from scratch")
         self.device = QComboBox()
@@ -212,8 +216,8 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ helpers
     def _error(self, message: str) -> None:
         self.last_message = message
-        C.set_status(self.status, message, "error")
-        C.show_error(message)
+        set_status(self.status, message, "error")
+        show_error(message)
 
     def _confirm(self, question: str) -> bool:
         """Ask the user (tests replace this)."""
@@ -265,23 +269,23 @@ class TrainWidget(QWidget):
         image = image if image is not None else self.image_picker.current_layer()
         labels = labels if labels is not None else self.labels_picker.current_layer()
         try:
-            data = C.image_data(image, "training image")
-            lab = C.labels_data(labels, data.shape, "training labels")
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc))
+            data = image_data(image, "training image")
+            lab = labels_data(labels, data.shape, "training labels")
+        except USER_ERRORS as exc:
+            self._error(error_text(exc))
             return False
         if any(image == a and labels == b for a, b in self.pairs):
             return True
         self.pairs.append((image, labels))
         self._refresh_pairs()
-        prov = C.provenance(labels)
+        prov = provenance(labels)
         sample = (labels.metadata or {}).get("vldun_sample") or {}
         known = prov.get("label_set") or sample.get("label_set")
         if known and self.label_set.text().strip() in ("", "custom"):
             self.label_set.setText(str(known))
         names = prov.get("label_names") or sample.get("label_names") or []
         self.n_classes.setValue(max(self.n_classes.value(), int(lab.max()) + 1 if lab.size else 2, len(names)))
-        C.set_status(self.status, f"{len(self.pairs)} pair(s)")
+        set_status(self.status, f"{len(self.pairs)} pair(s)")
         return True
 
     def remove_pair(self) -> None:
@@ -290,52 +294,52 @@ class TrainWidget(QWidget):
             del self.pairs[row]
             self._refresh_pairs()
 
-    def _pairs_factory(self):
-        """A callable (run in the worker) that returns the datasets."""
-        from ._traindata import load_folder_pairs, make_training_data
+    def _pairs_factory(self, cfg):
+        """A callable (run in the worker) that returns the ``(train, val)`` datasets. Layer pairs are
+        read and checked now, in the GUI thread; folders are read in the worker."""
+        from ..data import folder_pair_datasets, make_pair_datasets
 
         label_set = self.label_set.text().strip()
         if not label_set or not label_set.replace("_", "").replace("-", "").isalnum():
             raise InferenceError("give the label set a name (letters, digits, '_' or '-')")
-        n_classes = int(self.n_classes.value())
-        opts = dict(label_set=label_set, n_classes=n_classes, modality=self.modality.currentText(),
-                    val_fraction=float(self.val_fraction.value()), crop=int(self.crop.value()),
-                    mask_kind=self.mask_kind.currentText(), accel_range=(2.0, 8.0))
-        from ..model.config import PAPER_MODALITIES
-
-        opts["modalities"] = list(PAPER_MODALITIES)
+        opts = dict(label_set=label_set, n_classes=int(self.n_classes.value()), modality=self.modality.currentText(),
+                    val_fraction=float(self.val_fraction.value()), crop=cfg.crop, val_crop=cfg.val_crop,
+                    mask_kind=self.mask_kind.currentText(), accel_range=tuple(cfg.accel_range),
+                    center_fraction=cfg.center_fraction, noise_sigma_range=tuple(cfg.noise_sigma_range),
+                    val_accel=cfg.val_accel, seed=cfg.seed, augment=cfg.augment)
         if self.source.currentText() == "layers":
             if not self.pairs:
                 raise InferenceError("add at least one image + labels pair (pick them, then 'Add pair')")
-            pairs = []
+            pairs, names = [], []
             for img_layer, lab_layer in self.pairs:
-                data = C.image_data(img_layer, "training image")
-                lab = C.labels_data(lab_layer, data.shape, "training labels")
-                unit, _ = C.to_unit(data, C.layer_modality(img_layer))
+                data = image_data(img_layer, "training image")
+                lab = labels_data(lab_layer, data.shape, "training labels")
+                unit, _ = to_unit(data, layer_modality(img_layer))
                 pairs.append((unit, np.asarray(lab)))
-            data = make_training_data(pairs, **opts)  # checks now, in the GUI thread
-            return lambda: data
+                names.append(f"{img_layer.name} + {lab_layer.name}")
+            datasets = make_pair_datasets(pairs, pair_names=names, origin="napari layers", **opts)
+            return lambda: datasets
         images, labels = self.images_dir.text().strip(), self.labels_dir.text().strip()
         if not images or not labels:
             raise InferenceError("choose both the images folder and the labels folder")
-        return lambda: make_training_data(load_folder_pairs(images, labels), **opts)
+        return lambda: folder_pair_datasets(images, labels, **opts)
 
     # ------------------------------------------------------------------ run
     def config(self, resume: bool = False):
         """The :class:`~napari_vldun.train.TrainConfig` of the form (raises ValueError)."""
         from ..inference import SHIPPED_WEIGHTS
         from ..train import TrainConfig
-        from ._traindata import PLACEHOLDER_SOURCE
 
         if self.out_dir is None:
             raise InferenceError("choose an output folder for the checkpoints first")
         crop = int(self.crop.value())
         model = "tiny"
         if self.start_from.currentIndex() == 1:
-            if not C.shipped_checkpoint_exists():
+            if not shipped_checkpoint_exists():
                 raise InferenceError("no checkpoint is shipped yet: train from scratch")
             model = str(SHIPPED_WEIGHTS)
-        cfg = TrainConfig(model=model, sources=[PLACEHOLDER_SOURCE], crop=crop, val_crop=crop,
+        # no shared sources: the data are the pairs (make_run_builder); the checkpoints record them
+        cfg = TrainConfig(model=model, sources=[], crop=crop, val_crop=crop,
                           batch_size=int(self.batch.value()), epochs=int(self.epochs.value()),
                           steps_per_epoch=int(self.steps.value()) or None, lr=float(self.lr.value()),
                           out_dir=str(self.out_dir), device=self.device.currentText(), prior_epochs=0,
@@ -350,7 +354,7 @@ class TrainWidget(QWidget):
         try:
             cfg = self.config(resume)
             resolve_device(cfg.device)
-            factory = self._pairs_factory()
+            factory = self._pairs_factory(cfg)
             present = [f for f in _RUN_FILES if (self.out_dir / f).exists()]
             if resume:
                 if not (self.out_dir / "last.state.json").is_file():
@@ -359,11 +363,11 @@ class TrainWidget(QWidget):
             elif present:
                 if not self._confirm(f"{self.out_dir} already holds a checkpoint ({', '.join(present)}).\n"
                                      "Replace it with a new training run?"):
-                    C.set_status(self.status, "not started: the existing checkpoint was kept", "warning")
+                    set_status(self.status, "not started: the existing checkpoint was kept", "warning")
                     return None
                 cfg.overwrite = True
-        except C.USER_ERRORS as exc:
-            self._error(C.error_text(exc))
+        except USER_ERRORS as exc:
+            self._error(error_text(exc))
             return None
         self._stop.clear()
         self._outcome = ""
@@ -374,7 +378,7 @@ class TrainWidget(QWidget):
         self.epoch_bar.setRange(0, cfg.epochs)
         self.epoch_bar.setValue(0)
         self.step_bar.setValue(0)
-        C.set_status(self.status, "starting ...")
+        set_status(self.status, "starting ...")
         from napari.qt.threading import create_worker
 
         worker = create_worker(_train_with_factory, cfg, resume, self._stop, factory,
@@ -392,11 +396,11 @@ class TrainWidget(QWidget):
         """Ask the loop to stop after the current step (it saves ``last``)."""
         if self.worker is not None:
             self._stop.set()
-            C.set_status(self.status, "stopping after the current step ...", "warning")
+            set_status(self.status, "stopping after the current step ...", "warning")
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, Status):
-            C.set_status(self.status, ev.text)
+            set_status(self.status, ev.text)
             return
         self.events.append(ev)
         m = ev.metrics or {}
@@ -408,7 +412,7 @@ class TrainWidget(QWidget):
                    "validation slices"
             if m.get("resumed"):
                 note += f", resumed at step {m.get('resumed_from_step')}"
-            C.set_status(self.status, note)
+            set_status(self.status, note)
         elif ev.kind == "step":
             if "loss" in m:
                 self.plot.add_point("loss", ev.step, m["loss"])
@@ -416,27 +420,27 @@ class TrainWidget(QWidget):
             self.step_bar.setValue(ev.epoch_step)
             self.epoch_bar.setRange(0, max(1, ev.epochs))
             self.epoch_bar.setValue(max(ev.epoch - 1, 0))
-            C.set_status(self.status, f"epoch {ev.epoch}/{ev.epochs}, step {ev.step}/{ev.total_steps}: "
+            set_status(self.status, f"epoch {ev.epoch}/{ev.epochs}, step {ev.step}/{ev.total_steps}: "
                          f"loss {m.get('loss', float('nan')):.4f}")
         elif ev.kind == "epoch":
             for key in ("val_psnr", "val_dice"):
                 if key in m and m[key] == m[key]:
                     self.plot.add_point(key, ev.step, m[key])
             self.epoch_bar.setValue(ev.epoch)
-            C.set_status(self.status, f"epoch {ev.epoch}: val PSNR {m.get('val_psnr', float('nan')):.2f} dB, "
+            set_status(self.status, f"epoch {ev.epoch}: val PSNR {m.get('val_psnr', float('nan')):.2f} dB, "
                          f"val Dice {m.get('val_dice', float('nan')):.3f}")
         elif ev.kind == "checkpoint":
-            C.set_status(self.status, f"saved {ev.checkpoint}")
+            set_status(self.status, f"saved {ev.checkpoint}")
         elif ev.kind == "stopped":
-            C.set_status(self.status, f"stopped at step {ev.step}; 'last' saved in {self.out_dir} (Resume continues)",
+            set_status(self.status, f"stopped at step {ev.step}; 'last' saved in {self.out_dir} (Resume continues)",
                          "warning")
         elif ev.kind == "done":
             best = m.get("best") or m.get("last")
-            C.set_status(self.status, f"done: best checkpoint {best}")
+            set_status(self.status, f"done: best checkpoint {best}")
 
     def _on_errored(self, exc: BaseException) -> None:
         self._outcome = "error"
-        self._error(C.error_text(exc))
+        self._error(error_text(exc))
 
     def _on_returned(self, result) -> None:
         if isinstance(result, Failure):
@@ -447,7 +451,7 @@ class TrainWidget(QWidget):
         self._outcome = result.outcome
         where = result.best or result.last
         if result.outcome == "done":
-            C.set_status(self.status, f"done after {result.events} events: checkpoint {where} "
+            set_status(self.status, f"done after {result.events} events: checkpoint {where} "
                          "(load it in Restore & Segment as a local file)")
 
     def _on_finished(self) -> None:
@@ -458,11 +462,12 @@ class TrainWidget(QWidget):
 
 def _train_with_factory(cfg, resume, stop, factory):
     """Worker generator: build the datasets (folders are read here, off the GUI thread), then train."""
+    from ..train import make_run_builder
     from ._workers import _expected_errors
 
     try:
         yield Status("reading the training data ...")
-        data = factory()
+        train, val = factory()
     except _expected_errors() as exc:
-        return Failure(C.error_text(exc))
-    return (yield from train_job(cfg, resume=resume, stop=stop, datasets=data))
+        return Failure(error_text(exc))
+    return (yield from train_job(cfg, resume=resume, stop=stop, run_builder=make_run_builder(train, val)))

@@ -40,8 +40,8 @@ from ..degradation import cartesian_mask, degrade, gaussian_noise, radial_mask, 
 from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
-__all__ = ["MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop",
-           "make_loader", "set_loader_epoch"]
+__all__ = ["MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop", "crop_pair",
+           "item_rngs", "degrade_sample", "make_sample", "make_loader", "set_loader_epoch"]
 
 #: Values of the ``mask_kind`` entry of a sample.
 MASK_KINDS: tuple[str, ...] = ("none", "cartesian", "radial")
@@ -100,6 +100,72 @@ def augment_pair(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.
         return np.ascontiguousarray(x)
 
     return op(image), (op(label) if label is not None else None)
+
+
+def crop_pair(image: np.ndarray, label: Optional[np.ndarray], crop: Optional[int], rng: np.random.Generator, *,
+              random: bool, augment: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Crop (``random``: :func:`random_crop`, else :func:`center_crop`; ``crop=None``: none) then
+    :func:`augment_pair` when ``augment``. Returns float32 / label copies that share no memory with
+    the inputs (samples must never alias cached volumes)."""
+    if crop is not None:
+        if random:
+            image, label = random_crop(image, label, crop, rng)
+        else:
+            image, label = center_crop(image, label, crop)
+    if augment:
+        image, label = augment_pair(image, label, rng)
+    return np.array(image, np.float32, copy=True), (None if label is None else label.copy())
+
+
+# ------------------------------------------------------------------------- per-item randomness / degradation
+def item_rngs(seed: int, split: str, epoch: int, i: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(crop/augmentation generator, degradation generator) of item ``i`` (see the module docstring):
+    spawned from ``SeedSequence([seed, 0, i])`` for "val", ``[seed, 1, epoch, i]`` otherwise."""
+    key = [seed, 0, i] if split == "val" else [seed, 1, epoch, i]
+    a, b = np.random.SeedSequence(key).spawn(2)
+    return np.random.default_rng(a), np.random.default_rng(b)
+
+
+def degrade_sample(clean: torch.Tensor, mask_kind: str, rng: np.random.Generator, *,
+                   accel_range: tuple[float, float], fixed_accel: Optional[float] = None,
+                   center_fraction: float = 0.08, noise_sigma_range: tuple[float, float] = (0.0, 0.0)
+                   ) -> tuple[torch.Tensor, float, float]:
+    """The "joint" degradation of one ``(1, H, W)`` clean slice: k-space undersampling with a
+    ``mask_kind`` ("cartesian" | "radial") mask at ``accel ~ U(accel_range)`` (or ``fixed_accel``;
+    the draw is made either way, so the later draws do not depend on it), then Gaussian noise with
+    ``sigma ~ U(noise_sigma_range)`` when > 0. Returns ``(degraded, accel, sampled fraction)``."""
+    drawn = float(rng.uniform(*accel_range))
+    accel = fixed_accel if fixed_accel is not None else drawn
+    mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
+    kw = {"center_fraction": center_fraction} if mask_kind == "cartesian" else {}
+    y, m = degrade(clean, mask_kind, accel, seed=mseed, **kw)
+    sigma = float(rng.uniform(*noise_sigma_range))
+    if sigma > 0:
+        y = gaussian_noise(y, sigma, seed=nseed)
+    return y, float(accel), float(m.fraction)
+
+
+def make_sample(clean: torch.Tensor, degraded: torch.Tensor, label: Optional[np.ndarray], *, label_set_index: int,
+                modality: int, degradation: int, mask_kind: str, accel: float, fraction: float,
+                source_index: int, index: int) -> dict:
+    """The sample dict of the module docstring (``label=None``: unlabelled, zeros and index -1)."""
+    has = label is not None
+    lab = (torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)) if has
+           else torch.zeros(tuple(clean.shape[-2:]), dtype=torch.int64))
+    return {
+        "clean": clean,
+        "degraded": degraded.to(torch.float32).contiguous(),
+        "label": lab,
+        "has_label": torch.tensor(has),
+        "label_set_index": torch.tensor(label_set_index if has else -1),
+        "modality": torch.tensor(modality),
+        "degradation": torch.tensor(degradation, dtype=torch.int64),
+        "mask_kind": torch.tensor(MASK_KINDS.index(mask_kind)),
+        "accel": torch.tensor(accel, dtype=torch.float32),
+        "fraction": torch.tensor(fraction, dtype=torch.float32),
+        "source_index": torch.tensor(source_index),
+        "index": torch.tensor(index, dtype=torch.int64),
+    }
 
 
 # ------------------------------------------------------------------------- dataset
@@ -197,9 +263,7 @@ class SliceDataset(Dataset):
         self.epoch = int(epoch)
 
     def _rngs(self, i: int) -> tuple[np.random.Generator, np.random.Generator]:
-        key = [self.seed, 0, i] if self.split == "val" else [self.seed, 1, self.epoch, i]
-        a, b = np.random.SeedSequence(key).spawn(2)
-        return np.random.default_rng(a), np.random.default_rng(b)
+        return item_rngs(self.seed, self.split, self.epoch, i)
 
     def item_info(self, i: int) -> dict:
         """Provenance of item ``i``: source, path, slice index, case, patient, mask kind, modality."""
@@ -218,15 +282,7 @@ class SliceDataset(Dataset):
         data = load_case(it.source, it.path)
         img = data.image[it.index]
         lab = data.label[it.index] if data.label is not None else None
-        if self.crop is not None:
-            if self.split == "train":
-                img, lab = random_crop(img, lab, self.crop, rng)
-            else:
-                img, lab = center_crop(img, lab, self.crop)
-        if self.augment:
-            img, lab = augment_pair(img, lab, rng)
-        # copies: samples must never share memory with the cached volumes
-        return np.array(img, np.float32, copy=True), (None if lab is None else lab.copy())
+        return crop_pair(img, lab, self.crop, rng, random=self.split == "train", augment=self.augment)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
@@ -238,16 +294,10 @@ class SliceDataset(Dataset):
         clean = torch.from_numpy(img)[None]
         if self.mode == "joint":
             kind = spec.mask_kind
-            lo, hi = self.accel_range[kind]
-            drawn = float(rng.uniform(lo, hi))
-            accel = self.fixed_accel if self.fixed_accel is not None else drawn
-            mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
-            kw = {"center_fraction": self.center_fraction} if kind == "cartesian" else {}
-            y, m = degrade(clean, kind, accel, seed=mseed, **kw)
-            sigma = float(rng.uniform(*self.noise_sigma_range))
-            if sigma > 0:
-                y = gaussian_noise(y, sigma, seed=nseed)
-            deg, fraction = DEGRADATIONS.index("undersampling"), m.fraction
+            y, accel, fraction = degrade_sample(clean, kind, rng, accel_range=self.accel_range[kind],
+                                                fixed_accel=self.fixed_accel, center_fraction=self.center_fraction,
+                                                noise_sigma_range=self.noise_sigma_range)
+            deg = DEGRADATIONS.index("undersampling")
         else:
             deg = int(rng.integers(0, len(DEGRADATIONS)))
             sub = int(rng.integers(0, 2**31 - 1))
@@ -259,23 +309,10 @@ class SliceDataset(Dataset):
                 m = (cartesian_mask(shape, accel, seed=params["seed"]) if kind == "cartesian"
                      else radial_mask(shape, accel=accel, seed=params["seed"]))
                 fraction = m.fraction
-        has = lab is not None
-        label = (torch.from_numpy(lab.astype(np.int64)) if has
-                 else torch.zeros(img.shape, dtype=torch.int64))
-        return {
-            "clean": clean,
-            "degraded": y.to(torch.float32).contiguous(),
-            "label": label,
-            "has_label": torch.tensor(has),
-            "label_set_index": torch.tensor(self.label_sets.index(spec.label_set) if has else -1),
-            "modality": torch.tensor(self.modalities.index(spec.modality)),
-            "degradation": torch.tensor(deg, dtype=torch.int64),
-            "mask_kind": torch.tensor(MASK_KINDS.index(kind)),
-            "accel": torch.tensor(accel, dtype=torch.float32),
-            "fraction": torch.tensor(fraction, dtype=torch.float32),
-            "source_index": torch.tensor(self._source_index[it.source]),
-            "index": torch.tensor(i, dtype=torch.int64),
-        }
+        set_index = self.label_sets.index(spec.label_set) if lab is not None else -1
+        return make_sample(clean, y, lab, label_set_index=set_index, modality=self.modalities.index(spec.modality),
+                           degradation=deg, mask_kind=kind, accel=accel, fraction=fraction,
+                           source_index=self._source_index[it.source], index=i)
 
 
 # ------------------------------------------------------------------------- loaders

@@ -79,15 +79,9 @@ def dataset_cases(names: list[str], root=None, max_slices: int | None = None) ->
 
 def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int | None = None) -> Iterator[Case]:
     """Image/label pairs from two folders, matched by file name (suffixes ignored)."""
-    from ..io import SUPPORTED_SUFFIXES, read_image, read_label
+    from ..io import read_image, read_label
+    from ..io import file_stem as stem
     from ..pipeline import to_unit_range
-
-    def stem(p: Path) -> str:
-        name = p.name
-        for suf in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-            if name.lower().endswith(suf):
-                return name[: -len(suf)]
-        return p.stem
 
     images = Path(images)
     if not images.is_dir():

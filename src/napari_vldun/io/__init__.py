@@ -6,7 +6,7 @@ first axis; ``Volume.affine`` maps ``(z, y, x, 1)`` indices to RAS mm.  See
 """
 
 from .normalize import CT_WINDOWS, normalize, normalize_ct, normalize_minmax, normalize_mri
-from .readers import SUPPORTED_SUFFIXES, read_image, read_label
+from .readers import SUPPORTED_SUFFIXES, file_stem, read_image, read_label
 from .volume import ImageReadError, Volume
 from .writers import write_nifti, write_png
 
@@ -15,6 +15,7 @@ __all__ = [
     "ImageReadError",
     "SUPPORTED_SUFFIXES",
     "Volume",
+    "file_stem",
     "normalize",
     "normalize_ct",
     "normalize_minmax",

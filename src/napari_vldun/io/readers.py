@@ -16,7 +16,7 @@ import numpy as np
 from .volume import (LPS_TO_RAS, REVERSE3, ImageReadError, Volume, as_label,
                      check_array, default_affine)
 
-__all__ = ["SUPPORTED_SUFFIXES", "read_image", "read_label", "suffix_of"]
+__all__ = ["SUPPORTED_SUFFIXES", "file_stem", "read_image", "read_label", "suffix_of"]
 
 #: File suffixes understood by :func:`read_image` (a folder is read as a DICOM series).
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -31,6 +31,18 @@ def suffix_of(path: str | Path) -> str:
     """Lower-case suffix, with ``.nii.gz`` treated as one suffix."""
     name = Path(path).name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def file_stem(path: str | Path) -> str:
+    """The file name without its (longest) supported suffix, matched case-insensitively
+    (``"Case1.NII.GZ"`` -> ``"Case1"``); :attr:`Path.stem` for any other name. Used to match
+    image and label files of two folders by name."""
+    name = Path(path).name
+    low = name.lower()
+    for suf in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
 
 
 # --------------------------------------------------------------------- formats

@@ -54,7 +54,8 @@ class TrainConfig:
     model: str = "tiny"
     #: VLDUNConfig field overrides for a named config, e.g. {"use_priors": false}.
     model_overrides: dict = field(default_factory=dict)
-    #: training sources of the joint phase (names in napari_vldun.data.SOURCES).
+    #: training sources of the joint phase (names in napari_vldun.data.SOURCES); may be empty when
+    #: the run trains on ready-made datasets (``iter_train(cfg, run_builder=make_run_builder(...))``).
     sources: list = field(default_factory=lambda: ["acdc"])
     #: sources of the prior phase (default: ``sources``); unlabelled sources are fine here.
     prior_sources: Optional[list] = None
@@ -192,8 +193,8 @@ class TrainConfig:
             val = list(val)
             setattr(self, key, val)
             unknown = [s for s in val if s not in SOURCES]
-            if unknown or (key == "sources" and not val):
-                raise bad(f"{key}: unknown or no sources {unknown}; known: {sorted(SOURCES)}")
+            if unknown:
+                raise bad(f"{key}: unknown sources {unknown}; known: {sorted(SOURCES)}")
         for key in ("crop", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")

@@ -387,8 +387,10 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
     ``cfg.overwrite`` is set. Under ``torchrun`` every rank runs this generator (data-parallel).
 
     ``run_builder(cfg, ctx, resume) -> setup.Run`` replaces :func:`~.setup.build_run` to train on
-    other data (e.g. napari layers): it must do the out_dir checks (``setup.check_out_dir``), build
-    the model, the datasets (SliceDataset's sample dict, ``label_sets`` / ``modalities`` attributes)
+    other data: :func:`~.setup.make_run_builder` ``(train_ds, val_ds)`` makes one for ready-made
+    datasets (e.g. :class:`~napari_vldun.data.PairsDataset` of napari layers; ``cfg.sources`` may
+    then be empty). A custom one must do the out_dir checks (``setup.check_out_dir``), build the
+    model, the datasets (SliceDataset's sample dict, ``label_sets`` / ``modalities`` attributes)
     and the phases (``setup.make_phase``), and load the resume state.
     """
     if not isinstance(cfg, TrainConfig):

@@ -1,9 +1,14 @@
 """Everything a run needs before its first step: out_dir checks, datasets, loaders, model, resume state.
 
-The model's ``modalities`` are the sorted modality names of every source the run uses (training,
-prior and validation sources), so that the datasets' ``modality`` indices and the model's classifier
-agree; its ``label_sets`` are the label sets of the joint-phase training sources (class names and
-colours from :data:`~napari_vldun.model.config.LABEL_SETS` / ``LABEL_COLORS``).
+:func:`build_run` builds the run of ``cfg.sources``: the model's ``modalities`` are the sorted modality
+names of every source the run uses (training, prior and validation sources), so that the datasets'
+``modality`` indices and the model's classifier agree; its ``label_sets`` are the label sets of the
+joint-phase training sources (class names and colours from
+:data:`~napari_vldun.model.config.LABEL_SETS` / ``LABEL_COLORS``).
+
+:func:`build_run_from_datasets` builds the run of ready-made datasets instead (e.g.
+:class:`~napari_vldun.data.PairsDataset` s of napari layers or folders; ``cfg.sources`` may be
+empty); :func:`make_run_builder` wraps it for ``iter_train(cfg, run_builder=...)``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import torch
 from .config import IMMUTABLE_ON_RESUME, SOURCE_LICENSES, TrainConfig
 from .distributed import DistContext
 
-__all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "checkpoint_meta", "check_out_dir", "make_phase",
-           "check_resume_config", "CHECKPOINT_NAMES"]
+__all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_datasets", "make_run_builder",
+           "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "CHECKPOINT_NAMES"]
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
@@ -57,6 +62,8 @@ class Run:
     state: dict | None = None
     state_tensors: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the checkpoints record about data that is not ``cfg.sources`` (``{"origin", "pairs", ...}``).
+    provenance: dict | None = None
 
     def start_info(self, trainer) -> dict:
         m = self.model
@@ -109,18 +116,27 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- model
-def _named_model(cfg: TrainConfig, modalities: list[str], label_sets: list[str]):
-    from ..model import build_model, get_config
+def _known_heads(label_sets: list[str]) -> tuple[dict, dict]:
+    """Class names and colours of label sets of :data:`~napari_vldun.model.config.LABEL_SETS`."""
     from ..model.config import LABEL_COLORS, LABEL_SETS
 
-    mcfg = get_config(cfg.model, **cfg.model_overrides)
     unknown = [s for s in label_sets if s not in LABEL_SETS]
     if unknown:
         raise ValueError(f"label sets {unknown} have no class names in model.config.LABEL_SETS")
+    return ({k: list(LABEL_SETS[k]) for k in label_sets},
+            {k: list(LABEL_COLORS[k]) for k in label_sets if k in LABEL_COLORS})
+
+
+def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: dict):
+    """A fresh model of the named config ``cfg.model`` with these modalities and label-set heads
+    (``heads``: label set -> class names)."""
+    from ..model import build_model, get_config
+
+    mcfg = get_config(cfg.model, **cfg.model_overrides)
     mcfg = mcfg.replace(
         modalities=tuple(modalities),
-        label_sets={k: list(LABEL_SETS[k]) for k in label_sets},
-        label_colors={k: list(LABEL_COLORS[k]) for k in label_sets if k in LABEL_COLORS},
+        label_sets={k: list(v) for k, v in heads.items()},
+        label_colors={k: list(v) for k, v in colours.items() if k in heads},
     )
     model = build_model(mcfg, seed=cfg.seed)
     if cfg.zero_init_residual:
@@ -132,9 +148,10 @@ def _named_model(cfg: TrainConfig, modalities: list[str], label_sets: list[str])
     return model
 
 
-def _checkpoint_model(cfg: TrainConfig, label_sets: list[str]):
+def _checkpoint_model(cfg: TrainConfig, heads: dict):
+    """The checkpoint ``cfg.model``; it must have a head for every label set of ``heads`` (label set
+    -> class names, or None when the class count is not known) with the same number of classes."""
     from ..model.checkpoint import checkpoint_paths, load_checkpoint
-    from ..model.config import LABEL_SETS
 
     wpath, cpath = checkpoint_paths(cfg.model)
     if not cpath.is_file():
@@ -144,15 +161,36 @@ def _checkpoint_model(cfg: TrainConfig, label_sets: list[str]):
         raise ValueError("model_overrides cannot change the architecture of a checkpoint; "
                          f"remove them or start from a named config instead of {cfg.model!r}")
     model, _ = load_checkpoint(cfg.model, "cpu")
-    missing = [s for s in label_sets if s not in model.cfg.label_sets]
+    missing = [s for s in heads if s not in model.cfg.label_sets]
     if missing:
         raise ValueError(f"checkpoint {wpath} has no segmentation head for the label sets {missing} of the "
-                         f"training sources (it has {sorted(model.cfg.label_sets)})")
-    for s in label_sets:
-        if s in LABEL_SETS and len(model.cfg.label_sets[s]) != len(LABEL_SETS[s]):
+                         f"training data (it has {sorted(model.cfg.label_sets)})")
+    for s, classes in heads.items():
+        if classes is not None and len(model.cfg.label_sets[s]) != len(classes):
             raise ValueError(f"checkpoint {wpath}: label set {s!r} has {len(model.cfg.label_sets[s])} classes, "
-                             f"the data has {len(LABEL_SETS[s])}")
+                             f"the data has {len(classes)}")
     return model
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _resume_model(cfg: TrainConfig, out: Path):
+    """(state tensors, state doc, model) of the run saved in ``out/last``, checked against ``cfg``."""
+    from ..model.checkpoint import load_checkpoint, read_checkpoint_config
+    from .state import load_state
+
+    tensors, state = load_state(out / "last")
+    _check_resume_config(cfg, state.get("train_config", {}), out / "last.state.json")
+    _, meta = read_checkpoint_config(out / "last")
+    if meta.get("global_step") != state["position"]["global_step"]:
+        raise ValueError(f"{out}: last checkpoint (step {meta.get('global_step')}) and its training state "
+                         f"(step {state['position']['global_step']}) disagree (interrupted write?)")
+    model, _ = load_checkpoint(out / "last", "cpu")
+    return tensors, state, model
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,13 +241,13 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     """Check ``out_dir``, seed, build (or reload) the model, the datasets and the phases."""
     from ..data import SOURCES
     from ..model import CONFIGS
-    from ..model.checkpoint import load_checkpoint, read_checkpoint_config
-    from .state import load_state, set_rng_state
+    from .state import set_rng_state
 
+    if not cfg.sources:
+        raise ValueError("no training sources: set TrainConfig.sources (names in napari_vldun.data.SOURCES), "
+                         "or train on ready-made datasets with iter_train(cfg, run_builder=make_run_builder(...))")
     _check_out_dir(cfg, ctx, resume)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    random.seed(cfg.seed)
+    _seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     state, tensors = None, {}
     used = list(dict.fromkeys(cfg.sources + cfg.resolved_val_sources()
@@ -217,17 +255,13 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     label_sets = sorted({SOURCES[s].label_set for s in cfg.sources} - {None},
                         key=lambda k: (k not in ("acdc", "brats2015", "covid_ct"), k))
     if resume:
-        tensors, state = load_state(out / "last")
-        _check_resume_config(cfg, state.get("train_config", {}), out / "last.state.json")
-        _, meta = read_checkpoint_config(out / "last")
-        if meta.get("global_step") != state["position"]["global_step"]:
-            raise ValueError(f"{out}: last checkpoint (step {meta.get('global_step')}) and its training state "
-                             f"(step {state['position']['global_step']}) disagree (interrupted write?)")
-        model, _ = load_checkpoint(out / "last", "cpu")
+        tensors, state, model = _resume_model(cfg, out)
     elif cfg.model in CONFIGS:
-        model = _named_model(cfg, _modalities_of(used), label_sets)
+        model = _named_model(cfg, _modalities_of(used), *_known_heads(label_sets))
     else:
-        model = _checkpoint_model(cfg, label_sets)
+        from ..model.config import LABEL_SETS
+
+        model = _checkpoint_model(cfg, {s: LABEL_SETS.get(s) for s in label_sets})
     modalities = list(model.cfg.modalities)
     missing = [m for m in _modalities_of(used) if m not in modalities]
     if missing:
@@ -248,13 +282,114 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     return Run(model, ds["train"], ds["val"], ds.get("prior_val"), phases, used, state, tensors, notes)
 
 
+def _dataset_heads(ds) -> tuple[dict, dict]:
+    """(label set -> class names, label set -> colours) of a dataset: its ``label_classes`` /
+    ``label_colors`` when it has them, else :data:`~napari_vldun.model.config.LABEL_SETS`."""
+    classes = dict(getattr(ds, "label_classes", None) or {})
+    colours = dict(getattr(ds, "label_colors", None) or {})
+    known, known_colours = _known_heads([s for s in ds.label_sets if s not in classes])
+    return {s: list(classes.get(s) or known[s]) for s in ds.label_sets}, {**known_colours, **colours}
+
+
+def _describe(provenance: dict, train_ds, val_ds) -> str:
+    pairs = provenance.get("pairs") or []
+    shown = ", ".join(map(str, pairs[:6])) + (f", ... ({len(pairs)} in all)" if len(pairs) > 6 else "")
+    return (f"trained on {provenance.get('origin', 'custom datasets')}"
+            + (f" ({shown})" if shown else "") + f": {len(train_ds)} training / {len(val_ds)} validation slices")
+
+
+def build_run_from_datasets(cfg: TrainConfig, ctx: DistContext, resume: bool, train_ds, val_ds, *,
+                            label_sets: dict | None = None, label_colors: dict | None = None,
+                            provenance: dict | None = None, notes=()) -> Run:
+    """:func:`build_run` on ready-made datasets instead of ``cfg.sources`` (which may be empty).
+
+    The datasets return :class:`~napari_vldun.data.SliceDataset`'s "joint" sample dict and have
+    ``label_sets`` (the names ``label_set_index`` refers to) and ``modalities`` (the names the
+    ``modality`` index refers to: set here to the model's list); optionally ``used_modalities``
+    (the ones their samples use; default ``modalities``), ``label_classes`` / ``label_colors``
+    (label set -> class names / colours; default :data:`~napari_vldun.model.config.LABEL_SETS`)
+    and ``provenance`` (``{"origin": "napari layers" | "folders" | ..., "pairs": [names], ...}``),
+    as :class:`~napari_vldun.data.PairsDataset` has. The keyword arguments override them.
+
+    A fresh named model (``cfg.model`` = "tiny", ...) gets one head per label set of ``train_ds``
+    and the config's modalities plus any the data adds; a checkpoint (``cfg.model`` = its path) must
+    already have the heads (same class counts) and know the modalities; ``resume`` reloads
+    ``out_dir/last``. Only the joint phase runs (``cfg.prior_epochs`` is ignored, with a note).
+    The checkpoints record ``provenance`` under ``meta["data_provenance"]`` and its origin in
+    ``meta["data_sources"]``.
+    """
+    from ..model import CONFIGS, get_config
+    from .state import set_rng_state
+
+    for name, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
+        for attr in ("label_sets", "modalities"):
+            if not hasattr(ds, attr):
+                raise TypeError(f"{name} has no {attr!r} attribute (see build_run_from_datasets)")
+    if label_sets is not None:
+        heads = {k: list(v) for k, v in label_sets.items()}
+        colours = dict(getattr(train_ds, "label_colors", None) or {})
+    else:
+        heads, colours = _dataset_heads(train_ds)
+    colours = {**colours, **(label_colors or {})}
+    untrained = [s for s in val_ds.label_sets if s not in heads]
+    if untrained:
+        raise ValueError(f"the validation data has label sets {untrained} that the training data lacks")
+    used = list(dict.fromkeys(list(getattr(train_ds, "used_modalities", train_ds.modalities))
+                              + list(getattr(val_ds, "used_modalities", val_ds.modalities))))
+    prov = dict(provenance or getattr(train_ds, "provenance", None) or {"origin": "custom datasets"})
+    prov.setdefault("origin", "custom datasets")
+
+    _check_out_dir(cfg, ctx, resume)
+    _seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    state, tensors = None, {}
+    if resume:
+        tensors, state, model = _resume_model(cfg, out)
+        missing = [s for s in heads if s not in model.cfg.label_sets]
+        if missing:
+            raise ValueError(f"cannot resume {out}: it was trained on label set(s) {sorted(model.cfg.label_sets)}, "
+                             f"not {missing}")
+    elif cfg.model in CONFIGS:
+        base = list(get_config(cfg.model, **cfg.model_overrides).modalities)
+        model = _named_model(cfg, base + [m for m in used if m not in base], heads, colours)
+    else:
+        model = _checkpoint_model(cfg, heads)
+    modalities = list(model.cfg.modalities)
+    missing = [m for m in used if m not in modalities]
+    if missing:
+        raise ValueError(f"the model knows the modalities {modalities}; the data adds {missing}")
+    for ds in (train_ds, val_ds):
+        ds.modalities = list(modalities)
+    run_notes = [_describe(prov, train_ds, val_ds), *notes]
+    if cfg.prior_epochs > 0:
+        run_notes.append("prior phase skipped: ready-made datasets train the joint phase only")
+    phases = [_phase("joint", cfg.epochs, train_ds, cfg, ctx, cfg.steps_per_epoch)]
+    model = model.to(ctx.device).train()
+    if state is not None:
+        set_rng_state(tensors, state.get("rng", {}))
+    return Run(model, train_ds, val_ds, None, phases, [str(prov["origin"])], state, tensors, run_notes, prov)
+
+
+def make_run_builder(train_ds, val_ds, **kwargs):
+    """``run_builder`` for :func:`~napari_vldun.train.iter_train` that trains on ``train_ds`` /
+    ``val_ds`` (:func:`build_run_from_datasets` with ``kwargs``)::
+
+        iter_train(cfg, run_builder=make_run_builder(train, val))
+    """
+
+    def run_builder(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
+        return build_run_from_datasets(cfg, ctx, resume, train_ds, val_ds, **kwargs)
+
+    return run_builder
+
+
 def checkpoint_meta(trainer, name: str) -> dict:
     """What a checkpoint records beside the weights (JSON)."""
     from .distributed import unwrap
 
     cfg, m = trainer.cfg, unwrap(trainer.model).cfg
     run: Run = trainer.run_
-    return {
+    meta = {
         "kind": name,
         "train_config": cfg.to_dict(),
         "phase": trainer.pos.phase,
@@ -276,6 +411,9 @@ def checkpoint_meta(trainer, name: str) -> dict:
         "software": {"torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if run.provenance is not None:
+        meta["data_provenance"] = dict(run.provenance)
+    return meta
 
 
 # public names for custom run builders (``iter_train(..., run_builder=...)``)
