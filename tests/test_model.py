@@ -134,3 +134,28 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, tiny: VLDUN) -> None:
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_load_clip_weights_from_a_local_file(tmp_path) -> None:
+    """User CLIP weights (open_clip state dict, safetensors) replace the visual tower and re-embed the prompts."""
+    from safetensors.torch import save_file
+
+    from napari_vldun.degradation import DEGRADATION_PROMPTS
+    from napari_vldun.model.priors import _build_clip, load_clip_weights
+
+    cfg = get_config("tiny")
+    torch.manual_seed(123)
+    clip = _build_clip(cfg.clip)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    model = build_model(cfg)
+    before = model.priors.text_embeddings.clone()
+    prompts = [DEGRADATION_PROMPTS[d] for d in cfg.degradations]
+    load_clip_weights(model.priors, tmp_path / "clip.safetensors", prompts, cfg.clip)
+    for k, v in clip.visual.state_dict().items():
+        torch.testing.assert_close(model.priors.visual.state_dict()[k], v)
+    assert not torch.allclose(before, model.priors.text_embeddings)
+    torch.testing.assert_close(model.priors.text_embeddings.norm(dim=-1), torch.ones(len(prompts)))
+    bad = tmp_path / "other.safetensors"
+    save_file({"foo": torch.zeros(2)}, str(bad))
+    with pytest.raises(ValueError, match="open_clip checkpoint"):
+        load_clip_weights(model.priors, bad, prompts, cfg.clip)

@@ -48,7 +48,7 @@ def from_unit_range(x: np.ndarray, params: dict) -> np.ndarray:
     return (x * (hi - lo) + lo).astype(np.float32)
 
 
-def _check_free(paths: list[Path], overwrite: bool) -> None:
+def check_free(paths: list[Path], overwrite: bool) -> None:
     taken = [str(p) for p in paths if p.exists()]
     if taken and not overwrite:
         raise FileExistsError(f"would overwrite {', '.join(taken)}; pass --overwrite or choose another --out")
@@ -65,7 +65,7 @@ def _write_array(array: np.ndarray, path: Path, like, overwrite: bool) -> None:
             raise ValueError(f"{path}: a PNG holds one slice, the image has {array.shape[0]}; write .nii.gz")
         write_png(array.reshape(array.shape[-2:]), path, overwrite=overwrite, vrange=(0.0, 1.0))
     elif name.endswith(".npy"):
-        _check_free([path], overwrite)
+        check_free([path], overwrite)
         np.save(path, array.astype(np.float32), allow_pickle=False)
     else:
         raise ValueError(f"{path}: output must end in .nii, .nii.gz, .png or .npy")
@@ -79,7 +79,7 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     from .io import read_image
 
     out = Path(output_path)
-    _check_free([out], overwrite)
+    check_free([out], overwrite)
     vol = read_image(input_path)
     data, norm = to_unit_range(vol)
     kwargs = {"center_fraction": center_fraction} if mask == "cartesian" else {}
@@ -127,7 +127,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     targets = [out / n for n in ("restored.nii.gz", "labels.nii.gz", "overview.png", "metrics.json")]
     if stages:
         targets += [out / f"stages_{b}.nii.gz" for b in ("full", "low", "high")]
-    _check_free(targets, overwrite)
+    check_free(targets, overwrite)
     vol = read_image(input_path)
     image, norm = to_unit_range(vol)
     image3 = image[None] if image.ndim == 2 else image

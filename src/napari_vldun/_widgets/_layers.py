@@ -180,6 +180,13 @@ def to_unit(data: np.ndarray, modality: str | None = None) -> tuple[np.ndarray, 
     return np.asarray(unit, dtype=np.float32), params
 
 
+def unit_stack(layer, data: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``data`` of ``layer`` (from :func:`image_data`) as a ``(Z, H, W)`` stack in [0, 1] (a 2-D image is
+    one slice) and its normalisation params: :func:`to_unit` with the layer's modality."""
+    stack = data[None] if data.ndim == 2 else data
+    return to_unit(stack, layer_modality(layer))
+
+
 def unit_bounds(params: dict) -> tuple[float, float]:
     """(lo, hi) of the linear map behind a normalisation: CT windows keep theirs in ``window``,
     a constant image has none (identity)."""

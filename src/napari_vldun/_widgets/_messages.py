@@ -1,12 +1,13 @@
 """User-facing messages of the VL-DUN docks: napari notifications, one-line error texts, status
-labels, and the results hub (a process-wide signal a dock emits when it publishes new output layers).
+labels, the small form builders the docks share (group boxes of form rows, spin boxes), and the
+results hub (a process-wide signal a dock emits when it publishes new output layers).
 """
 
 from __future__ import annotations
 
 from napari.utils import notifications
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QLabel
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
 
 #: Errors a user can fix; shown as a notification, never raised into Qt.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
@@ -42,6 +43,51 @@ def set_status(label: QLabel | None, text: str, kind: str = "info") -> None:
     colour = {"error": "#ff6b6b", "warning": "#ffb347"}.get(kind, "")
     label.setStyleSheet(f"color: {colour};" if colour else "")
     label.setText(text)
+
+
+def status_label(text: str = "") -> QLabel:
+    """A word-wrapping label for status lines and results."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def report_error(dock, message: str, label: QLabel | None = None) -> None:
+    """Keep ``message`` as ``dock.last_message``, show it in red in ``label`` (default: the dock's
+    ``status`` label) and as a napari error notification."""
+    dock.last_message = message
+    set_status(dock.status if label is None else label, message, "error")
+    show_error(message)
+
+
+# ------------------------------------------------------------------------- form builders
+def form_group(title: str, rows: list) -> QGroupBox:
+    """A group box holding a form; a row is ``(label, widget or layout)`` or a lone widget spanning
+    both columns."""
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    for row in rows:
+        if isinstance(row, tuple):
+            form.addRow(*row)
+        else:
+            form.addRow(row)
+    return box
+
+
+def spin_box(low, high, value=None, *, step=None, decimals: int | None = None, tip: str | None = None):
+    """A QDoubleSpinBox when ``low`` is a float, else a QSpinBox, with range ``[low, high]`` and
+    optionally a value, single step, decimals (set before the range, which they round) and tool tip."""
+    box = QDoubleSpinBox() if isinstance(low, float) else QSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(low, high)
+    if step is not None:
+        box.setSingleStep(step)
+    if value is not None:
+        box.setValue(value)
+    if tip is not None:
+        box.setToolTip(tip)
+    return box
 
 
 # ------------------------------------------------------------------------- results hub

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from qtpy.QtWidgets import QComboBox, QLabel
 
-from ..inference import InferenceError
+from ..inference import InferenceError, resolve_device
 
 
 # ------------------------------------------------------------------------- model cache
@@ -90,12 +90,11 @@ def get_model(weights: str | Path | None, device: str):
         return loaded
 
 
-def clear_model_cache() -> None:
-    """Drop cached models (and CUDA cache)."""
+def free_memory(device: Any = None) -> None:
+    """gc + CUDA cache: after a run (the training generator releases its model itself), or once the
+    cached models are dropped."""
     import gc
 
-    with _MODEL_LOCK:
-        _MODEL_CACHE.clear()
     gc.collect()
     try:
         import torch
@@ -104,6 +103,13 @@ def clear_model_cache() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001
         pass
+
+
+def clear_model_cache() -> None:
+    """Drop cached models (and CUDA cache)."""
+    with _MODEL_LOCK:
+        _MODEL_CACHE.clear()
+    free_memory()
 
 
 def checkpoint_label_sets(weights: str | Path | None) -> tuple[dict, dict]:
@@ -198,6 +204,14 @@ class ModelChooser:
 
     def device_name(self) -> str:
         return self.device.currentText()
+
+    def choice(self) -> tuple[str | None, str]:
+        """(checkpoint, device) of the form; raises ValueError for a missing checkpoint path, or for
+        CUDA asked for without CUDA."""
+        weights = self.weights()
+        device = self.device_name()
+        resolve_device(device)
+        return weights, device
 
     def show_random(self, random_weights: bool) -> None:
         self.warning.setVisible(bool(random_weights))

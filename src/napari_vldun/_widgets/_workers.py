@@ -1,6 +1,7 @@
-"""Generators run in napari ``thread_worker`` threads by the docks.
+"""Generators run in napari ``thread_worker`` threads by the docks, and :class:`JobDock`, the base
+of the docks that run them.
 
-They hold no Qt state: each one yields progress objects (``Status``, inference ``Progress``,
+The generators hold no Qt state: each one yields progress objects (``Status``, inference ``Progress``,
 training ``TrainEvent``) and *returns* its result, or a :class:`Failure` for problems the user
 can fix (bad input, bad checkpoint, no CUDA, out of memory), so that the dock shows one clear
 message and never receives a half-finished result. Stopping a worker between two yields
@@ -9,7 +10,6 @@ message and never receives a half-finished result. Stopping a worker between two
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QWidget
 
 from ..inference import InferenceError, Prediction, Progress
-from ._messages import USER_ERRORS, error_text
-from ._models import get_model
+from ._messages import USER_ERRORS, error_text, report_error
+from ._models import avoid_llvm_clash, free_memory, get_model
 
 
 @dataclass
@@ -108,18 +110,6 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def free_memory(device: Any = None) -> None:
-    """gc + CUDA cache after a run (the model itself is released by the training generator)."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = None,
               run_builder: Any = None) -> Iterator[Any]:
     """Run :func:`napari_vldun.train.iter_train` and pass its ``TrainEvent``s on.
@@ -156,3 +146,70 @@ def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = 
         del gen
         free_memory()
     return result
+
+
+# ----------------------------------------------------------------------------- docks
+def toggle_run_cancel(run_button, cancel_button, running: bool) -> None:
+    """Run enabled while idle, Cancel while a job runs."""
+    run_button.setEnabled(not running)
+    cancel_button.setEnabled(running)
+
+
+class JobDock(QWidget):
+    """Base of the docks that run one job at a time in a napari thread worker.
+
+    A subclass provides ``status`` (a label), ``_update_buttons()`` (enables its controls from
+    ``self.worker``), ``_on_yielded(item)``, ``_on_result(result)`` (a job's result that is not a
+    :class:`Failure`) and, where the job can be cancelled, ``_on_aborted()``.
+    """
+
+    #: emitted when a run ends: "done", "stopped", "cancelled" or "error"
+    job_finished = Signal(str)
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        avoid_llvm_clash()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_message = ""
+        self._outcome = ""
+
+    def _error(self, message: str) -> None:
+        report_error(self, message)
+
+    def _fail(self, message: str) -> None:
+        """The run ended in an error: show it; ``job_finished`` says "error"."""
+        self._outcome = "error"
+        self._error(message)
+
+    def _launch(self, job, *args, **kwargs):
+        """Run the generator ``job(*args, **kwargs)`` in a worker wired to this dock; returns it.
+
+        An exception the job raises goes to :meth:`_on_errored`, never into Qt. ``self.worker`` is set
+        before the worker starts, so that :meth:`_on_finished` always finds it.
+        """
+        from napari.qt.threading import create_worker
+
+        handlers = {"errored": self._on_errored, "yielded": self._on_yielded, "returned": self._on_returned}
+        if hasattr(self, "_on_aborted"):
+            handlers["aborted"] = self._on_aborted
+        handlers["finished"] = self._on_finished
+        worker = create_worker(job, *args, _connect=handlers, _ignore_errors=True, _start_thread=False, **kwargs)
+        self.worker = worker
+        self._update_buttons()
+        worker.start()
+        return worker
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._fail(error_text(exc))
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failure):
+            self._fail(result.message)
+        else:
+            self._on_result(result)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._update_buttons()
+        self.job_finished.emit(self._outcome or "done")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QComboBox, QGroupBox, QPushButton, QVBoxLayout, QWidget
 
 from ..inference import InferenceError
-from ._layers import (LayerPicker, apply_unit, from_unit, image_data, labels_data, layer_modality, now, provenance,
-                      put_layer, to_unit)
-from ._messages import USER_ERRORS, error_text, set_status, show_error
+from ._layers import (LayerPicker, apply_unit, from_unit, image_data, labels_data, now, provenance, put_layer,
+                      unit_stack)
+from ._messages import USER_ERRORS, error_text, form_group, report_error, set_status, spin_box, status_label
 from ._models import avoid_llvm_clash
 
 WIDGET = "degrade"
@@ -43,68 +42,9 @@ class DegradeWidget(QWidget):
         self.last_metrics: dict = {}
         self.last_compare: dict = {}
         self.last_layer = None
-
-        # ---- degrade
-        self.clean_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
-        self.kind = QComboBox()
-        self.kind.addItems(["cartesian", "radial"])
-        self.kind.setToolTip("cartesian: phase-encode lines (accelerated MRI); radial: spokes (sparse-view CT)")
-        self.accel = QDoubleSpinBox()
-        self.accel.setRange(1.0, 64.0)
-        self.accel.setSingleStep(0.5)
-        self.accel.setValue(4.0)
-        self.center = QDoubleSpinBox()
-        self.center.setRange(0.0, 0.5)
-        self.center.setDecimals(3)
-        self.center.setSingleStep(0.01)
-        self.center.setValue(0.08)
-        self.center.setToolTip("fraction of central k-space lines always kept (Cartesian)")
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.noise = QDoubleSpinBox()
-        self.noise.setRange(0.0, 1.0)
-        self.noise.setDecimals(3)
-        self.noise.setSingleStep(0.005)
-        self.noise.setToolTip("std of additive Gaussian noise, in [0, 1] intensity units (0: none)")
-        self.blur = QDoubleSpinBox()
-        self.blur.setRange(0.0, 20.0)
-        self.blur.setSingleStep(0.5)
-        self.blur.setToolTip("Gaussian blur sigma in pixels, applied before undersampling (0: none)")
-        self.degrade_button = QPushButton("Degrade")
-        self.degrade_result = QLabel("")
-        self.degrade_result.setWordWrap(True)
-        box1 = QGroupBox("Degrade")
-        f1 = QFormLayout(box1)
-        f1.addRow("clean image", self.clean_picker)
-        f1.addRow("mask", self.kind)
-        f1.addRow("acceleration", self.accel)
-        f1.addRow("center fraction", self.center)
-        f1.addRow("seed", self.seed)
-        f1.addRow("noise sigma", self.noise)
-        f1.addRow("blur sigma (px)", self.blur)
-        f1.addRow(self.degrade_button)
-        f1.addRow(self.degrade_result)
-
-        # ---- compare
-        self.ref_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
-        self.result_picker = LayerPicker(napari_viewer, (Image,), predicate=_not_ours_stage)
-        self.ref_labels_picker = LayerPicker(napari_viewer, (Labels,), none_text="(none)")
-        self.pred_labels_picker = LayerPicker(napari_viewer, (Labels,), none_text="(none)")
-        self.compare_button = QPushButton("Compare")
-        self.compare_result = QLabel("")
-        self.compare_result.setWordWrap(True)
-        box2 = QGroupBox("Compare")
-        f2 = QFormLayout(box2)
-        f2.addRow("clean reference", self.ref_picker)
-        f2.addRow("result image", self.result_picker)
-        f2.addRow("reference labels", self.ref_labels_picker)
-        f2.addRow("result labels", self.pred_labels_picker)
-        f2.addRow(self.compare_button)
-        f2.addRow(self.compare_result)
-
         lay = QVBoxLayout(self)
-        lay.addWidget(box1)
-        lay.addWidget(box2)
+        lay.addWidget(self._degrade_box())
+        lay.addWidget(self._compare_box())
         lay.addStretch(1)
 
         self.kind.currentIndexChanged.connect(lambda *_: self.center.setEnabled(self.kind.currentText() == "cartesian"))
@@ -113,10 +53,37 @@ class DegradeWidget(QWidget):
         self.result_picker.currentIndexChanged.connect(self._follow_result)
         self._follow_result()
 
-    def _error(self, message: str, label: QLabel) -> None:
-        self.last_message = message
-        set_status(label, message, "error")
-        show_error(message)
+    def _degrade_box(self) -> QGroupBox:
+        self.clean_picker = LayerPicker(self.viewer, (Image,), predicate=_not_ours_stage)
+        self.kind = QComboBox()
+        self.kind.addItems(["cartesian", "radial"])
+        self.kind.setToolTip("cartesian: phase-encode lines (accelerated MRI); radial: spokes (sparse-view CT)")
+        self.accel = spin_box(1.0, 64.0, 4.0, step=0.5)
+        self.center = spin_box(0.0, 0.5, 0.08, step=0.01, decimals=3,
+                               tip="fraction of central k-space lines always kept (Cartesian)")
+        self.seed = spin_box(0, 2**31 - 1)
+        self.noise = spin_box(0.0, 1.0, step=0.005, decimals=3,
+                              tip="std of additive Gaussian noise, in [0, 1] intensity units (0: none)")
+        self.blur = spin_box(0.0, 20.0, step=0.5,
+                             tip="Gaussian blur sigma in pixels, applied before undersampling (0: none)")
+        self.degrade_button = QPushButton("Degrade")
+        self.degrade_result = status_label()
+        return form_group("Degrade", [
+            ("clean image", self.clean_picker), ("mask", self.kind), ("acceleration", self.accel),
+            ("center fraction", self.center), ("seed", self.seed), ("noise sigma", self.noise),
+            ("blur sigma (px)", self.blur), self.degrade_button, self.degrade_result])
+
+    def _compare_box(self) -> QGroupBox:
+        self.ref_picker = LayerPicker(self.viewer, (Image,), predicate=_not_ours_stage)
+        self.result_picker = LayerPicker(self.viewer, (Image,), predicate=_not_ours_stage)
+        self.ref_labels_picker = LayerPicker(self.viewer, (Labels,), none_text="(none)")
+        self.pred_labels_picker = LayerPicker(self.viewer, (Labels,), none_text="(none)")
+        self.compare_button = QPushButton("Compare")
+        self.compare_result = status_label()
+        return form_group("Compare", [
+            ("clean reference", self.ref_picker), ("result image", self.result_picker),
+            ("reference labels", self.ref_labels_picker), ("result labels", self.pred_labels_picker),
+            self.compare_button, self.compare_result])
 
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
@@ -129,8 +96,7 @@ class DegradeWidget(QWidget):
         noise, blur = float(self.noise.value()), float(self.blur.value())
         try:
             data = image_data(layer, "clean")
-            vol = data[None] if data.ndim == 2 else data
-            clean, params = to_unit(vol, layer_modality(layer))
+            clean, params = unit_stack(layer, data)
             x = gaussian_blur(clean, blur) if blur > 0 else clean
             kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
             y, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
@@ -139,9 +105,9 @@ class DegradeWidget(QWidget):
                 y = np.asarray(gaussian_noise(y, noise, seed=seed + 1), np.float32)
             shown = np.clip(y, 0.0, 1.0)
             metrics = {"psnr": float(psnr(shown, clean)), "ssim": float(ssim(shown, clean)),
-                       "fraction": float(mask.fraction), "slices": int(vol.shape[0])}
+                       "fraction": float(mask.fraction), "slices": int(clean.shape[0])}
         except USER_ERRORS as exc:
-            self._error(error_text(exc), self.degrade_result)
+            report_error(self, error_text(exc), self.degrade_result)
             return None
         label = f"{kind} {accel:g}x"
         extras = [f"noise {noise:g}" if noise > 0 else "", f"blur {blur:g}" if blur > 0 else ""]
@@ -187,8 +153,8 @@ class DegradeWidget(QWidget):
             if result.shape != clean.shape:
                 raise InferenceError(f"result '{res.name}' has shape {result.shape}, the reference "
                                      f"'{ref.name}' {clean.shape}; they must match")
-            vol_shape = (1, *clean.shape) if clean.ndim == 2 else clean.shape
-            clean_u, params = to_unit(clean.reshape(vol_shape), layer_modality(ref))
+            clean_u, params = unit_stack(ref, clean)
+            vol_shape = clean_u.shape
             result_u = apply_unit(result.reshape(vol_shape), params)
             prov = provenance(res)
             done = prov.get("slices_done")
@@ -208,7 +174,7 @@ class DegradeWidget(QWidget):
             elif (ref_lab is None) != (pred_lab is None):
                 m["note"] = "pick both reference and result labels for Dice"
         except USER_ERRORS as exc:
-            self._error(error_text(exc), self.compare_result)
+            report_error(self, error_text(exc), self.compare_result)
             return None
         self.last_compare = m
         parts = []

@@ -18,17 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
 
-from ..inference import InferenceError, resolve_device
+from ..inference import InferenceError
 from ._labels import label_colormap, label_features
-from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, layer_modality, now, output_slot,
-                      provenance, put_layer, to_unit)
-from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_error
-from ._models import ModelChooser, avoid_llvm_clash, checkpoint_label_sets
-from ._workers import Failure, PredictResult, Status, predict_job
+from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, now, output_slot, provenance,
+                      put_layer, unit_stack)
+from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
+from ._models import ModelChooser, checkpoint_label_sets
+from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
 
 WIDGET = "restore"
 STAGES_WIDGET = "stages"
@@ -67,21 +65,15 @@ def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int]
     return layers
 
 
-class RestoreSegmentWidget(QWidget):
-    """Dock widget: restore + segment the chosen image layer with a VL-DUN checkpoint."""
+class RestoreSegmentWidget(JobDock):
+    """Dock widget: restore + segment the chosen image layer with a VL-DUN checkpoint.
 
-    #: emitted when a run ends: "done", "cancelled" or "error"
-    job_finished = Signal(str)
+    ``job_finished`` says "done", "cancelled" or "error" when a run ends."""
 
     def __init__(self, napari_viewer, parent=None) -> None:
-        super().__init__(parent)
-        avoid_llvm_clash()
-        self.viewer = napari_viewer
-        self.worker = None
-        self.last_message = ""
+        super().__init__(napari_viewer, parent)
         self.last_outputs: list = []
         self._job: dict = {}
-        self._outcome = ""
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
         self.current_only = QCheckBox("current slice only")
@@ -95,8 +87,7 @@ class RestoreSegmentWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = status_label()
 
         form = QFormLayout()
         form.addRow("image", self.image_picker)
@@ -146,12 +137,6 @@ class RestoreSegmentWidget(QWidget):
     def chosen_label_set(self) -> str | None:
         return None if self.label_set.currentIndex() <= 0 else self.label_set.currentText()
 
-    # ------------------------------------------------------------------ messages
-    def _error(self, message: str) -> None:
-        self.last_message = message
-        set_status(self.status, message, "error")
-        show_error(message)
-
     # ------------------------------------------------------------------ run
     def start(self):
         """Check the inputs and start the worker; returns it (None when refused)."""
@@ -160,11 +145,8 @@ class RestoreSegmentWidget(QWidget):
         layer = self.image_picker.current_layer()
         try:
             data = image_data(layer)
-            weights = self.weights()
-            device = self.model.device_name()
-            resolve_device(device)  # CUDA asked for without CUDA: refuse now
-            vol = data[None] if data.ndim == 2 else data
-            unit, params = to_unit(vol, layer_modality(layer))
+            weights, device = self.model.choice()  # CUDA asked for without CUDA: refuse now
+            unit, params = unit_stack(layer, data)
             slices = None
             if self.current_only.isChecked() and data.ndim == 3:
                 slices = [current_index(self.viewer, layer, 0)]
@@ -174,26 +156,16 @@ class RestoreSegmentWidget(QWidget):
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
                      "slices": slices, "stages": self.keep_stages.isChecked()}
         self._outcome = ""
-        n = vol.shape[0] if slices is None else len(slices)
+        n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
-        from napari.qt.threading import create_worker
+        return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
+                            return_stages=self.keep_stages.isChecked())
 
-        worker = create_worker(predict_job, weights, device, unit, label_set=self.chosen_label_set(),
-                               slices=slices, return_stages=self.keep_stages.isChecked(),
-                               _connect={"errored": self._on_errored}, _ignore_errors=True,
-                               _start_thread=False)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        worker.start()
-        return worker
+    def _update_buttons(self) -> None:
+        toggle_run_cancel(self.run_button, self.cancel_button, self.worker is not None)
 
     def cancel(self) -> None:
         """Stop after the slice in progress; nothing is added."""
@@ -209,31 +181,16 @@ class RestoreSegmentWidget(QWidget):
             self.progress.setValue(item.done)
             set_status(self.status, f"slice {item.done} / {item.total}")
 
-    def _on_errored(self, exc: BaseException) -> None:
-        self._outcome = "error"
-        self._error(error_text(exc))
-
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
         self.progress.setValue(0)
         set_status(self.status, "cancelled: no layer was added or changed", "warning")
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.job_finished.emit(self._outcome or "done")
-
-    def _on_returned(self, result) -> None:
-        if isinstance(result, Failure):
-            self._outcome = "error"
-            self._error(result.message)
-            return
+    def _on_result(self, result: PredictResult) -> None:
         try:
             self.last_outputs = self._publish(result)
         except USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
-            self._outcome = "error"
-            self._error(error_text(exc))
+            self._fail(error_text(exc))
             return
         self._outcome = "done"
         self.model.show_random(result.random_weights)

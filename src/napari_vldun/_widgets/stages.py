@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QSlider, QVBoxLayout, QWidget)
+                            QSlider, QVBoxLayout)
 
-from ..inference import resolve_device
-from ._layers import LayerPicker, current_index, image_data, layer_modality, now, provenance, to_unit
-from ._messages import USER_ERRORS, error_text, set_status, show_error
-from ._models import ModelChooser, avoid_llvm_clash
+from ._layers import LayerPicker, current_index, image_data, now, provenance, unit_stack
+from ._messages import USER_ERRORS, error_text, set_status, status_label
+from ._models import ModelChooser
 from ._plots import ImageView
-from ._workers import Failure, Status, predict_job
+from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
 from .restore import BANDS, STAGES_WIDGET, put_stage_layers
 
 
@@ -29,23 +28,16 @@ def _is_input(layer) -> bool:
     return provenance(layer).get("widget") != STAGES_WIDGET
 
 
-class StageExplorerWidget(QWidget):
+class StageExplorerWidget(JobDock):
     """Dock widget: compute and scrub the unfolding stages of one slice."""
 
-    job_finished = Signal(str)
-
     def __init__(self, napari_viewer, parent=None) -> None:
-        super().__init__(parent)
-        avoid_llvm_clash()
-        self.viewer = napari_viewer
-        self.worker = None
+        super().__init__(napari_viewer, parent)
         self.stages: np.ndarray | None = None  # (S, 3, H, W)
         self.levels: list[int] = []
         self.stage_layers: list = []
         self.slice_index: int | None = None
-        self.last_message = ""
         self._job: dict = {}
-        self._outcome = ""
 
         self.image_picker = LayerPicker(napari_viewer, (Image,), predicate=_is_input)
         form = QFormLayout()
@@ -65,8 +57,7 @@ class StageExplorerWidget(QWidget):
         self.show_in_viewer = QCheckBox("show in viewer")
         self.show_in_viewer.setToolTip("make the selected band's stage layer visible and follow the stage slider")
         self.view = ImageView(viewer=napari_viewer)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = status_label()
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.compute_button)
@@ -94,23 +85,15 @@ class StageExplorerWidget(QWidget):
         self.show_in_viewer.toggled.connect(self.redraw)
 
     # ------------------------------------------------------------------ run
-    def _error(self, message: str) -> None:
-        self.last_message = message
-        set_status(self.status, message, "error")
-        show_error(message)
-
     def start(self):
         if self.worker is not None:
             return None
         layer = self.image_picker.current_layer()
         try:
             data = image_data(layer)
-            weights = self.model.weights()
-            device = self.model.device_name()
-            resolve_device(device)
-            vol = data[None] if data.ndim == 2 else data
+            weights, device = self.model.choice()
             z = current_index(self.viewer, layer, 0) if data.ndim == 3 else 0
-            unit, params = to_unit(vol, layer_modality(layer))
+            unit, _ = unit_stack(layer, data)
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
@@ -118,20 +101,10 @@ class StageExplorerWidget(QWidget):
         self._outcome = ""
         self.progress.setRange(0, 0)  # busy
         set_status(self.status, f"computing the stages of slice {z} ...")
-        from napari.qt.threading import create_worker
+        return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True)
 
-        worker = create_worker(predict_job, weights, device, unit, slices=[z], return_stages=True,
-                               _connect={"errored": self._on_errored}, _ignore_errors=True,
-                               _start_thread=False)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.compute_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        worker.start()
-        return worker
+    def _update_buttons(self) -> None:
+        toggle_run_cancel(self.compute_button, self.cancel_button, self.worker is not None)
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -141,32 +114,20 @@ class StageExplorerWidget(QWidget):
         if isinstance(item, Status):
             set_status(self.status, item.text)
 
-    def _on_errored(self, exc: BaseException) -> None:
-        self._outcome = "error"
-        self._error(error_text(exc))
-
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
         set_status(self.status, "cancelled: no layer was added or changed", "warning")
 
     def _on_finished(self) -> None:
-        self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self._outcome == "done" else 0)
-        self.compute_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.job_finished.emit(self._outcome or "done")
+        super()._on_finished()
 
-    def _on_returned(self, result) -> None:
-        if isinstance(result, Failure):
-            self._outcome = "error"
-            self._error(result.message)
-            return
+    def _on_result(self, result: PredictResult) -> None:
         layer, z = self._job["layer"], self._job["z"]
         pred = result.prediction
         if pred.stages is None or layer not in self.viewer.layers:
-            self._outcome = "error"
-            self._error("no stage maps: the model returned none (or the input layer was removed)")
+            self._fail("no stage maps: the model returned none (or the input layer was removed)")
             return
         self.stages = pred.stages[0]
         self.levels = list(pred.stage_levels)

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QStackedWidget,
-                            QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QListWidget,
+                            QMessageBox, QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
-from ._messages import USER_ERRORS, error_text, set_status, show_error
-from ._models import avoid_llvm_clash, shipped_checkpoint_exists
+from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
+from ._models import shipped_checkpoint_exists
 from ._plots import TrainPlot
-from ._workers import Failure, Status, TrainResult, train_job
+from ._workers import Failure, JobDock, Status, TrainResult, train_job
 
 _RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", "last.state.json",
               "last.state.safetensors")
@@ -36,164 +35,24 @@ def _is_input(layer) -> bool:
     return provenance(layer).get("widget") not in ("stages",)
 
 
-class TrainWidget(QWidget):
-    """Dock widget: train on the user's pairs with live curves."""
+class TrainWidget(JobDock):
+    """Dock widget: train on the user's pairs with live curves.
 
-    job_finished = Signal(str)
+    ``job_finished`` says "done", "stopped" or "error" when a run ends."""
 
     def __init__(self, napari_viewer, parent=None) -> None:
-        super().__init__(parent)
-        avoid_llvm_clash()
-        from ..model.config import PAPER_MODALITIES
-
-        self.viewer = napari_viewer
-        self.worker = None
+        super().__init__(napari_viewer, parent)
         self.pairs: list[tuple] = []  # (image layer, labels layer)
         self.out_dir: Path | None = None
-        self.last_message = ""
         self.result: TrainResult | None = None
         self.events: list = []
         self._stop = threading.Event()
-        self._outcome = ""
-
-        # ---- data
-        self.source = QComboBox()
-        self.source.addItems(["layers", "folders"])
-        self.image_picker = LayerPicker(napari_viewer, (Image,), predicate=_is_input)
-        self.labels_picker = LayerPicker(napari_viewer, (Labels,))
-        self.add_pair_button = QPushButton("Add pair")
-        self.remove_pair_button = QPushButton("Remove")
-        self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(70)
-        layers_panel = QWidget()
-        fl = QFormLayout(layers_panel)
-        fl.setContentsMargins(0, 0, 0, 0)
-        fl.addRow("image", self.image_picker)
-        fl.addRow("labels", self.labels_picker)
-        row = QHBoxLayout()
-        row.addWidget(self.add_pair_button)
-        row.addWidget(self.remove_pair_button)
-        fl.addRow(row)
-        fl.addRow(self.pair_list)
-        self.images_dir = QLineEdit()
-        self.labels_dir = QLineEdit()
-        folders_panel = QWidget()
-        ff = QFormLayout(folders_panel)
-        ff.setContentsMargins(0, 0, 0, 0)
-        for text, edit in (("images folder", self.images_dir), ("labels folder", self.labels_dir)):
-            r = QHBoxLayout()
-            r.addWidget(edit)
-            b = QPushButton("...")
-            b.setMaximumWidth(30)
-            b.clicked.connect(lambda _=False, e=edit: self._choose_dir_into(e))
-            r.addWidget(b)
-            ff.addRow(text, r)
-        self.data_stack = QStackedWidget()
-        self.data_stack.addWidget(layers_panel)
-        self.data_stack.addWidget(folders_panel)
-        data_box = QGroupBox("Data")
-        fd = QFormLayout(data_box)
-        fd.addRow("pairs from", self.source)
-        fd.addRow(self.data_stack)
-
-        # ---- labels
-        self.label_set = QLineEdit("custom")
-        self.label_set.setToolTip("name of the label set (a known one -- acdc, brats2015, covid_ct -- reuses its "
-                                  "class names and colours)")
-        self.n_classes = QSpinBox()
-        self.n_classes.setRange(2, 255)
-        self.n_classes.setValue(2)
-        self.n_classes.setToolTip("number of classes including background (label 0)")
-        self.modality = QComboBox()
-        self.modality.addItems(list(PAPER_MODALITIES))
-        self.mask_kind = QComboBox()
-        self.mask_kind.addItems(["cartesian", "radial"])
-        self.mask_kind.setToolTip("k-space degradation simulated for training: cartesian (MRI) or radial (CT)")
-        lab_box = QGroupBox("Labels and degradation")
-        flb = QFormLayout(lab_box)
-        flb.addRow("label set", self.label_set)
-        flb.addRow("classes", self.n_classes)
-        flb.addRow("modality", self.modality)
-        flb.addRow("k-space mask", self.mask_kind)
-
-        # ---- training
-        self.val_fraction = QDoubleSpinBox()
-        self.val_fraction.setRange(0.01, 0.9)
-        self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.2)
-        self.val_fraction.setToolTip("share of slices kept for validation (at least 1 slice)")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 100000)
-        self.epochs.setValue(10)
-        self.steps = QSpinBox()
-        self.steps.setRange(0, 1000000)
-        self.steps.setSpecialValueText("full pass")
-        self.steps.setToolTip("optimiser steps per epoch (full pass: every training slice once)")
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 256)
-        self.batch.setValue(4)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(5e-4)
-        self.crop = QSpinBox()
-        self.crop.setRange(16, 1024)
-        self.crop.setSingleStep(16)
-        self.crop.setValue(128)
-        self.start_from = QComboBox()
-        self.start_from.addItems(["scratch (tiny)", "shipped checkpoint"])
-        if not shipped_checkpoint_exists():
-            self.start_from.model().item(1).setEnabled(False)
-            self.start_from.setToolTip("no checkpoint is shipped yet: training starts from scratch")
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
-        train_box = QGroupBox("Training")
-        ft = QFormLayout(train_box)
-        ft.addRow("validation fraction", self.val_fraction)
-        ft.addRow("epochs", self.epochs)
-        ft.addRow("steps / epoch", self.steps)
-        ft.addRow("batch size", self.batch)
-        ft.addRow("learning rate", self.lr)
-        ft.addRow("crop size", self.crop)
-        ft.addRow("start from", self.start_from)
-        ft.addRow("device", self.device)
-
-        # ---- output + controls
-        self.out_edit = QLineEdit()
-        self.out_edit.setReadOnly(True)
-        self.out_edit.setPlaceholderText("choose an output folder first")
-        self.out_button = QPushButton("Choose ...")
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_edit)
-        out_row.addWidget(self.out_button)
-        self.start_button = QPushButton("Start")
-        self.stop_button = QPushButton("Stop")
-        self.resume_button = QPushButton("Resume")
-        controls = QHBoxLayout()
-        for b in (self.start_button, self.stop_button, self.resume_button):
-            controls.addWidget(b)
-        self.epoch_bar = QProgressBar()
-        self.epoch_bar.setFormat("epoch %v / %m")
-        self.step_bar = QProgressBar()
-        self.step_bar.setFormat("step %v / %m")
-        self.plot = TrainPlot(viewer=napari_viewer)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         inner = QWidget()
         lay = QVBoxLayout(inner)
-        lay.addWidget(data_box)
-        lay.addWidget(lab_box)
-        lay.addWidget(train_box)
-        fo = QFormLayout()
-        fo.addRow("output folder", out_row)
-        lay.addLayout(fo)
-        lay.addLayout(controls)
-        lay.addWidget(self.epoch_bar)
-        lay.addWidget(self.step_bar)
-        lay.addWidget(self.plot, 1)
-        lay.addWidget(self.status)
+        for box in (self._data_box(), self._labels_box(), self._training_box()):
+            lay.addWidget(box)
+        self._add_controls(lay)
         scroll = QScrollArea()  # the form is tall: scroll on small screens
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.NoFrame)
@@ -213,12 +72,118 @@ class TrainWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._drop_removed)
         self._update_buttons()
 
-    # ------------------------------------------------------------------ helpers
-    def _error(self, message: str) -> None:
-        self.last_message = message
-        set_status(self.status, message, "error")
-        show_error(message)
+    # ------------------------------------------------------------------ form
+    def _data_box(self) -> QGroupBox:
+        self.source = QComboBox()
+        self.source.addItems(["layers", "folders"])
+        self.image_picker = LayerPicker(self.viewer, (Image,), predicate=_is_input)
+        self.labels_picker = LayerPicker(self.viewer, (Labels,))
+        self.data_stack = QStackedWidget()
+        self.data_stack.addWidget(self._layers_panel())
+        self.data_stack.addWidget(self._folders_panel())
+        return form_group("Data", [("pairs from", self.source), self.data_stack])
 
+    def _layers_panel(self) -> QWidget:
+        self.add_pair_button = QPushButton("Add pair")
+        self.remove_pair_button = QPushButton("Remove")
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(70)
+        panel = QWidget()
+        fl = QFormLayout(panel)
+        fl.setContentsMargins(0, 0, 0, 0)
+        fl.addRow("image", self.image_picker)
+        fl.addRow("labels", self.labels_picker)
+        row = QHBoxLayout()
+        row.addWidget(self.add_pair_button)
+        row.addWidget(self.remove_pair_button)
+        fl.addRow(row)
+        fl.addRow(self.pair_list)
+        return panel
+
+    def _folders_panel(self) -> QWidget:
+        self.images_dir = QLineEdit()
+        self.labels_dir = QLineEdit()
+        panel = QWidget()
+        ff = QFormLayout(panel)
+        ff.setContentsMargins(0, 0, 0, 0)
+        for text, edit in (("images folder", self.images_dir), ("labels folder", self.labels_dir)):
+            r = QHBoxLayout()
+            r.addWidget(edit)
+            b = QPushButton("...")
+            b.setMaximumWidth(30)
+            b.clicked.connect(lambda _=False, e=edit: self._choose_dir_into(e))
+            r.addWidget(b)
+            ff.addRow(text, r)
+        return panel
+
+    def _labels_box(self) -> QGroupBox:
+        from ..model.config import PAPER_MODALITIES
+
+        self.label_set = QLineEdit("custom")
+        self.label_set.setToolTip("name of the label set (a known one -- acdc, brats2015, covid_ct -- reuses its "
+                                  "class names and colours)")
+        self.n_classes = spin_box(2, 255, 2, tip="number of classes including background (label 0)")
+        self.modality = QComboBox()
+        self.modality.addItems(list(PAPER_MODALITIES))
+        self.mask_kind = QComboBox()
+        self.mask_kind.addItems(["cartesian", "radial"])
+        self.mask_kind.setToolTip("k-space degradation simulated for training: cartesian (MRI) or radial (CT)")
+        return form_group("Labels and degradation", [
+            ("label set", self.label_set), ("classes", self.n_classes), ("modality", self.modality),
+            ("k-space mask", self.mask_kind)])
+
+    def _training_box(self) -> QGroupBox:
+        self.val_fraction = spin_box(0.01, 0.9, 0.2, step=0.05,
+                                     tip="share of slices kept for validation (at least 1 slice)")
+        self.epochs = spin_box(1, 100000, 10)
+        self.steps = spin_box(0, 1000000, tip="optimiser steps per epoch (full pass: every training slice once)")
+        self.steps.setSpecialValueText("full pass")
+        self.batch = spin_box(1, 256, 4)
+        self.lr = spin_box(1e-6, 1.0, 5e-4, step=1e-4, decimals=6)
+        self.crop = spin_box(16, 1024, 128, step=16)
+        self.start_from = QComboBox()
+        self.start_from.addItems(["scratch (tiny)", "shipped checkpoint"])
+        if not shipped_checkpoint_exists():
+            self.start_from.model().item(1).setEnabled(False)
+            self.start_from.setToolTip("no checkpoint is shipped yet: training starts from scratch")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        return form_group("Training", [
+            ("validation fraction", self.val_fraction), ("epochs", self.epochs), ("steps / epoch", self.steps),
+            ("batch size", self.batch), ("learning rate", self.lr), ("crop size", self.crop),
+            ("start from", self.start_from), ("device", self.device)])
+
+    def _add_controls(self, lay: QVBoxLayout) -> None:
+        """Output folder, Start / Stop / Resume, progress bars, the live plot and the status line."""
+        self.out_edit = QLineEdit()
+        self.out_edit.setReadOnly(True)
+        self.out_edit.setPlaceholderText("choose an output folder first")
+        self.out_button = QPushButton("Choose ...")
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit)
+        out_row.addWidget(self.out_button)
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        controls = QHBoxLayout()
+        for b in (self.start_button, self.stop_button, self.resume_button):
+            controls.addWidget(b)
+        self.epoch_bar = QProgressBar()
+        self.epoch_bar.setFormat("epoch %v / %m")
+        self.step_bar = QProgressBar()
+        self.step_bar.setFormat("step %v / %m")
+        self.plot = TrainPlot(viewer=self.viewer)
+        self.status = status_label()
+        fo = QFormLayout()
+        fo.addRow("output folder", out_row)
+        lay.addLayout(fo)
+        lay.addLayout(controls)
+        lay.addWidget(self.epoch_bar)
+        lay.addWidget(self.step_bar)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.status)
+
+    # ------------------------------------------------------------------ helpers
     def _confirm(self, question: str) -> bool:
         """Ask the user (tests replace this)."""
         answer = QMessageBox.question(self, "VL-DUN training", question, QMessageBox.Yes | QMessageBox.No,
@@ -379,18 +344,7 @@ class TrainWidget(QWidget):
         self.epoch_bar.setValue(0)
         self.step_bar.setValue(0)
         set_status(self.status, "starting ...")
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_train_with_factory, cfg, resume, self._stop, factory,
-                               _connect={"errored": self._on_errored}, _ignore_errors=True,
-                               _start_thread=False)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._update_buttons()
-        worker.start()
-        return worker
+        return self._launch(_train_with_factory, cfg, resume, self._stop, factory)
 
     def stop(self) -> None:
         """Ask the loop to stop after the current step (it saves ``last``)."""
@@ -398,7 +352,7 @@ class TrainWidget(QWidget):
             self._stop.set()
             set_status(self.status, "stopping after the current step ...", "warning")
 
-    def _on_event(self, ev) -> None:
+    def _on_yielded(self, ev) -> None:
         if isinstance(ev, Status):
             set_status(self.status, ev.text)
             return
@@ -438,26 +392,13 @@ class TrainWidget(QWidget):
             best = m.get("best") or m.get("last")
             set_status(self.status, f"done: best checkpoint {best}")
 
-    def _on_errored(self, exc: BaseException) -> None:
-        self._outcome = "error"
-        self._error(error_text(exc))
-
-    def _on_returned(self, result) -> None:
-        if isinstance(result, Failure):
-            self._outcome = "error"
-            self._error(result.message)
-            return
+    def _on_result(self, result: TrainResult) -> None:
         self.result = result
         self._outcome = result.outcome
         where = result.best or result.last
         if result.outcome == "done":
             set_status(self.status, f"done after {result.events} events: checkpoint {where} "
                          "(load it in Restore & Segment as a local file)")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._update_buttons()
-        self.job_finished.emit(self._outcome or "done")
 
 
 def _train_with_factory(cfg, resume, stop, factory):

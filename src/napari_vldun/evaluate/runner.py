@@ -227,7 +227,7 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     import torch
 
     from ..inference import load_model
-    from ..pipeline import _check_free
+    from ..pipeline import check_free
     from .figures import overview_figure
 
     if args.threads:
@@ -236,7 +236,7 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
         raise ValueError("give --dataset NAME... or --images DIR [--labels DIR]")
     out = Path(args.out) if args.out else None
     targets = ([out / "results.md", out / "results.json"] if out else []) + ([Path(args.json)] if args.json else [])
-    _check_free(targets, args.overwrite)
+    check_free(targets, args.overwrite)
     main = load_model(args.weights, args.device)
     variants = {}
     if args.variants:

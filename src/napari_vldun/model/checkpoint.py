@@ -19,6 +19,9 @@ from .vldun import VLDUN
 
 FORMAT_VERSION = 1
 
+_UMASK = os.umask(0)  # read the process umask once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or does not match its config."""
@@ -32,12 +35,15 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path`` (a crash
+    never leaves a half-written file). The file gets the usual umask-based permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,8 +60,8 @@ def save_checkpoint(model: VLDUN, path: str | Path, meta: dict | None = None, ov
         raise FileExistsError(f"checkpoint {wpath} already exists; choose another name or allow overwriting")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     doc = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(), "meta": meta or {}}
-    _atomic_write(wpath, lambda tmp: save_file(state, tmp))
-    _atomic_write(cpath, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+    atomic_write(wpath, lambda tmp: save_file(state, tmp))
+    atomic_write(cpath, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
     return wpath
 
 

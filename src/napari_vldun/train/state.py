@@ -9,21 +9,18 @@ NumPy RNG states, best score so far, wall time). Both are written atomically (te
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..model.checkpoint import atomic_write
+
 __all__ = ["state_paths", "save_state", "load_state", "optimizer_state", "load_optimizer_state",
            "rng_state", "set_rng_state", "STATE_VERSION"]
 
 STATE_VERSION = 1
-
-_UMASK = os.umask(0)  # read the process umask once (os.umask can only be read by setting it)
-os.umask(_UMASK)
 
 
 def state_paths(prefix: str | Path) -> tuple[Path, Path]:
@@ -33,27 +30,14 @@ def state_paths(prefix: str | Path) -> tuple[Path, Path]:
             prefix.with_name(prefix.name + ".state.json"))
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_state(prefix: str | Path, tensors: dict[str, torch.Tensor], doc: dict) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     tpath, jpath = state_paths(prefix)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     doc = {"state_version": STATE_VERSION, **doc}
-    _atomic(tpath, lambda tmp: save_file(tensors, tmp))
-    _atomic(jpath, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    atomic_write(tpath, lambda tmp: save_file(tensors, tmp))
+    atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     return tpath, jpath
 
 
