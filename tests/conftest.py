@@ -7,6 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test module runs torch on one thread (the 2 CI cores are shared), then restores it."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -15,14 +15,6 @@ KEYS = {"clean", "degraded", "label", "has_label", "label_set_index", "modality"
         "accel", "fraction", "source_index", "index"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def acdc_volume(shared_data):
     """patient002_frame01 of the ACDC validation volumes: image (Z, H, W) float32 in [0, 1], labels 0..3."""

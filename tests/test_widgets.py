@@ -26,14 +26,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT = 120_000  # ms, per worker
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def errors(monkeypatch):
     """Collect napari error notifications instead of showing them."""

@@ -43,9 +43,17 @@ def to_unit_range(volume) -> tuple[np.ndarray, dict]:
 
 
 def from_unit_range(x: np.ndarray, params: dict) -> np.ndarray:
-    """Map [0, 1] values back to the input's intensity units (inverse of the linear rescale)."""
-    lo, hi = float(params.get("lo", 0.0)), float(params.get("hi", 1.0))
+    """Map [0, 1] values back to the input's intensity units (inverse of the linear rescale).
+
+    ``params`` from :func:`to_unit_range`; missing or ``None`` bounds (a constant image) map as identity."""
+    lo, hi = unit_bounds(params)
     return (x * (hi - lo) + lo).astype(np.float32)
+
+
+def unit_bounds(params: dict) -> tuple[float, float]:
+    """``(lo, hi)`` of the linear map behind a normalisation; ``(0, 1)`` when it has none."""
+    lo, hi = params.get("lo"), params.get("hi")
+    return (0.0, 1.0) if lo is None or hi is None else (float(lo), float(hi))
 
 
 def check_free(paths: list[Path], overwrite: bool) -> None:

@@ -169,14 +169,13 @@ def to_unit(data: np.ndarray, modality: str | None = None) -> tuple[np.ndarray, 
     anything else goes through :func:`napari_vldun.io.normalize` (CT window / MRI percentiles).
     The params always carry ``lo``/``hi`` so that :func:`from_unit` can map back."""
     from ..io import Volume
-    from ..pipeline import to_unit_range
+    from ..pipeline import to_unit_range, unit_bounds
 
     arr = np.asarray(data, dtype=np.float32)
     vol = Volume(data=arr, spacing=(1.0,) * arr.ndim, modality=modality)
     unit, params = to_unit_range(vol)
     params = dict(params)
-    lo, hi = unit_bounds(params)
-    params["lo"], params["hi"] = lo, hi
+    params["lo"], params["hi"] = unit_bounds(params)
     return np.asarray(unit, dtype=np.float32), params
 
 
@@ -187,27 +186,17 @@ def unit_stack(layer, data: np.ndarray) -> tuple[np.ndarray, dict]:
     return to_unit(stack, layer_modality(layer))
 
 
-def unit_bounds(params: dict) -> tuple[float, float]:
-    """(lo, hi) of the linear map behind a normalisation: CT windows keep theirs in ``window``,
-    a constant image has none (identity)."""
-    if params.get("lo") is not None and params.get("hi") is not None:
-        return float(params["lo"]), float(params["hi"])
-    if params.get("window") is not None:
-        lo, hi = params["window"]
-        return float(lo), float(hi)
-    return 0.0, 1.0
-
-
 def from_unit(x: np.ndarray, params: dict) -> np.ndarray:
     """Map [0, 1] values back to the input's units (inverse of :func:`to_unit`)."""
     from ..pipeline import from_unit_range
 
-    lo, hi = unit_bounds(params)
-    return from_unit_range(np.asarray(x, dtype=np.float32), {"lo": lo, "hi": hi})
+    return from_unit_range(np.asarray(x, dtype=np.float32), params)
 
 
 def apply_unit(x: np.ndarray, params: dict) -> np.ndarray:
     """Apply the linear part of a normalisation (``(x - lo) / (hi - lo)``, clipped to [0, 1])."""
+    from ..pipeline import unit_bounds
+
     lo, hi = unit_bounds(params)
     if not hi > lo:
         return np.zeros(np.shape(x), np.float32)
