@@ -126,6 +126,16 @@ def test_joint_terms_and_total():
     assert torch.allclose(t["total"], t["rec"] + t["stage"] + t["seg"])
 
 
+def test_rec_weight_scales_rec_and_stage_terms_only():
+    batch = _batch()
+    out = _output(batch)
+    base = JointLoss(["acdc", "covid_ct"], lambda_seg=0.5, stage_weight=0.1)(out, batch)
+    heavy = JointLoss(["acdc", "covid_ct"], lambda_seg=0.5, stage_weight=0.1, rec_weight=20.0)(out, batch)
+    assert torch.allclose(heavy["rec"], 20.0 * base["rec"])
+    assert torch.allclose(heavy["stage"], 20.0 * base["stage"])
+    assert torch.allclose(heavy["seg"], base["seg"])
+
+
 def test_joint_seg_skipped_without_labels_and_weighted_over_label_sets():
     loss = JointLoss(["acdc", "covid_ct"])
     batch = _batch(labelled=(False, False), sets=(-1, -1))

@@ -54,9 +54,13 @@ def test_config_files(tmp_path):
     j.write_text(json.dumps({"sources": ["nope"]}))
     with pytest.raises(ValueError, match="nope"):
         TrainConfig.from_file(j)
-    for name in ("tiny_acdc.json", "shipped.json"):
+    j.write_text(json.dumps({"sources": ["acdc"], "rec_weight": -1}))
+    with pytest.raises(ValueError, match="rec_weight must be >= 0"):
+        TrainConfig.from_file(j)
+    for name in ("tiny_acdc.json", "shipped.json", "ablation_acdc.json"):
         shipped = TrainConfig.from_file(REPO / "configs" / name)
         assert shipped.model == "tiny"
+    assert TrainConfig.from_file(REPO / "configs" / "shipped.json").rec_weight == 1.0  # as the shipped run
 
 
 # ----------------------------------------------------------------------------- events, checkpoints

@@ -243,7 +243,7 @@ class _Direction(nn.Module):
         """xBC (B, L, conv_dim), dt_raw (B, L, nheads) -> y (B, L, d_inner)."""
         d_inner, d_state, nheads, headdim = sizes
         bsz, L, _ = xBC.shape
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2).contiguous())
         x, Bm, Cm = torch.split(xBC, [d_inner, d_state, d_state], dim=-1)
         dt = F.softplus(dt_raw + self.dt_bias)
         A = -torch.exp(self.A_log)

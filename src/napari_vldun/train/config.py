@@ -40,7 +40,7 @@ SOURCE_LICENSES: dict[str, str] = {
 #: to extend a run, ``device``, ``num_threads``, ``num_workers``).
 IMMUTABLE_ON_RESUME = (
     "model", "model_overrides", "sources", "prior_sources", "crop", "batch_size", "seed", "lr",
-    "prior_lr", "weight_decay", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
+    "prior_lr", "weight_decay", "rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual",
 )
@@ -88,6 +88,11 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     grad_clip: Optional[float] = 1.0
+    #: weight of the reconstruction L1 (and, scaled by stage_weight, of the stage deep supervision).
+    #: An image L1 starts near 0.04 while Dice + CE starts near 1.2; 5 puts the two terms on one scale
+    #: (at 1 the segmentation gradient dominated and the residual barely learned, BENCHMARKS.md).
+    #: Runs saved before this field existed used 1.
+    rec_weight: float = 5.0
     lambda_seg: float = 0.5
     stage_weight: float = 0.1
     #: weights of the modality (focal) / degradation (contrastive CE) terms in the joint phase.
@@ -206,6 +211,9 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None and int(v) < 1:
                 raise bad(f"{key} must be >= 1 or null, got {v}")
+        for key in ("rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg"):
+            if float(getattr(self, key)) < 0:
+                raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.lr <= 0 or (self.prior_lr is not None and self.prior_lr <= 0):
             raise bad("lr and prior_lr must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -104,8 +104,8 @@ class DiceCELoss(nn.Module):
 class JointLoss(nn.Module):
     """The joint (stage-2) objective, as named terms plus their sum ``total``.
 
-    * ``rec``  = L1 (or Charbonnier) between ``restored`` and ``clean``           (needs the rec head)
-    * ``stage`` = ``stage_weight`` * mean over stages of L1(stage.full, clean)     (needs the rec head
+    * ``rec``  = ``rec_weight`` * L1 (or Charbonnier) between ``restored`` and ``clean`` (needs the rec head)
+    * ``stage`` = ``rec_weight * stage_weight`` * mean over stages of L1(stage.full, clean) (needs the rec head
       and ``output.stages``; deep supervision, so the stage viewer's maps are images)
     * ``seg``  = ``lambda_seg`` * DiceCE, per label set present in the batch, on that set's labelled
       samples only, averaged over label sets weighted by their sample counts. Absent when no sample
@@ -123,13 +123,15 @@ class JointLoss(nn.Module):
 
     def __init__(self, label_sets: Sequence[str], lambda_seg: float = 0.5, stage_weight: float = 0.1,
                  w_mod: float = 0.0, w_deg: float = 0.0, rec_loss: str = "l1",
-                 focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0) -> None:
+                 focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0,
+                 rec_weight: float = 1.0) -> None:
         super().__init__()
         if rec_loss not in ("l1", "charbonnier"):
             raise ValueError(f"rec_loss must be 'l1' or 'charbonnier', got {rec_loss!r}")
         self.label_sets = list(label_sets)
         self.lambda_seg = float(lambda_seg)
         self.stage_weight = float(stage_weight)
+        self.rec_weight = float(rec_weight)
         self.w_mod = float(w_mod)
         self.w_deg = float(w_deg)
         self.rec_loss = rec_loss
@@ -166,10 +168,10 @@ class JointLoss(nn.Module):
         clean = batch["clean"]
         if output.restored is not None:
             clean = clean.to(output.restored.device)
-            terms["rec"] = self._rec(output.restored, clean)
+            terms["rec"] = self.rec_weight * self._rec(output.restored, clean)
             if self.stage_weight > 0 and output.stages:
                 stage = torch.stack([F.l1_loss(s.full, clean) for s in output.stages]).mean()
-                terms["stage"] = self.stage_weight * stage
+                terms["stage"] = self.rec_weight * self.stage_weight * stage
         if self.lambda_seg > 0:
             seg = self.seg_term(output.seg_logits, batch)
             if seg is not None:

@@ -103,6 +103,7 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    saved = {"rec_weight": 1.0, **saved}  # runs saved before rec_weight existed trained with weight 1
     try:
         old = TrainConfig.from_dict(saved, source=str(where)).to_dict()
     except ValueError as exc:
