@@ -247,6 +247,23 @@ def test_prior_mode_covers_all_degradations() -> None:
     assert seen == set(DEGRADATIONS)
 
 
+def test_balance_by_modality_evens_out_a_skewed_set() -> None:
+    """ACDC has ~30x the COVID slices; balanced by modality each is about half of an epoch."""
+    plain = _ds(["acdc", "covid_ct"], mode="prior", crop=32, max_slices_per_source=None)
+    ds = _ds(["acdc", "covid_ct"], mode="prior", crop=32, max_slices_per_source=None, balance="modality")
+    share = lambda d: np.mean([d.item_info(i)["modality"] == "lung_ct" for i in range(len(d))])  # noqa: E731
+    assert len(ds) == len(plain) and share(plain) < 0.05
+    assert 0.45 < share(ds) < 0.55
+    first = [ds.item_info(i)["path"] for i in range(50)]
+    assert first == [ds.item_info(i)["path"] for i in range(50)]  # fixed within an epoch
+    ds.set_epoch(1)
+    assert first != [ds.item_info(i)["path"] for i in range(50)]  # redrawn each epoch
+    i = next(i for i in range(len(ds)) if ds.item_info(i)["modality"] == "lung_ct")
+    assert ds.modalities[int(ds[i]["modality"])] == "lung_ct"  # the sample is the slice item_info names
+    with pytest.raises(ValueError, match="balance"):
+        _ds(["acdc"], balance="patient")
+
+
 # ------------------------------------------------------------------ loaders
 def test_make_loader_batches() -> None:
     ds = _ds(["acdc", "totalseg_mr"], crop=32)

@@ -144,6 +144,9 @@ def test_load_clip_weights_from_a_local_file(tmp_path) -> None:
     from napari_vldun.model.priors import _build_clip, load_clip_weights
 
     cfg = get_config("tiny")
+    with pytest.raises(ValueError, match="BatchNorm"):  # the tiny GroupNorm ResNet tower cannot take CLIP weights
+        load_clip_weights(build_model(cfg).priors, tmp_path / "none.safetensors", [], cfg.clip)
+    cfg.clip.vision = {"layers": 2, "width": 96, "patch_size": 16, "head_width": 32}  # a small ViT tower
     torch.manual_seed(123)
     clip = _build_clip(cfg.clip)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))

@@ -60,7 +60,11 @@ def test_config_files(tmp_path):
     for name in ("tiny_acdc.json", "shipped.json", "ablation_acdc.json"):
         shipped = TrainConfig.from_file(REPO / "configs" / name)
         assert shipped.model == "tiny"
-    assert TrainConfig.from_file(REPO / "configs" / "shipped.json").rec_weight == 1.0  # as the shipped run
+    j.write_text(json.dumps({"sources": ["acdc"], "prior_balance": "patient"}))
+    with pytest.raises(ValueError, match="prior_balance"):
+        TrainConfig.from_file(j)
+    shipped = TrainConfig.from_file(REPO / "configs" / "shipped.json")
+    assert (shipped.rec_weight, shipped.prior_balance) == (2.0, "modality")  # as the shipped run
 
 
 # ----------------------------------------------------------------------------- events, checkpoints
@@ -105,6 +109,24 @@ def test_iter_train_events_and_checkpoints(tmp_path, acdc_slice):
     assert out.restored.shape == y.shape and out.seg_logits["acdc"].shape == (1, 4, 64, 64)
     last, _ = load_checkpoint(tmp_path / "run" / "last")
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values()))
+
+
+def test_joint_phase_keeps_the_fine_tuned_priors(tmp_path):
+    """Stage 2 trains the prior-token projection, not the stage-1 tower, classifier or similarity scale."""
+    from napari_vldun.model.checkpoint import load_checkpoint
+
+    cfg = small(tmp_path / "run", prior_epochs=1, prior_steps_per_epoch=1, steps_per_epoch=2)
+    after_prior = None
+    for e in iter_train(cfg):
+        if e.kind == "checkpoint" and e.phase == "prior" and after_prior is None:
+            after_prior = {k: v.clone() for k, v in load_checkpoint(e.checkpoint)[0].priors.state_dict().items()}
+        if e.kind == "done":
+            final = e.model.priors.state_dict()
+    kept = [k for k in final if k.startswith(("visual.", "classifier.")) or k == "logit_scale"]
+    assert len(kept) > 10
+    for k in kept:
+        torch.testing.assert_close(final[k], after_prior[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(final["project.weight"], after_prior["project.weight"])
 
 
 def test_overfits_one_batch():

@@ -199,6 +199,10 @@ class SliceDataset(Dataset):
         max_slices_per_source: keep at most this many slices per source, evenly spaced over
             the sorted item list (so several patients stay represented).
         augment: random rot90/flips (default: ``split == "train"``).
+        balance: ``None`` (every slice equally likely) or "modality" / "source": position ``i``
+            of an epoch holds a slice of a group drawn uniformly, then a slice drawn uniformly
+            within it (seeded by seed and epoch, with replacement; same length). Used by the
+            prior phase, whose sets are ~75 % cardiac MRI otherwise.
     """
 
     def __init__(self, sources: Sequence[str], split: str = "train", root=None,
@@ -206,7 +210,8 @@ class SliceDataset(Dataset):
                  accel_range: AccelRange = (2.0, 8.0), fixed_accel: Optional[float] = None,
                  center_fraction: float = 0.08, noise_sigma_range=(0.0, 0.0), seed: int = 0,
                  modalities: Optional[Sequence[str]] = None,
-                 max_slices_per_source: Optional[int] = None, augment: Optional[bool] = None):
+                 max_slices_per_source: Optional[int] = None, augment: Optional[bool] = None,
+                 balance: Optional[str] = None):
         if isinstance(sources, str):
             sources = [sources]
         unknown = [s for s in sources if s not in SOURCES]
@@ -216,6 +221,8 @@ class SliceDataset(Dataset):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if mode not in ("joint", "prior"):
             raise ValueError(f"mode must be 'joint' or 'prior', got {mode!r}")
+        if balance not in (None, "modality", "source"):
+            raise ValueError(f"balance must be None, 'modality' or 'source', got {balance!r}")
         if crop is not None and int(crop) < 1:
             raise ValueError(f"crop must be a positive int or None, got {crop}")
         self.sources = list(sources)
@@ -254,6 +261,8 @@ class SliceDataset(Dataset):
                 its = [its[j] for j in keep]
             self.items.extend(its)
         self._source_index = {s: j for j, s in enumerate(self.sources)}
+        self.balance = balance
+        self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -265,9 +274,23 @@ class SliceDataset(Dataset):
     def _rngs(self, i: int) -> tuple[np.random.Generator, np.random.Generator]:
         return item_rngs(self.seed, self.split, self.epoch, i)
 
+    def _item(self, i: int) -> SliceItem:
+        """The slice at position ``i`` of the current epoch (see ``balance``)."""
+        if self.balance is None:
+            return self.items[i]
+        if self._order is None or self._order[0] != self.epoch:
+            key = [(it.source if self.balance == "source" else SOURCES[it.source].modality) for it in self.items]
+            groups = [np.flatnonzero(np.array(key) == k) for k in sorted(set(key))]
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 2, self.epoch]))
+            g = rng.integers(0, len(groups), len(self.items))
+            pick = rng.random(len(self.items))
+            order = np.array([groups[a][int(u * len(groups[a]))] for a, u in zip(g, pick)], dtype=np.int64)
+            self._order = (self.epoch, order)
+        return self.items[int(self._order[1][i])]
+
     def item_info(self, i: int) -> dict:
         """Provenance of item ``i``: source, path, slice index, case, patient, mask kind, modality."""
-        it = self.items[i]
+        it = self._item(i)
         spec = SOURCES[it.source]
         return {"source": it.source, "path": it.path, "slice": it.index, "case": it.case,
                 "patient": it.patient, "mask_kind": spec.mask_kind, "modality": spec.modality,
@@ -278,7 +301,7 @@ class SliceDataset(Dataset):
         return self._clean_pair(i, self._rngs(i)[0])
 
     def _clean_pair(self, i: int, rng: np.random.Generator):
-        it = self.items[i]
+        it = self._item(i)
         data = load_case(it.source, it.path)
         img = data.image[it.index]
         lab = data.label[it.index] if data.label is not None else None
@@ -287,7 +310,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        it = self.items[i]
+        it = self._item(i)
         spec = SOURCES[it.source]
         crop_rng, rng = self._rngs(i)
         img, lab = self._clean_pair(i, crop_rng)

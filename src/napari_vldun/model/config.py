@@ -58,6 +58,23 @@ class ClipConfig:
     text: dict = field(
         default_factory=lambda: {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
     )
+    #: How the visual tower sees a (B, 1, H, W) image: ``"resize"`` (the whole image resized to
+    #: ``image_size``, CLIP's own view) or ``"tiles"`` (up to ``max_tiles`` x ``max_tiles`` evenly
+    #: spaced ``image_size`` crops at native pixel scale, embeddings averaged, so noise, blur and
+    #: aliasing keep their pixel-level signature whatever the image size).
+    view: str = "resize"
+    max_tiles: int = 4
+    #: Normalisation of a ResNet tower (``vision["layers"]`` a list): "batch" (open_clip's) or
+    #: "group" (GroupNorm, same in training and inference; needed with the tiles view).
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.view not in ("resize", "tiles"):
+            raise ValueError(f"clip view must be 'resize' or 'tiles', got {self.view!r}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"clip norm must be 'batch' or 'group', got {self.norm!r}")
+        if int(self.max_tiles) < 1:
+            raise ValueError(f"clip max_tiles must be >= 1, got {self.max_tiles}")
 
 
 @dataclass
@@ -150,8 +167,12 @@ def _tiny() -> VLDUNConfig:
         clip=ClipConfig(
             embed_dim=64,
             image_size=64,
-            vision={"layers": 2, "width": 96, "patch_size": 16, "head_width": 32},
+            # A small CLIP ResNet tower (GroupNorm) on native-scale 64 px tiles: the tiny ViT on the
+            # resized image never learned the degradation prior (BENCHMARKS.md, "Degradation prior").
+            vision={"layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
             text={"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+            view="tiles",
+            norm="group",
         ),
     )
 
@@ -160,8 +181,14 @@ CONFIGS = {"paper": _paper, "tiny": _tiny}
 
 
 def get_config(name: str, **overrides) -> VLDUNConfig:
-    """Return a fresh copy of a named configuration, with optional field overrides."""
+    """Return a fresh copy of a named configuration, with optional field overrides.
+
+    A ``clip`` override may be a dict of :class:`ClipConfig` fields, merged into the named config's.
+    """
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
     cfg = CONFIGS[name]()
+    if isinstance(overrides.get("clip"), dict):
+        overrides = dict(overrides)
+        overrides["clip"] = ClipConfig(**{**dataclasses.asdict(cfg.clip), **overrides["clip"]})
     return cfg.replace(**overrides) if overrides else cfg

@@ -22,10 +22,43 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def _batch_to_group_norm(module: nn.Module, groups: int = 8) -> None:
+    """Replace every BatchNorm2d under ``module`` by a GroupNorm with up to ``groups`` groups."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            g = max(1, min(groups, c // 4))
+            while c % g:
+                g -= 1
+            setattr(module, name, nn.GroupNorm(g, c))
+        else:
+            _batch_to_group_norm(child, groups)
+
+
 def _build_visual(cfg: ClipConfig) -> nn.Module:
     import open_clip.model as ocm  # lazy: ~8 s on first import
 
-    return ocm._build_vision_tower(cfg.embed_dim, ocm.CLIPVisionCfg(image_size=cfg.image_size, **cfg.vision))
+    visual = ocm._build_vision_tower(cfg.embed_dim, ocm.CLIPVisionCfg(image_size=cfg.image_size, **cfg.vision))
+    if cfg.norm == "group":
+        _batch_to_group_norm(visual)
+    return visual
+
+
+def image_tiles(y: torch.Tensor, size: int, max_tiles: int) -> torch.Tensor:
+    """Native-scale tiles: (B, C, H, W) -> (B, T, C, size, size), T = ny * nx.
+
+    ``n = min(max_tiles, ceil(side / size))`` tiles per axis, evenly spaced from edge to edge
+    (overlapping when the side is not a multiple of ``size``). A side shorter than ``size`` is
+    first upsampled (bilinear) to ``size``.
+    """
+    h, w = y.shape[-2:]
+    if h < size or w < size:
+        h, w = max(h, size), max(w, size)
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    ny, nx = min(max_tiles, -(-h // size)), min(max_tiles, -(-w // size))
+    rows = torch.linspace(0, h - size, ny).round().long().tolist()
+    cols = torch.linspace(0, w - size, nx).round().long().tolist()
+    return torch.stack([y[..., r:r + size, c:c + size] for r in rows for c in cols], dim=1)
 
 
 def _build_clip(cfg: ClipConfig):
@@ -75,6 +108,7 @@ class VisionLanguagePriors(nn.Module):
                 torch.manual_seed(seed)  # the text anchors are reproducible for a given config
                 text_embeddings = embed_prompts(_build_clip(cfg), prompts, cfg.text.get("context_length", 77))
         self.image_size = cfg.image_size
+        self.view, self.max_tiles = cfg.view, int(cfg.max_tiles)
         self.visual = _build_visual(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
         self.register_buffer("text_embeddings", text_embeddings.clone(), persistent=True)
@@ -86,8 +120,15 @@ class VisionLanguagePriors(nn.Module):
         self.project = nn.Linear(e, prior_dim)
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, 1|3, H, W) in [0, 1] -> image embedding f_mod (B, E)."""
-        x = F.interpolate(y, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """(B, 1|3, H, W) in [0, 1] -> image embedding f_mod (B, E) (see ``ClipConfig.view``)."""
+        s = self.image_size
+        if self.view == "tiles":
+            t = image_tiles(y, s, self.max_tiles)
+            b, n = t.shape[:2]
+            return self._tower(t.reshape(b * n, *t.shape[2:])).reshape(b, n, -1).mean(1)
+        return self._tower(F.interpolate(y, size=(s, s), mode="bilinear", align_corners=False))
+
+    def _tower(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.visual((x - self.mean) / self.std)
@@ -125,6 +166,8 @@ def load_clip_weights(priors: VisionLanguagePriors, path: str | Path, prompts: l
     """Load an open_clip state dict (safetensors, or a torch file read with ``weights_only=True``)
     from a local path into the visual tower and re-embed the prompts with its text tower."""
     path = Path(path)
+    if cfg.norm != "batch" and isinstance(cfg.vision.get("layers"), (list, tuple)):
+        raise ValueError("CLIP ResNet weights need the tower's own BatchNorm: build the model with clip norm 'batch'")
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found: {path}")
     if path.suffix == ".safetensors":

@@ -6,7 +6,8 @@ Two phases (Sec. 3.3 and 4.1 of the paper):
    ``mode="prior"`` data (random degradation primitives) with focal (Eq. 3) + image-text
    contrastive CE (Sec. 3.3.3). Only the priors' parameters train. Skipped for ``use_priors=False``.
 2. ``joint`` (``epochs``): restoration + segmentation on k-space-undersampled slices; everything
-   trains except the CLIP visual encoder (frozen unless ``train_clip_in_joint``).
+   trains except the CLIP visual encoder (frozen unless ``train_clip_in_joint``) and, while
+   ``w_mod`` / ``w_deg`` are 0, the modality classifier / similarity scale.
 
 ``best_metric``: ``"score"`` (default) = ``val_psnr / 40 + val_dice`` (PSNR in dB scaled so that
 40 dB weighs like a perfect Dice), or any key of the validation metrics, e.g. ``"val_psnr"``,
@@ -42,7 +43,7 @@ IMMUTABLE_ON_RESUME = (
     "model", "model_overrides", "sources", "prior_sources", "crop", "batch_size", "seed", "lr",
     "prior_lr", "weight_decay", "rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
-    "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual",
+    "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
 )
 
 
@@ -74,6 +75,10 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None
     #: optimiser steps per prior epoch (None: one pass over the prior slices; capped by it).
     prior_steps_per_epoch: Optional[int] = None
+    #: prior-phase sampling: "modality" (each modality equally likely), "source" or None (each
+    #: slice equally likely: the shared data is ~75 % cardiac MRI, and the modality classifier then
+    #: learned to answer "cardiac"). Runs saved before this field existed used None.
+    prior_balance: Optional[str] = "modality"
     #: keep at most this many slices per training source (evenly spaced), None: all.
     max_slices_per_source: Optional[int] = None
     #: validate on at most this many slices per validation source (evenly spaced), None: all.
@@ -218,6 +223,8 @@ class TrainConfig:
             raise bad("lr and prior_lr must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.prior_balance not in (None, "modality", "source"):
+            raise bad(f"prior_balance must be 'modality', 'source' or null, got {self.prior_balance!r}")
         if self.rec_loss not in ("l1", "charbonnier"):
             raise bad(f"rec_loss must be 'l1' or 'charbonnier', got {self.rec_loss!r}")
         if not isinstance(self.model_overrides, dict):

@@ -194,7 +194,14 @@ class Trainer:
         for p in m.parameters():
             p.requires_grad_(True)
         if m.cfg.use_priors and not self.cfg.train_clip_in_joint:
-            for p in m.priors.visual.parameters():
+            # the stage-1 priors stay as fine-tuned: the modality classifier and the similarity
+            # scale feed the prior tokens and would otherwise drift with the joint loss, unless
+            # the joint loss itself keeps training them (w_mod, w_deg > 0)
+            pri = m.priors
+            frozen = list(pri.visual.parameters())
+            frozen += [] if self.cfg.w_mod > 0 else list(pri.classifier.parameters())
+            frozen += [] if self.cfg.w_deg > 0 else [pri.logit_scale]
+            for p in frozen:
                 p.requires_grad_(False)
         return m
 

@@ -103,7 +103,8 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
-    saved = {"rec_weight": 1.0, **saved}  # runs saved before rec_weight existed trained with weight 1
+    # runs saved before these fields existed trained with rec_weight 1 and unbalanced prior sampling
+    saved = {"rec_weight": 1.0, "prior_balance": None, **saved}
     try:
         old = TrainConfig.from_dict(saved, source=str(where)).to_dict()
     except ValueError as exc:
@@ -212,7 +213,7 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
     }
     if with_prior:
         ps = cfg.resolved_prior_sources()
-        ds["prior"] = SliceDataset(ps, "train", crop=cfg.crop, mode="prior",
+        ds["prior"] = SliceDataset(ps, "train", crop=cfg.crop, mode="prior", balance=cfg.prior_balance,
                                    max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common)
         ds["prior_val"] = SliceDataset(ps, "val", crop=val_crop, mode="prior",
                                        max_slices_per_source=cfg.val_max_slices, augment=False, **common)
