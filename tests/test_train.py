@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from napari_vldun.train import (RunExistsError, TrainConfig, fit_batch, iter_train, train_from_file)
@@ -60,9 +61,10 @@ def test_config_files(tmp_path):
     for name in ("tiny_acdc.json", "shipped.json", "ablation_acdc.json"):
         shipped = TrainConfig.from_file(REPO / "configs" / name)
         assert shipped.model == "tiny"
-    j.write_text(json.dumps({"sources": ["acdc"], "prior_balance": "patient"}))
-    with pytest.raises(ValueError, match="prior_balance"):
-        TrainConfig.from_file(j)
+    for key in ("prior_balance", "joint_balance"):
+        j.write_text(json.dumps({"sources": ["acdc"], key: "patient"}))
+        with pytest.raises(ValueError, match=key):
+            TrainConfig.from_file(j)
     shipped = TrainConfig.from_file(REPO / "configs" / "shipped.json")
     assert (shipped.rec_weight, shipped.prior_balance) == (2.0, "modality")  # as the shipped run
 
@@ -109,6 +111,17 @@ def test_iter_train_events_and_checkpoints(tmp_path, acdc_slice):
     assert out.restored.shape == y.shape and out.seg_logits["acdc"].shape == (1, 4, 64, 64)
     last, _ = load_checkpoint(tmp_path / "run" / "last")
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values()))
+
+
+def test_balance_options_reach_the_training_sets_only(tmp_path):
+    from napari_vldun.train.setup import _datasets, _modalities_of
+
+    cfg = small(tmp_path / "run", joint_balance="source", prior_epochs=1, max_slices_per_source=None)
+    ds = _datasets(cfg, _modalities_of(cfg.sources), with_prior=True)
+    assert (ds["train"].balance, ds["prior"].balance) == ("source", "modality")
+    assert ds["val"].balance is None and ds["prior_val"].balance is None
+    covid = np.mean([ds["train"].item_info(i)["source"] == "covid_ct" for i in range(len(ds["train"]))])
+    assert 0.3 < covid < 0.7  # half of the positions, though COVID has a fraction of ACDC's slices
 
 
 def test_joint_phase_keeps_the_fine_tuned_priors(tmp_path):

@@ -44,6 +44,7 @@ IMMUTABLE_ON_RESUME = (
     "prior_lr", "weight_decay", "rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
+    "joint_balance",
 )
 
 
@@ -79,6 +80,9 @@ class TrainConfig:
     #: slice equally likely: the shared data is ~75 % cardiac MRI, and the modality classifier then
     #: learned to answer "cardiac"). Runs saved before this field existed used None.
     prior_balance: Optional[str] = "modality"
+    #: joint-phase sampling: None (each slice equally likely: ACDC has ~6x the BraTS and ~30x the
+    #: COVID training slices), "source" (each source equally likely) or "modality".
+    joint_balance: Optional[str] = None
     #: keep at most this many slices per training source (evenly spaced), None: all.
     max_slices_per_source: Optional[int] = None
     #: validate on at most this many slices per validation source (evenly spaced), None: all.
@@ -223,8 +227,9 @@ class TrainConfig:
             raise bad("lr and prior_lr must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.prior_balance not in (None, "modality", "source"):
-            raise bad(f"prior_balance must be 'modality', 'source' or null, got {self.prior_balance!r}")
+        for key in ("prior_balance", "joint_balance"):
+            if getattr(self, key) not in (None, "modality", "source"):
+                raise bad(f"{key} must be 'modality', 'source' or null, got {getattr(self, key)!r}")
         if self.rec_loss not in ("l1", "charbonnier"):
             raise bad(f"rec_loss must be 'l1' or 'charbonnier', got {self.rec_loss!r}")
         if not isinstance(self.model_overrides, dict):

@@ -205,7 +205,7 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
                   noise_sigma_range=tuple(cfg.noise_sigma_range), seed=cfg.seed, modalities=modalities)
     val_crop = cfg.val_crop or cfg.crop
     ds = {
-        "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint",
+        "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
                               max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common),
         "val": SliceDataset(cfg.resolved_val_sources(), "val", crop=val_crop, mode="joint",
                             fixed_accel=cfg.val_accel, max_slices_per_source=cfg.val_max_slices, augment=False,
