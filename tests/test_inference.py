@@ -139,8 +139,8 @@ def test_demo_runs_on_a_bundled_sample(tmp_path) -> None:
 
 def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) -> None:
     """The shipped weights load offline and do what they were trained for on a validation patient:
-    recognise cardiac MRI and its undersampling, find the heart (Dice measured 0.34 at shipping; random
-    weights give ~0) and restore a little (+0.27 dB measured)."""
+    recognise cardiac MRI and its undersampling, find the heart (Dice ~0.34 measured; random
+    weights give ~0) and restore a little (+0.27 dB measured with the first 2026-11-27 weights)."""
     from napari_vldun.inference import SHIPPED_WEIGHTS
 
     assert SHIPPED_WEIGHTS.with_suffix(".json").exists() and SHIPPED_WEIGHTS.with_suffix(".safetensors").exists()
