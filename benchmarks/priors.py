@@ -3,7 +3,7 @@
     python benchmarks/priors.py --weights src/napari_vldun/weights/vldun_tiny --threads 1
     python benchmarks/priors.py --weights runs/shipped/best --max-slices 16 --json out.json
 
-Every validation slice of the prior sources (evenly spaced, at most ``--max-slices`` per source,
+Every validation slice of the checkpoint's prior-phase sources (its ``train_config``; evenly spaced, at most ``--max-slices`` per source,
 uncropped) gets one degradation class drawn uniformly and applied with the seeded primitives of
 ``SliceDataset(mode="prior")``. Reports top-1 accuracy, balanced accuracy (mean recall over the
 classes present) and the confusion matrices (rows: truth, columns: prediction).
@@ -20,9 +20,6 @@ import torch
 from napari_vldun.data import SOURCES, SliceDataset
 from napari_vldun.model.checkpoint import load_checkpoint
 
-PRIOR_SOURCES = ["acdc", "brats2015", "covid_ct", "totalseg_ct", "totalseg_mr", "pyradiomics_brain", "spinalcord_mri"]
-
-
 def _scores(conf: np.ndarray) -> dict:
     present = conf.sum(1) > 0
     recall = np.diag(conf)[present] / conf.sum(1)[present]
@@ -31,11 +28,13 @@ def _scores(conf: np.ndarray) -> dict:
 
 
 def measure(weights: str, max_slices: int, seed: int = 0) -> dict:
-    model, _ = load_checkpoint(weights)
+    model, meta = load_checkpoint(weights)
     cfg = model.cfg
     if not cfg.use_priors:
         raise SystemExit(f"{weights}: a model without CLIP priors has nothing to measure")
-    sources = [s for s in PRIOR_SOURCES if SOURCES[s].modality in cfg.modalities]
+    tc = meta.get("train_config") or {}
+    sources = [s for s in (tc.get("prior_sources") or tc.get("sources") or list(SOURCES))
+               if s in SOURCES and SOURCES[s].modality in cfg.modalities]
     ds = SliceDataset(sources, "val", crop=None, mode="prior", modalities=list(cfg.modalities),
                       max_slices_per_source=max_slices, augment=False, seed=seed)
     mod = np.zeros((len(cfg.modalities),) * 2, dtype=np.int64)
