@@ -12,7 +12,7 @@ train() { "$V" train "$CFG" --out "runs/ablation/$1" --set "{\"overwrite\": true
             > "runs/ablation/$1.log" 2>&1 || { echo "training $1 failed: runs/ablation/$1.log" >&2; return 1; }; }
 names=(full no_seg_head no_rec_head no_priors no_fd)
 # The recorded ablations (BENCHMARKS.md) used the tiny prior tower of their time: a ViT on the resized image.
-OLD_CLIP='"clip": {"vision": {"layers": 2, "width": 96, "patch_size": 16, "head_width": 32}, "view": "resize", "norm": "batch"}'
+OLD_CLIP="\"clip\": $(cat configs/tiny_vit_clip.json)"  # the tiny prior tower before 2026-11-27
 overrides=("{$OLD_CLIP}" "{$OLD_CLIP, \"seg_head\": false}" "{$OLD_CLIP, \"rec_head\": false}"
            '{"use_priors": false}' "{$OLD_CLIP, \"freq_decoupling\": false}")
 for i in "${!names[@]}"; do

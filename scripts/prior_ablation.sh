@@ -3,7 +3,7 @@
 # choices, each then measured on whole validation slices with benchmarks/priors.py. Writes runs/prior_ablation/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD_CLIP='"clip": {"vision": {"layers": 2, "width": 96, "patch_size": 16, "head_width": 32}, "view": "resize", "norm": "batch"}'
+OLD_CLIP="\"clip\": $(cat configs/tiny_vit_clip.json)"  # the tiny prior tower before 2026-11-27
 names=(vit_resize_unbalanced vit_resize_balanced resnet_tiles_unbalanced resnet_tiles_balanced)
 sets=("{$OLD_CLIP}" "{$OLD_CLIP}" '{}' '{}')
 balance=(null '"modality"' null '"modality"')
