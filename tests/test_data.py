@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not foun
 
 LABELLED = ["acdc", "brats2015", "covid_ct"]
 KEYS = {"clean", "degraded", "label", "has_label", "label_set_index", "modality",
-        "degradation", "mask_kind", "accel", "fraction", "source_index", "index"}
+        "degradation", "mask_kind", "accel", "fraction", "source_index", "index", "kspace", "mask"}
 
 
 def _ds(sources, split="train", **kw) -> SliceDataset:
@@ -227,6 +227,24 @@ def test_noise_range_adds_noise() -> None:
     noisy = _ds(["acdc"], "val", fixed_accel=4.0, noise_sigma_range=(0.05, 0.05))
     diff = noisy[0]["degraded"] - clean[0]["degraded"]
     assert 0.02 < float(diff.std()) < 0.08
+
+
+def test_joint_samples_carry_their_measurement() -> None:
+    """The k-space of a joint sample is what its mask measures of the clean crop: its zero-filled
+    magnitude is the degraded image; noise (added in image space) and prior samples carry no mask."""
+    from napari_vldun.degradation import fft2c, ifft2c
+
+    for src in ("acdc", "covid_ct"):
+        s = _ds([src], "val", fixed_accel=4.0)[1]
+        assert s["kspace"].dtype == torch.complex64 and s["kspace"].shape == s["clean"].shape
+        torch.testing.assert_close(ifft2c(s["kspace"]).abs(), s["degraded"], atol=1e-5, rtol=0)
+        m = s["mask"]
+        assert set(m.unique().tolist()) == {0.0, 1.0} and abs(float(m.mean()) - float(s["fraction"])) < 1e-6
+        torch.testing.assert_close(s["kspace"], fft2c(s["clean"].to(torch.complex64)) * m, atol=1e-5, rtol=0)
+    noisy = _ds(["acdc"], "val", fixed_accel=4.0, noise_sigma_range=(0.05, 0.05))[0]
+    assert not noisy["mask"].any()
+    prior = _ds(["acdc"], "train", mode="prior")[0]
+    assert not prior["mask"].any() and not prior["kspace"].abs().any()
 
 
 def test_prior_mode_covers_all_degradations() -> None:

@@ -12,7 +12,7 @@ from napari_vldun.io import file_stem
 from napari_vldun.model.config import DEGRADATIONS, LABEL_SETS
 
 KEYS = {"clean", "degraded", "label", "has_label", "label_set_index", "modality", "degradation", "mask_kind",
-        "accel", "fraction", "source_index", "index"}
+        "accel", "fraction", "source_index", "index", "kspace", "mask"}
 
 
 @pytest.fixture(scope="module")

@@ -258,3 +258,50 @@ def test_each_primitive_changes_image(acdc_slice, covid_slice):
         assert isinstance(yb, np.ndarray) and yb.shape == xb.shape and yb.dtype == np.float32
         assert abs(float(yb.mean()) - float(xb.mean())) < 5e-3
     assert torch.equal(motion_blur(torch.from_numpy(acdc_slice), 1), torch.from_numpy(acdc_slice))
+
+
+# ----------------------------------------------------------------------------- data consistency
+def test_data_consistency_projects_towards_the_truth(acdc_slice):
+    """DC with the measured k-space never moves an estimate away from the true image, keeps the truth
+    fixed, is idempotent, and is the identity for an empty mask."""
+    from napari_vldun.degradation import data_consistency, measure
+
+    x = torch.from_numpy(acdc_slice[:96, :112].copy())[None, None]
+    m = cartesian_mask(x.shape[-2:], 4, seed=3).mask
+    k = measure(x, m)
+    zf = undersample(x, m)
+    blurred = gaussian_blur(x, 1.5)
+    for estimate in (zf, blurred, torch.zeros_like(x)):
+        dc = data_consistency(estimate, k, m)
+        assert dc.dtype == x.dtype and dc.shape == x.shape
+        assert float(((dc - x) ** 2).sum()) < float(((estimate - x) ** 2).sum())
+        torch.testing.assert_close(data_consistency(dc, k, m), dc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(data_consistency(x, k, m), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(data_consistency(blurred, k, torch.zeros_like(m)), blurred, atol=1e-5, rtol=0)
+    assert psnr(acdc_slice[:96, :112], data_consistency(zf, k, m)[0, 0].numpy()) > psnr(
+        acdc_slice[:96, :112], zf[0, 0].numpy()) + 0.5  # the mirrored samples and the real part add information
+    with pytest.raises(ValueError, match="do not match"):
+        data_consistency(x, k[..., :50], m)
+
+
+def test_data_consistency_is_differentiable():
+    from napari_vldun.degradation import data_consistency, measure
+
+    x = torch.rand(1, 1, 32, 32)
+    m = cartesian_mask((32, 32), 4, seed=0).mask
+    est = torch.rand(1, 1, 32, 32, requires_grad=True)
+    ((data_consistency(est, measure(x, m), m) - x) ** 2).sum().backward()
+    g = fft2c(est.grad[0, 0].to(torch.complex64)).abs()
+    assert torch.isfinite(est.grad).all() and float(g[m == 0].mean()) > 1e-3
+    from napari_vldun.degradation import mirror
+
+    fixed = (m + mirror(m)) > 0
+    assert float(g[fixed].max()) < 1e-5  # measured frequencies (and their mirrors) are fixed
+
+
+def test_mirror_maps_a_real_images_spectrum_to_its_conjugate(acdc_slice):
+    from napari_vldun.degradation import mirror
+
+    for h, w in ((96, 112), (95, 111)):
+        k = fft2c(torch.from_numpy(acdc_slice[:h, :w].copy()).to(torch.complex64))
+        torch.testing.assert_close(mirror(k), k.conj(), atol=1e-4, rtol=0)

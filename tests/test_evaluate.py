@@ -35,8 +35,16 @@ def test_evaluate_cli_on_acdc(tmp_path) -> None:
     assert 0 <= vl["dice"] <= 1 and 0 <= vl["ssim"] <= 1 and zf["n_slices"] == 2
     assert by[("tv", "acdc")]["psnr"] > zf["psnr"]
     md = (tmp_path / "ev" / "results.md").read_text()
-    assert "| vldun |" in md and "acdc PSNR" in md
+    assert "| vldun |" in md and "acdc PSNR" in md and "data consistency with the measured k-space: on" in md
     assert list((tmp_path / "ev").glob("examples_acdc_R4.png"))
+    # without the k-space the same network on the same slices scores lower: data consistency is a projection
+    assert main(["evaluate", "--dataset", "acdc", "--accel", "4", "--max-slices", "2", "--no-tv", "--no-dc",
+                 "--json", str(tmp_path / "free.json"), "--device", "cpu"]) == 0
+    free = json.loads((tmp_path / "free.json").read_text())
+    assert free["data_consistency"] is False
+    by_free = {(r["method"], r["dataset"]): r for r in free["rows"]}
+    assert by_free[("zero-filled", "acdc")]["psnr"] == zf["psnr"]
+    assert vl["psnr"] > by_free[("vldun", "acdc")]["psnr"] + 0.3
 
 
 def test_markdown_table_layout() -> None:

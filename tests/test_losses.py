@@ -136,6 +136,18 @@ def test_rec_weight_scales_rec_and_stage_terms_only():
     assert torch.allclose(heavy["seg"], base["seg"])
 
 
+def test_free_weight_scores_the_estimate_before_data_consistency():
+    batch = _batch()
+    out = _output(batch)
+    names = ["acdc", "covid_ct"]
+    assert "rec_free" not in JointLoss(names, rec_weight=3.0, free_weight=1.0)(out, batch)  # no k-space given
+    out.restored_free = torch.rand_like(out.restored)
+    t = JointLoss(names, rec_weight=3.0, free_weight=0.5)(out, batch)
+    assert torch.allclose(t["rec_free"], 1.5 * F.l1_loss(out.restored_free, batch["clean"]))
+    assert torch.allclose(t["total"], t["rec"] + t["rec_free"] + t["stage"] + t["seg"])
+    assert "rec_free" not in JointLoss(names, rec_weight=3.0)(out, batch)  # weight 0 by default
+
+
 def test_joint_seg_skipped_without_labels_and_weighted_over_label_sets():
     loss = JointLoss(["acdc", "covid_ct"])
     batch = _batch(labelled=(False, False), sets=(-1, -1))

@@ -74,6 +74,20 @@ def wait_job(qtbot, widget, start=None):
     return outcome[0]
 
 
+def degrade_4x(viewer, qtbot, clean):
+    """A Degrade dock on ``clean`` and the Cartesian 4x layer it made: ``(widget, layer)``."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.clean_picker.set_layer(clean)
+    w.kind.setCurrentText("cartesian")
+    w.accel.setValue(4.0)
+    new = w.run_degrade()
+    assert new is not None, w.last_message
+    return w, new
+
+
 def hex_rgba(colour: str) -> np.ndarray:
     c = colour.lstrip("#")
     return np.array([int(c[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0])
@@ -448,20 +462,13 @@ def test_stage_explorer(make_napari_viewer, qtbot, errors, sample, n):
 
 # --------------------------------------------------------------------------- Degrade & Compare
 def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
-    from napari_vldun._widgets.degrade import DegradeWidget
     from napari_vldun.evaluate.metrics import dice, psnr, ssim
 
     viewer = make_napari_viewer()
     layers = sample_crop("acdc", 2, 64, scale=(10.0, 1.5, 1.5))
     clean = viewer.add_layer(layers["clean"])
     ref_labels = viewer.add_layer(layers["labels"])
-    w = DegradeWidget(viewer)
-    qtbot.addWidget(w)
-    w.clean_picker.set_layer(clean)
-    w.kind.setCurrentText("cartesian")
-    w.accel.setValue(4.0)
-    new = w.run_degrade()
-    assert new is not None, w.last_message
+    w, new = degrade_4x(viewer, qtbot, clean)
     assert new.name == "acdc clean degraded (cartesian 4x)"
     assert new.data.shape == clean.data.shape
     np.testing.assert_allclose(new.scale, clean.scale)
@@ -495,6 +502,38 @@ def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
     n = len(viewer.layers)
     assert w.run_compare() is None
     assert len(errors) == 1 and "shape" in errors[0] and len(viewer.layers) == n
+
+
+def test_restore_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
+    """A layer made by the Degrade dock (no noise) carries its k-space; Restore makes its output
+    consistent with it (closer to the clean image than without, slice by slice) and says so; noise
+    leaves no k-space; a bundled sample's degraded layer carries its own."""
+    from napari_vldun._widgets._layers import MEASUREMENT_KEY
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.evaluate.metrics import psnr
+
+    assert MEASUREMENT_KEY in sample_layers("acdc")[1][1]["metadata"]
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 2, 64)["clean"])
+    d, deg = degrade_4x(viewer, qtbot, clean)
+    assert MEASUREMENT_KEY in deg.metadata
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    out = {}
+    for use in (True, False):
+        w.use_kspace.setChecked(use)
+        assert wait_job(qtbot, w) == "done", w.last_message
+        restored = viewer.layers[f"{deg.name} restored"]
+        assert restored.metadata["vldun"]["data_consistency"] is use
+        assert MEASUREMENT_KEY not in restored.metadata
+        assert ("recorded k-space" in w.status.text()) is use
+        out[use] = np.asarray(restored.data).copy()
+    for z in range(2):
+        assert psnr(np.clip(out[True][z], 0, 1), clean.data[z]) >= psnr(np.clip(out[False][z], 0, 1), clean.data[z])
+    assert not errors
+    d.noise.setValue(0.02)
+    assert MEASUREMENT_KEY not in d.run_degrade().metadata
 
 
 def test_compare_restored_result(make_napari_viewer, qtbot, errors):

@@ -3,7 +3,8 @@
 Each sample opens as three layers: ``<name> clean`` and ``<name> degraded`` (Images, [0, 1]) and
 ``<name> labels`` (Labels with the label set's class names and colours). The geometry comes from the
 NIfTI files (a ``spacing`` entry in ``meta.json``, if any, overrides the scale); ``metadata
-["vldun_sample"]`` holds the title, licence (name and full text), citation and degradation.
+["vldun_sample"]`` holds the title, licence (name and full text), citation and degradation, and the
+degraded layer's ``metadata["vldun_measurement"]`` its acquisition (for data consistency).
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def sample_layers(name: str) -> list[tuple]:
         (degraded.data, {**kwargs(degraded, f"{name} degraded" + (f" ({deg_text})" if deg_text else "")),
                          "colormap": "gray", "contrast_limits": (0.0, 1.0)}, "image"),
     ]
+    if deg.get("mask"):
+        from ._widgets._layers import MEASUREMENT_KEY
+        from .pipeline import sample_measurement
+
+        kspace, mask = sample_measurement(name)
+        if kspace.shape == np.shape(degraded.data):
+            meta_d = dict(out[1][1]["metadata"])
+            meta_d[MEASUREMENT_KEY] = {"kspace": kspace, "mask": mask,
+                                       "normalisation": {"method": "none", "lo": 0.0, "hi": 1.0}}
+            out[1][1]["metadata"] = meta_d
     lkw = kwargs(clean, f"{name} labels")
     if names:
         lkw["colormap"] = label_colormap(colours)

@@ -30,7 +30,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     from .pipeline import degrade_file
 
     out = degrade_file(args.input, args.output, mask=args.mask, accel=args.accel, seed=args.seed,
-                       center_fraction=args.center_fraction, overwrite=args.overwrite)
+                       center_fraction=args.center_fraction, overwrite=args.overwrite, kspace_out=args.kspace_out)
     print(json.dumps(out))
     return 0
 
@@ -40,7 +40,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
-                           overwrite=args.overwrite, stages=args.stages)
+                           overwrite=args.overwrite, stages=args.stages, kspace=args.kspace)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -49,7 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
     summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, data_consistency=not args.no_dc)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accel", type=float, required=True, help="acceleration R >= 1 (1/R of k-space kept)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--center-fraction", type=float, default=0.08, help="Cartesian: fully sampled centre")
+    s.add_argument("--kspace-out", default=None,
+                   help="also write the measured k-space and mask (.npz) for `vldun predict --kspace`")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_degrade)
 
@@ -102,12 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", default=None, help="optional reference labels, to report Dice/IoU")
     s.add_argument("--clean", default=None, help="optional clean reference image, to report PSNR/SSIM")
     s.add_argument("--stages", action="store_true", help="also write the stage maps (full/low/high) as NIfTI")
+    s.add_argument("--kspace", default=None,
+                   help="the input's measured k-space (.npz from `vldun degrade --kspace-out`): the restored image "
+                        "is made consistent with it")
     add_model_args(s)
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("demo", help="run the shipped model on a bundled sample")
     s.add_argument("--out", default="vldun-demo", help="output folder (default ./vldun-demo)")
     s.add_argument("--sample", default="acdc", help="bundled sample: acdc, brain or ct")
+    s.add_argument("--no-dc", action="store_true",
+                   help="ignore the sample's known acquisition (magnitude image only, as for a user file)")
     add_model_args(s)
     s.set_defaults(func=_cmd_demo)
 

@@ -142,11 +142,37 @@ def choose_label_set(model: VLDUN, modality_probs: np.ndarray | None, label_set:
     return sets[0]
 
 
+def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Check a known acquisition for a (Z, H, W) image: ``kspace`` centred complex k-space (Z, H, W)
+    or (H, W) (zeros where not sampled), ``mask`` {0, 1} (H, W) or (Z, H, W). Returns both as
+    (Z, H, W) arrays (complex64, float32). Raises :class:`InferenceError`."""
+    k = np.asarray(kspace)
+    m = np.asarray(mask)
+    z, h, w = shape
+    if k.ndim == 2:
+        k = k[None]
+    if m.ndim == 2:
+        m = np.broadcast_to(m, (k.shape[0], h, w)) if m.shape == (h, w) else m[None]
+    if k.shape[-2:] != (h, w) or m.shape[-2:] != (h, w) or k.shape[0] != z or m.shape[0] != z:
+        raise InferenceError(f"k-space {k.shape} and mask {m.shape} do not match the image's {z} slices of "
+                             f"{h}x{w}; give (Z, H, W) k-space and an (H, W) or (Z, H, W) mask")
+    if not np.isfinite(k).all():
+        raise InferenceError("the k-space holds NaN or infinite values")
+    if m.size and not np.isin(m, (0, 1)).all():
+        raise InferenceError("the sampling mask must hold only 0 and 1")
+    return k.astype(np.complex64), m.astype(np.float32)
+
+
 @torch.no_grad()
-def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool):
+def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
+               kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None):
     y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    dc = {}
+    if kspace is not None:
+        dc = {"kspace": torch.from_numpy(np.ascontiguousarray(kspace))[None, None].to(device),
+              "mask": torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device), "cascades": cascades}
     try:
-        return model(y, return_stages=return_stages)
+        return model(y, return_stages=return_stages, **dc)
     except (_OOM, RuntimeError) as exc:
         if not isinstance(exc, _OOM) and "memory" not in str(exc).lower():
             raise
@@ -157,9 +183,14 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
 
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
-                 slices: list[int] | None = None, return_stages: bool = False) -> Iterator[Progress | Prediction]:
+                 slices: list[int] | None = None, return_stages: bool = False, kspace=None,
+                 mask=None, cascades: int | None = None) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
+
+    When the acquisition is known, ``kspace`` (the measured centred k-space of the [0, 1] image, (Z, H, W)
+    complex) and its ``mask`` ((H, W) or (Z, H, W), {0, 1}) make the restored slices consistent with it
+    (:func:`~napari_vldun.degradation.data_consistency`), over ``cascades`` passes (default: the checkpoint's).
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.
@@ -171,11 +202,18 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             f"image values span [{lo:.3g}, {hi:.3g}]; normalise to [0, 1] first (napari_vldun.io.normalize); "
             "zero-filled magnitudes up to 1.5 are accepted"
         )
+    if (kspace is None) != (mask is None):
+        raise InferenceError("data consistency needs both the k-space and its sampling mask")
+    if kspace is not None:
+        kspace, mask = validate_measurement(kspace, mask, vol.shape)
+    if cascades is not None and int(cascades) < 1:
+        raise InferenceError(f"cascades must be >= 1, got {cascades}")
     idx = list(range(vol.shape[0])) if slices is None else list(slices)
     model, dev = loaded.model, loaded.device
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
     for n, z in enumerate(idx):
-        out = _run_slice(model, dev, vol[z], return_stages)
+        meas = (kspace[z], mask[z], cascades) if kspace is not None else ()
+        out = _run_slice(model, dev, vol[z], return_stages, *meas)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})

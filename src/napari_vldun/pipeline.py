@@ -80,21 +80,75 @@ def _write_array(array: np.ndarray, path: Path, like, overwrite: bool) -> None:
 
 
 def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, accel: float, seed: int = 0,
-                 center_fraction: float = 0.08, overwrite: bool = False) -> dict:
+                 center_fraction: float = 0.08, overwrite: bool = False,
+                 kspace_out: str | Path | None = None) -> dict:
     """Read an image, normalise it to [0, 1], undersample every slice's k-space with the same
-    mask, write the magnitude. Returns the sampling fraction and the normalisation used."""
-    from .degradation import degrade
+    mask, write the magnitude (and, with ``kspace_out``, the measurement as ``.npz``, see
+    :func:`write_measurement`). Returns the sampling fraction and the normalisation used."""
+    from .degradation import degrade, fft2c
     from .io import read_image
 
     out = Path(output_path)
-    check_free([out], overwrite)
+    targets = [out] + ([Path(kspace_out)] if kspace_out else [])
+    check_free(targets, overwrite)
+    if kspace_out and Path(kspace_out).suffix != ".npz":
+        raise ValueError(f"--kspace-out {kspace_out}: the measurement is written as .npz")
     vol = read_image(input_path)
     data, norm = to_unit_range(vol)
     kwargs = {"center_fraction": center_fraction} if mask == "cartesian" else {}
-    y, m = degrade(data, kind=mask, accel=accel, seed=seed, **kwargs)
-    _write_array(np.asarray(y, dtype=np.float32), out, vol, overwrite)
-    return {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(m.fraction, 4),
-            "normalisation": norm}
+    yc, m = degrade(data, kind=mask, accel=accel, seed=seed, return_complex=True, **kwargs)
+    _write_array(np.abs(yc).astype(np.float32), out, vol, overwrite)
+    summary = {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(m.fraction, 4),
+               "normalisation": norm}
+    if kspace_out:
+        write_measurement(kspace_out, np.asarray(fft2c(yc)), m.mask.numpy())
+        summary["kspace"] = str(kspace_out)
+    return summary
+
+
+def write_measurement(path: str | Path, kspace: np.ndarray, mask: np.ndarray) -> None:
+    """Save a known acquisition as ``.npz``: ``kspace`` (Z, H, W) or (H, W) complex64 centred k-space of
+    the [0, 1] image (zeros where not sampled), ``mask`` (H, W) or (Z, H, W) uint8 {0, 1}. Only the
+    sampled entries are stored (``values``), so a 4x acquisition takes about a quarter of the space."""
+    k = np.asarray(kspace, np.complex64)
+    m = np.asarray(mask) > 0
+    full = np.broadcast_to(m, k.shape)
+    np.savez_compressed(path, shape=np.array(k.shape), mask=m.astype(np.uint8), values=k[full])
+
+
+def read_measurement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load :func:`write_measurement`'s file (no pickles): ``(kspace (..., H, W) complex64, mask float32)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"k-space file {p} not found")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            shape, m, values = tuple(int(v) for v in f["shape"]), f["mask"] > 0, f["values"]
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{p}: not a k-space file written by `vldun degrade --kspace-out` "
+                         f"(needs arrays shape, mask, values): {exc}") from exc
+    full = np.broadcast_to(m, shape) if m.shape != tuple(shape) else m
+    if full.shape != tuple(shape) or int(full.sum()) != values.size:
+        raise ValueError(f"{p}: the mask {m.shape} and {values.size} sampled values do not fit the shape {shape}")
+    k = np.zeros(shape, np.complex64)
+    k[full] = values
+    return k, m.astype(np.float32)
+
+
+def check_measurement(image: np.ndarray, kspace: np.ndarray, tol: float = 1e-3) -> None:
+    """Refuse a k-space that does not belong to ``image`` (Z, H, W): the zero-filled magnitude of
+    ``kspace`` must equal the image (relative RMS error < ``tol``), else data consistency would pull the
+    result towards another image (e.g. one rescaled or clipped after the k-space was written)."""
+    from .degradation import ifft2c
+
+    if kspace.shape[-2:] != image.shape[-2:] or kspace.reshape(-1, *image.shape[-2:]).shape[0] != image.shape[0]:
+        raise InferenceError(f"the k-space {kspace.shape} does not match the image {image.shape}")
+    zf = np.abs(np.asarray(ifft2c(kspace.reshape(image.shape)), np.complex64))
+    err = float(np.sqrt(np.mean((zf - image) ** 2)) / max(float(np.sqrt(np.mean(image**2))), 1e-8))
+    if err > tol:
+        raise InferenceError(
+            f"the k-space does not belong to this image: its zero-filled magnitude differs by {err:.2%} "
+            "(RMS); give the image written with it, unscaled (see `vldun degrade --kspace-out`)")
 
 
 def _slice_metrics(pred: Prediction, image: np.ndarray, clean: np.ndarray | None, ref_labels: np.ndarray | None,
@@ -123,9 +177,13 @@ def _show_slice(labels: np.ndarray | None, n: int) -> int:
 def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | Path | None = None,
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
-                 progress: bool = True, loaded: LoadedModel | None = None) -> dict:
+                 progress: bool = True, loaded: LoadedModel | None = None,
+                 kspace: str | Path | tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
-    ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary."""
+    ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
+
+    ``kspace``: the known acquisition of the input (a ``.npz`` from :func:`write_measurement`, or a
+    ``(kspace, mask)`` pair), checked against the input, for data consistency."""
     from tqdm import tqdm
 
     from .evaluate.figures import overview_figure
@@ -149,11 +207,17 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         ref = read_label(labels, like=vol).astype(np.int64).reshape(image3.shape)
     elif getattr(vol, "label", None) is not None:
         ref = np.asarray(vol.label).astype(np.int64).reshape(image3.shape)
+    measurement = {}
+    if kspace is not None:
+        k, m = read_measurement(kspace) if isinstance(kspace, (str, Path)) else kspace
+        k = np.asarray(k).reshape(image3.shape) if np.asarray(k).size == image3.size else np.asarray(k)
+        check_measurement(image3, k)
+        measurement = {"kspace": k, "mask": m}
     loaded = loaded or load_model(weights, device)
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
-        for item in iter_predict(loaded, image3, label_set=label_set):
+        for item in iter_predict(loaded, image3, label_set=label_set, **measurement):
             if isinstance(item, Progress):
                 bar.update(1)
             else:
@@ -170,7 +234,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     z = _show_slice(pred.labels, image3.shape[0])
     if stages:
         with_stages = next(x for x in iter_predict(loaded, image3, label_set=pred.label_set, slices=[z],
-                                                   return_stages=True) if isinstance(x, Prediction))
+                                                   return_stages=True, **measurement) if isinstance(x, Prediction))
         for b, name in enumerate(("full", "low", "high")):
             _write_array(with_stages.stages[0, :, b], out / f"stages_{name}.nii.gz", None, overwrite)
     cfg = loaded.model.cfg
@@ -191,6 +255,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "normalisation": norm,
         "label_set": pred.label_set,
         "label_names": names,
+        "data_consistency": bool(measurement),
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),
@@ -215,9 +280,31 @@ def list_samples() -> dict[str, dict]:
     return samples
 
 
+def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
+    """The acquisition of a bundled sample's degraded image, ``(kspace (Z, H, W), mask (H, W))``.
+
+    The samples are simulated (``scripts/make_sample_data.py``): the k-space is the recorded mask
+    (kind, acceleration, seed in ``meta.json``) applied to the clean image's centred FFT, exactly what
+    an acquisition with that mask measures."""
+    from .degradation import cartesian_mask, measure, radial_mask
+    from .io import read_image
+
+    s = list_samples()[sample]
+    deg = s["degradation"]
+    clean = np.asarray(read_image(Path(s["dir"]) / s["files"]["clean"]).data, np.float32)
+    clean = clean[None] if clean.ndim == 2 else clean
+    shape = clean.shape[-2:]
+    if deg["mask"] == "cartesian":
+        mask = cartesian_mask(shape, deg["accel"], seed=deg["seed"], center_fraction=deg.get("center_fraction", 0.08))
+    else:
+        mask = radial_mask(shape, accel=deg["accel"], seed=deg["seed"])
+    return measure(clean, mask.mask).numpy(), mask.mask.numpy()
+
+
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,
-             device: str = "auto", overwrite: bool = False) -> dict:
-    """Run the model on a bundled sample (its degraded image), scored against its clean image and labels."""
+             device: str = "auto", overwrite: bool = False, data_consistency: bool = True) -> dict:
+    """Run the model on a bundled sample (its degraded image), scored against its clean image and labels;
+    with its acquisition (:func:`sample_measurement`) for data consistency unless told otherwise."""
     samples = list_samples()
     if sample not in samples:
         raise InferenceError(f"unknown sample {sample!r}; bundled samples: {sorted(samples)}")
@@ -225,4 +312,5 @@ def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weight
     d = Path(s["dir"])
     return predict_file(d / s["files"]["degraded"], out_dir, weights=weights, device=device,
                         label_set=s.get("label_set"), labels=d / s["files"]["labels"],
-                        clean=d / s["files"]["clean"], overwrite=overwrite)
+                        clean=d / s["files"]["clean"], overwrite=overwrite,
+                        kspace=sample_measurement(sample) if data_consistency else None)

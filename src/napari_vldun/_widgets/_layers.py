@@ -21,6 +21,10 @@ from ..inference import InferenceError, validate_image
 VLDUN_KEY = "vldun"
 #: ``layer.metadata`` key where :mod:`napari_vldun._reader` keeps the file geometry.
 VOLUME_KEY = "vldun_volume"
+#: ``layer.metadata`` key of a known acquisition (the Degrade dock, the bundled samples):
+#: ``{"kspace": (Z, H, W) complex64, "mask": (H, W) float32, "normalisation": params}``, the k-space of
+#: the layer's data in [0, 1] units (see :func:`layer_measurement`).
+MEASUREMENT_KEY = "vldun_measurement"
 
 
 # ------------------------------------------------------------------------- layer picker
@@ -267,10 +271,36 @@ def apply_geometry(layer, geom: dict) -> None:
 
 
 def inherited_metadata(layer) -> dict:
-    """The input layer's metadata without our provenance (file geometry and the like stay)."""
+    """The input layer's metadata without our provenance and acquisition (file geometry and the like stay)."""
     meta = dict(layer.metadata or {})
     meta.pop(VLDUN_KEY, None)
+    meta.pop(MEASUREMENT_KEY, None)
     return meta
+
+
+def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None:
+    """The acquisition recorded with ``layer`` (:data:`MEASUREMENT_KEY`), if it still describes ``data``
+    (the layer's array): ``{"unit": (Z, H, W) zero-filled magnitude in [0, 1] units, "params",
+    "kspace", "mask"}``. None when there is none, or the layer was cropped or edited since (shape or
+    values no longer match, relative RMS > ``tol``)."""
+    from ..degradation import ifft2c
+
+    meas = (layer.metadata or {}).get(MEASUREMENT_KEY)
+    if not isinstance(meas, dict) or "kspace" not in meas or "mask" not in meas:
+        return None
+    k = np.asarray(meas["kspace"])
+    stack = np.asarray(data, np.float32)
+    stack = stack[None] if stack.ndim == 2 else stack
+    if k.shape != stack.shape or np.asarray(meas["mask"]).shape[-2:] != stack.shape[-2:]:
+        return None
+    params = dict(meas.get("normalisation") or {"method": "none", "lo": 0.0, "hi": 1.0})
+    unit = np.abs(np.asarray(ifft2c(k))).astype(np.float32)
+    back = from_unit(unit, params)
+    scale = float(np.sqrt(np.mean(stack.astype(np.float64) ** 2))) or 1.0
+    if float(np.sqrt(np.mean((back.astype(np.float64) - stack) ** 2))) > tol * scale:
+        return None
+    return {"unit": unit, "params": params, "kspace": k.astype(np.complex64),
+            "mask": np.asarray(meas["mask"], np.float32)}
 
 
 def provenance(layer) -> dict:

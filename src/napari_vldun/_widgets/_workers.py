@@ -61,11 +61,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
-                slices: list[int] | None = None, return_stages: bool = False
-                ) -> Iterator[Status | Progress]:
+                slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
-    ``image`` is ``(Z, H, W)`` in [0, 1]. Yields ``Status`` then one ``Progress`` per slice; returns a
+    ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency). Yields ``Status`` then one ``Progress`` per slice; returns a
     :class:`PredictResult` or a :class:`Failure`.
     """
     from ..inference import iter_predict
@@ -77,7 +77,8 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         idx = list(range(image.shape[0])) if slices is None else [int(z) for z in slices]
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
         pred = None
-        for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages):
+        for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
+                                 kspace=kspace, mask=mask):
             if isinstance(item, Prediction):
                 pred = item
             else:

@@ -19,8 +19,8 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox, QGroupBox, QPushButton, QVBoxLayout, QWidget
 
 from ..inference import InferenceError
-from ._layers import (LayerPicker, apply_unit, from_unit, image_data, labels_data, now, provenance, put_layer,
-                      unit_stack)
+from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
+                      labels_data, now, provenance, put_layer, unit_stack)
 from ._messages import USER_ERRORS, error_text, form_group, report_error, set_status, spin_box, status_label
 from ._models import avoid_llvm_clash
 
@@ -88,7 +88,7 @@ class DegradeWidget(QWidget):
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
         """Degrade the clean layer; returns the new layer (None on error)."""
-        from ..degradation import degrade, gaussian_blur, gaussian_noise
+        from ..degradation import degrade, fft2c, gaussian_blur, gaussian_noise
         from ..evaluate.metrics import psnr, ssim
 
         layer = self.clean_picker.current_layer()
@@ -99,8 +99,8 @@ class DegradeWidget(QWidget):
             clean, params = unit_stack(layer, data)
             x = gaussian_blur(clean, blur) if blur > 0 else clean
             kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
-            y, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
-            y = np.asarray(y, np.float32)
+            yc, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, return_complex=True, **kw)
+            y = np.abs(yc).astype(np.float32)
             if noise > 0:
                 y = np.asarray(gaussian_noise(y, noise, seed=seed + 1), np.float32)
             shown = np.clip(y, 0.0, 1.0)
@@ -119,8 +119,12 @@ class DegradeWidget(QWidget):
                 "normalisation": {k: v for k, v in params.items() if k != "mask"},
                 "psnr": metrics["psnr"], "ssim": metrics["ssim"], "time": now()}
         out = from_unit(y, params).reshape(data.shape)
+        meta = inherited_metadata(layer)
+        if noise == 0:  # noise is added in image space: then there is no k-space measurement to keep
+            meta[MEASUREMENT_KEY] = {"kspace": np.asarray(fft2c(yc), np.complex64), "mask": mask.mask.numpy(),
+                                     "normalisation": {k: v for k, v in params.items() if k != "mask"}}
         new = put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
-                          source_layer=layer, prov=prov, colormap="gray",
+                          source_layer=layer, prov=prov, metadata=meta, colormap="gray",
                           contrast_limits=tuple(layer.contrast_limits))
         self.last_metrics = metrics
         self.last_layer = new

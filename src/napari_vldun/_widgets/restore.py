@@ -22,8 +22,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProg
 
 from ..inference import InferenceError
 from ._labels import label_colormap, label_features
-from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, now, output_slot, provenance,
-                      put_layer, unit_stack)
+from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, layer_measurement, now,
+                      output_slot, provenance, put_layer, unit_stack)
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
 from ._models import ModelChooser, checkpoint_label_sets
 from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
@@ -79,6 +79,11 @@ class RestoreSegmentWidget(JobDock):
         self.current_only = QCheckBox("current slice only")
         self.current_only.setToolTip("3-D stacks: restore only the slice shown in the viewer")
         self.label_set = QComboBox()
+        self.use_kspace = QCheckBox("use the recorded k-space")
+        self.use_kspace.setChecked(True)
+        self.use_kspace.setToolTip(
+            "when the image carries its acquisition (made by the Degrade dock without noise, or a bundled "
+            "sample), make the restored image consistent with the measured k-space (data consistency)")
         self.keep_stages = QCheckBox("keep stage maps")
         self.keep_stages.setToolTip("also add the full / low / high band maps of every unfolding stage (hidden layers)")
         self.run_button = QPushButton("Restore && Segment")
@@ -94,6 +99,7 @@ class RestoreSegmentWidget(JobDock):
         form.addRow("", self.current_only)
         self.model = ModelChooser(self, form)
         form.addRow("label set", self.label_set)
+        form.addRow("", self.use_kspace)
         form.addRow("", self.keep_stages)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -146,7 +152,8 @@ class RestoreSegmentWidget(JobDock):
         try:
             data = image_data(layer)
             weights, device = self.model.choice()  # CUDA asked for without CUDA: refuse now
-            unit, params = unit_stack(layer, data)
+            meas = layer_measurement(layer, data) if self.use_kspace.isChecked() else None
+            unit, params = (meas["unit"], meas["params"]) if meas else unit_stack(layer, data)
             slices = None
             if self.current_only.isChecked() and data.ndim == 3:
                 slices = [current_index(self.viewer, layer, 0)]
@@ -154,15 +161,16 @@ class RestoreSegmentWidget(JobDock):
             self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked()}
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None}
         self._outcome = ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
+        dc = {"kspace": meas["kspace"], "mask": meas["mask"]} if meas else {}
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
-                            return_stages=self.keep_stages.isChecked())
+                            return_stages=self.keep_stages.isChecked(), **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.run_button, self.cancel_button, self.worker is not None)
@@ -196,6 +204,8 @@ class RestoreSegmentWidget(JobDock):
         self.model.show_random(result.random_weights)
         msg = (f"done in {result.seconds:.1f} s on {result.device}: label set {result.prediction.label_set}"
                f" ({len(result.slices)} slice(s))")
+        if self._job.get("data_consistency"):
+            msg += "; consistent with the recorded k-space"
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
         set_status(self.status, msg, "warning" if result.random_weights else "info")
@@ -239,7 +249,7 @@ class RestoreSegmentWidget(JobDock):
         prov = {
             "weights": result.source, "random_weights": result.random_weights, "device": result.device,
             "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
-            "normalisation": dict(job["params"]),
+            "normalisation": dict(job["params"]), "data_consistency": bool(job.get("data_consistency")),
             "time": now(), "seconds": round(result.seconds, 3), "slices_done": done,
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),

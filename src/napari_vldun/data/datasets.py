@@ -16,6 +16,10 @@
     fraction         float32 () sampled k-space fraction (1.0 when no undersampling)
     source_index     int64 () index into ``dataset.sources``
     index            int64 () ``i``
+    kspace           (1, crop, crop) complex64: the measured centred k-space ``M . F(clean)``
+                     ("joint" mode; zeros otherwise)
+    mask             (1, crop, crop) float32 {0, 1}: the sampling mask of ``kspace`` (zeros when
+                     there is no k-space measurement: "prior" mode, or noise was added)
 
 Randomness: item ``i`` draws its crop/augmentation and its degradation from two
 generators spawned from ``SeedSequence([seed, 1, epoch, i])`` in "train" and
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..degradation import cartesian_mask, degrade, gaussian_noise, radial_mask, random_primitive
+from ..degradation import cartesian_mask, degrade, fft2c, gaussian_noise, radial_mask, random_primitive
 from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
@@ -129,26 +133,39 @@ def item_rngs(seed: int, split: str, epoch: int, i: int) -> tuple[np.random.Gene
 def degrade_sample(clean: torch.Tensor, mask_kind: str, rng: np.random.Generator, *,
                    accel_range: tuple[float, float], fixed_accel: Optional[float] = None,
                    center_fraction: float = 0.08, noise_sigma_range: tuple[float, float] = (0.0, 0.0)
-                   ) -> tuple[torch.Tensor, float, float]:
+                   ) -> tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor]:
     """The "joint" degradation of one ``(1, H, W)`` clean slice: k-space undersampling with a
     ``mask_kind`` ("cartesian" | "radial") mask at ``accel ~ U(accel_range)`` (or ``fixed_accel``;
     the draw is made either way, so the later draws do not depend on it), then Gaussian noise with
-    ``sigma ~ U(noise_sigma_range)`` when > 0. Returns ``(degraded, accel, sampled fraction)``."""
+    ``sigma ~ U(noise_sigma_range)`` when > 0.
+
+    Returns ``(degraded, accel, sampled fraction, kspace, mask)``: the measured k-space ``M . F(clean)``
+    (1, H, W) complex64 and its mask (1, H, W) float32. With noise added (in image space, so it has no
+    k-space counterpart) the mask returned is zero: no data consistency for that sample."""
     drawn = float(rng.uniform(*accel_range))
     accel = fixed_accel if fixed_accel is not None else drawn
     mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
     kw = {"center_fraction": center_fraction} if mask_kind == "cartesian" else {}
-    y, m = degrade(clean, mask_kind, accel, seed=mseed, **kw)
+    yc, m = degrade(clean, mask_kind, accel, seed=mseed, return_complex=True, **kw)
+    y = yc.abs().to(torch.float32)
+    kspace = fft2c(yc).to(torch.complex64)
+    mask = m.mask.reshape(1, *m.mask.shape).clone()
     sigma = float(rng.uniform(*noise_sigma_range))
     if sigma > 0:
         y = gaussian_noise(y, sigma, seed=nseed)
-    return y, float(accel), float(m.fraction)
+        mask.zero_()
+    return y, float(accel), float(m.fraction), kspace, mask
 
 
 def make_sample(clean: torch.Tensor, degraded: torch.Tensor, label: Optional[np.ndarray], *, label_set_index: int,
                 modality: int, degradation: int, mask_kind: str, accel: float, fraction: float,
-                source_index: int, index: int) -> dict:
-    """The sample dict of the module docstring (``label=None``: unlabelled, zeros and index -1)."""
+                source_index: int, index: int, kspace: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> dict:
+    """The sample dict of the module docstring (``label=None``: unlabelled, zeros and index -1;
+    ``kspace``/``mask`` None: no measurement, zeros)."""
+    shape = (1, *clean.shape[-2:])
+    if kspace is None or mask is None:
+        kspace, mask = torch.zeros(shape, dtype=torch.complex64), torch.zeros(shape, dtype=torch.float32)
     has = label is not None
     lab = (torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)) if has
            else torch.zeros(tuple(clean.shape[-2:]), dtype=torch.int64))
@@ -165,6 +182,8 @@ def make_sample(clean: torch.Tensor, degraded: torch.Tensor, label: Optional[np.
         "fraction": torch.tensor(fraction, dtype=torch.float32),
         "source_index": torch.tensor(source_index),
         "index": torch.tensor(index, dtype=torch.int64),
+        "kspace": kspace.reshape(shape).to(torch.complex64),
+        "mask": mask.reshape(shape).to(torch.float32),
     }
 
 
@@ -315,9 +334,10 @@ class SliceDataset(Dataset):
         crop_rng, rng = self._rngs(i)
         img, lab = self._clean_pair(i, crop_rng)
         clean = torch.from_numpy(img)[None]
+        kspace = mask = None
         if self.mode == "joint":
             kind = spec.mask_kind
-            y, accel, fraction = degrade_sample(clean, kind, rng, accel_range=self.accel_range[kind],
+            y, accel, fraction, kspace, mask = degrade_sample(clean, kind, rng, accel_range=self.accel_range[kind],
                                                 fixed_accel=self.fixed_accel, center_fraction=self.center_fraction,
                                                 noise_sigma_range=self.noise_sigma_range)
             deg = DEGRADATIONS.index("undersampling")
@@ -335,7 +355,7 @@ class SliceDataset(Dataset):
         set_index = self.label_sets.index(spec.label_set) if lab is not None else -1
         return make_sample(clean, y, lab, label_set_index=set_index, modality=self.modalities.index(spec.modality),
                            degradation=deg, mask_kind=kind, accel=accel, fraction=fraction,
-                           source_index=self._source_index[it.source], index=i)
+                           source_index=self._source_index[it.source], index=i, kspace=kspace, mask=mask)
 
 
 # ------------------------------------------------------------------------- loaders

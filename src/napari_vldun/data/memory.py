@@ -188,12 +188,12 @@ class PairsDataset(Dataset):
         img, lab = crop_pair(image[z], label[z], self.crop, crop_rng, random=self.split == "train",
                              augment=self.augment)
         clean = torch.from_numpy(img)[None]
-        y, accel, fraction = degrade_sample(clean, self.mask_kind, rng, accel_range=self.accel_range,
+        y, accel, fraction, kspace, mask = degrade_sample(clean, self.mask_kind, rng, accel_range=self.accel_range,
                                             fixed_accel=self.fixed_accel, center_fraction=self.center_fraction,
                                             noise_sigma_range=self.noise_sigma_range)
         return make_sample(clean, y, lab, label_set_index=0, modality=self.modalities.index(self.modality),
                            degradation=DEGRADATIONS.index("undersampling"), mask_kind=self.mask_kind,
-                           accel=accel, fraction=fraction, source_index=p, index=i)
+                           accel=accel, fraction=fraction, source_index=p, index=i, kspace=kspace, mask=mask)
 
 
 # ----------------------------------------------------------------------------- split

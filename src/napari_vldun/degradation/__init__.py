@@ -5,6 +5,7 @@ The k-space forward model is ``y = F^-1(M . F(x))`` with ``F`` the centred ortho
 No Qt imports here.
 """
 
+from .consistency import data_consistency, measure, mirror
 from .fft import fft2c, ifft2c
 from .kspace import degrade, undersample
 from .masks import GOLDEN_ANGLE_DEG, MaskResult, cartesian_mask, radial_mask
@@ -22,6 +23,9 @@ from .primitives import (
 )
 
 __all__ = [
+    "data_consistency",
+    "measure",
+    "mirror",
     "fft2c",
     "ifft2c",
     "MaskResult",

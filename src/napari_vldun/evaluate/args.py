@@ -24,6 +24,10 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
                    help="folder with ablation checkpoints NAME(.safetensors/.json) or training runs NAME/best, "
                         "NAME in no_seg_head, no_rec_head, no_priors, no_fd (trained on the same data and budget): "
                         "adds their rows, restore-then-segment and the zero-filled Dice")
+    g.add_argument("--no-dc", action="store_true",
+                   help="networks see the magnitude image only (no data consistency with the measured k-space)")
+    g.add_argument("--cascades", type=int, default=None,
+                   help="passes of the network with data consistency (default: the checkpoint's)")
     g.add_argument("--no-tv", action="store_true", help="skip the (slow) TV reconstruction baseline")
     g.add_argument("--tv-iters", type=int, default=100)
     g.add_argument("--tv-lambda", type=float, default=0.01)

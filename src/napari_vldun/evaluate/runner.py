@@ -10,6 +10,10 @@ run uses seed ``seed + j``), so runs with the same arguments see identical input
   output segmented by the no-rec model), ``w/o CLIP priors``, ``w/o FD``;
 * ``clean (upper bound)``: ``vldun`` segmenting the clean slice (Dice only).
 
+The acquisition is simulated, so it is known: unless ``--no-dc``, every network gets the measured
+k-space and its mask and makes its restored image consistent with them (as TV does); with ``--no-dc``
+the networks see the magnitude image only, as for a user file without its k-space.
+
 PSNR/SSIM are computed on [0, 1] images (the restored image clipped), averaged over slices; Dice/IoU
 are per slice, mean over foreground classes present in the reference, averaged over the slices that
 contain any labelled foreground.
@@ -26,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..degradation import cartesian_mask, radial_mask, undersample
+from ..degradation import cartesian_mask, measure, radial_mask, undersample
 from .metrics import dice, iou, psnr, ssim
 
 VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
@@ -116,8 +120,12 @@ def make_mask(kind: str, shape: tuple[int, int], accel: float, seed: int):
 class Evaluator:
     """Runs every method on every case and collects :class:`Scores` per (method, dataset)."""
 
-    def __init__(self, main, variants: dict, tv: bool, tv_iters: int, tv_lambda: float, label_set: str | None):
+    def __init__(self, main, variants: dict, tv: bool, tv_iters: int, tv_lambda: float, label_set: str | None,
+                 data_consistency: bool = True, cascades: int | None = None):
         self.main, self.variants, self.label_set = main, variants, label_set
+        self.cascades = cascades
+        self.data_consistency = data_consistency
+        self._measurement: dict = {}
         self.tv, self.tv_iters, self.tv_lambda = tv, tv_iters, tv_lambda
         self.scores: dict[tuple[str, str], Scores] = {}
         self.examples: dict[str, dict] = {}
@@ -126,7 +134,7 @@ class Evaluator:
         from ..inference import predict
 
         ls = label_set if label_set in loaded.model.cfg.label_sets else None
-        p = predict(loaded, image, label_set=ls)
+        p = predict(loaded, image, label_set=ls, **self._measurement)
         restored = None if p.restored is None else p.restored[0]
         return restored, None if p.labels is None else p.labels[0], p.label_set
 
@@ -146,6 +154,8 @@ class Evaluator:
         mask = make_mask(case.mask_kind, case.clean.shape, accel, seed)
         degraded = np.asarray(undersample(case.clean, mask), np.float32)
         ls = self.label_set or case.label_set
+        self._measurement = ({"kspace": measure(case.clean, mask).numpy()[None], "mask": mask.numpy(),
+                              "cascades": self.cascades} if self.data_consistency else {})
         restored, labels, used = self._run(self.main, degraded, ls)
         n_cls = len(self.main.model.cfg.label_sets.get(used, [])) if used else None
         self._score("vldun", case, restored, labels, n_cls)
@@ -162,6 +172,7 @@ class Evaluator:
                 rec_only = r if key == "no_seg_head" else rec_only
         if rec_only is not None and seg_only is not None:
             self._score("restore-then-segment", case, rec_only, self._run(seg_only, rec_only, ls)[1], n_cls)
+        self._measurement = {}  # the clean slice is not a measurement
         self._score("clean (upper bound)", case, None, self._run(self.main, case.clean, ls)[1], n_cls)
         fg = int((case.label > 0).sum()) if case.label is not None else 0
         best = self.examples.get(case.dataset)
@@ -208,13 +219,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], seed: int, main, variants: dict,
              *, tv: bool = True, tv_iters: int = 100, tv_lambda: float = 0.01, label_set: str | None = None,
-             progress: bool = True) -> tuple[list[dict], dict[float, Evaluator]]:
+             progress: bool = True, data_consistency: bool = True, cascades: int | None = None
+             ) -> tuple[list[dict], dict[float, Evaluator]]:
     """Evaluate all methods at each acceleration; returns (rows, evaluators by accel)."""
     from tqdm import tqdm
 
     rows, evaluators = [], {}
     for accel in accels:
-        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set)
+        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades)
         for j, case in enumerate(tqdm(list(cases_factory()), desc=f"evaluate R={accel:g}", disable=not progress)):
             ev.add(case, accel, seed + j)
         rows += ev.rows(accel)
@@ -261,10 +273,14 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
                 c.mask_kind = args.mask
                 yield c
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
-                         tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set)
+                         tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
+                         data_consistency=not args.no_dc, cascades=args.cascades)
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
+           "data_consistency": not args.no_dc, "cascades": args.cascades or main.model.cfg.cascades,
            "variants": sorted(variants), "rows": rows}
-    md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}"]
+    md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "
+          f"data consistency with the measured k-space: "
+          f"{'off' if args.no_dc else 'on, %d cascade(s)' % (args.cascades or main.model.cfg.cascades)}"]
     for accel in args.accel:
         md += ["", f"### R = {accel:g}", "", markdown_table([r for r in rows if r["accel"] == accel])]
     text = "\n".join(md)

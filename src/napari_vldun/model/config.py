@@ -113,6 +113,9 @@ class VLDUNConfig:
         default_factory=lambda: {"cardiac_mri": "acdc", "brain_mri": "brats2015", "lung_ct": "covid_ct"}
     )
     clip: ClipConfig = field(default_factory=ClipConfig)
+    #: with known k-space: passes of the unfolding network, each followed by data consistency and fed
+    #: the previous pass's consistent image (weights shared). 1 = a single pass.
+    cascades: int = 1
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -137,6 +140,10 @@ class VLDUNConfig:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(clip=clip, **d)
+
+    def __post_init__(self) -> None:
+        if int(self.cascades) < 1:
+            raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
 
     def replace(self, **changes) -> "VLDUNConfig":
         return dataclasses.replace(self, **changes)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..degradation.consistency import data_consistency
 from .blocks import Downsample, Upsample
 from .config import VLDUNConfig
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
@@ -30,7 +31,8 @@ class VLDUNOutput:
 
     ``restored`` (B, 1, H, W) (``None`` without rec head); ``seg_logits`` label-set name ->
     (B, n_classes, H, W) (empty without seg head); modality / degradation logits (B, M) / (B, K)
-    (``None`` without CLIP priors); ``stages`` one :class:`StageMaps` per stage when asked.
+    (``None`` without CLIP priors); ``stages`` one :class:`StageMaps` per stage when asked;
+    ``restored_free`` the network's own estimate before data consistency (``None`` without k-space).
     """
 
     restored: torch.Tensor | None
@@ -38,6 +40,7 @@ class VLDUNOutput:
     modality_logits: torch.Tensor | None = None
     degradation_logits: torch.Tensor | None = None
     stages: list[StageMaps] = field(default_factory=list)
+    restored_free: torch.Tensor | None = None
 
     @property
     def modality_probs(self) -> torch.Tensor | None:
@@ -69,7 +72,13 @@ class VLDUN(nn.Module):
     """Vision-Language controlled Deep Unfolding Network.
 
     ``forward(y)`` with ``y`` (B, 1, H, W) float in [0, 1], any H, W (reflect-padded to a multiple of
-    ``2 ** len(widths)`` and cropped back).
+    ``2 ** len(widths)`` and cropped back). When the acquisition is known, ``kspace`` (complex) and
+    ``mask`` ({0, 1}), both broadcastable to (B, 1, H, W), make the restored image consistent with the
+    measured k-space (:func:`~napari_vldun.degradation.data_consistency`) before the segmentation
+    head sees it; a zero mask (no measurement) leaves it unchanged. With k-space the unfolding network
+    then runs ``cascades`` times (default ``cfg.cascades``), each pass on the previous pass's consistent
+    image, with the priors re-estimated from that image (a weight-shared cascade, as in DC-CNN); the
+    returned modality / degradation logits are those of the acquired image.
     """
 
     def __init__(self, cfg: VLDUNConfig, text_embeddings: torch.Tensor | None = None) -> None:
@@ -113,15 +122,46 @@ class VLDUN(nn.Module):
     def multiple(self) -> int:
         return 2 ** len(self.cfg.widths)
 
-    def forward(self, y: torch.Tensor, return_stages: bool = False) -> VLDUNOutput:
+    def forward(self, y: torch.Tensor, return_stages: bool = False, kspace: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, cascades: int | None = None) -> VLDUNOutput:
         if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
+        if (kspace is None) != (mask is None):
+            raise ValueError("data consistency needs both kspace and mask (or neither)")
+        n = 1 if kspace is None or self.rec_head is None else int(self.cfg.cascades if cascades is None else cascades)
+        if n < 1:
+            raise ValueError(f"cascades must be >= 1, got {n}")
         h, w = y.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
-        yp = F.pad(y, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-        prior: PriorOutput = self.priors(y)
-        tokens = prior.tokens
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        prior: PriorOutput = self.priors(y)  # reported: the priors of the acquired image
+        xp = F.pad(y, (0, pw, 0, ph), mode=mode)
+        free = restored = None
+        for c in range(n):
+            if c > 0:  # the next pass sees the consistent image in [0, 1] and conditions its priors on it
+                x = restored.clamp(0.0, 1.0)
+                xp = F.pad(x, (0, pw, 0, ph), mode=mode)
+            tokens = prior.tokens if c == 0 else self.priors(x).tokens
+            z, stages = self._unfold(xp, tokens, return_stages and c == n - 1, (h, w))
+            if self.rec_head is None:
+                break
+            out = xp + self.rec_head(z)  # padded; the seg head sees it whole when there is no k-space
+            restored = out[..., :h, :w]
+            if kspace is not None:
+                free = restored if free is None else free  # the first pass: the estimate without k-space
+                restored = data_consistency(restored, kspace, mask)
+                out = F.pad(restored, (0, pw, 0, ph), mode=mode)
+        seg: dict[str, torch.Tensor] = {}
+        if self.seg_head is not None:
+            image = out if restored is not None else xp
+            seg = {k: v[..., :h, :w] for k, v in self.seg_head(torch.cat([z, image], dim=1)).items()}
+        return VLDUNOutput(restored, seg, prior.modality_logits, prior.degradation_logits, stages, free)
+
+    def _unfold(self, yp: torch.Tensor, tokens: torch.Tensor, return_stages: bool, size: tuple[int, int]
+                ) -> tuple[torch.Tensor, list[StageMaps]]:
+        """The U of unfolding stages on the padded observation ``yp`` (B, 1, H', W'): last features
+        (B, widths[0], H', W') and the stage maps (when asked)."""
         ys = [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, len(self.cfg.widths))]
         y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
         stages: list[StageMaps] = []
@@ -129,7 +169,7 @@ class VLDUN(nn.Module):
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             z, bands = stage(z, y_feats[level], tokens)
             if return_stages:
-                stages.append(self._stage_maps(level, z, bands, ys[level], (h, w)))
+                stages.append(self._stage_maps(level, z, bands, ys[level], size))
             return z
 
         z = self.embed(yp)
@@ -142,16 +182,7 @@ class VLDUN(nn.Module):
         for i in reversed(range(len(skips))):
             z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
             z = run(self.decoder[i], z, i)
-        z = run(self.refine, z, 0)
-
-        restored = yp + self.rec_head(z) if self.rec_head is not None else None
-        seg: dict[str, torch.Tensor] = {}
-        if self.seg_head is not None:
-            image = restored if restored is not None else yp
-            seg = {k: v[..., :h, :w] for k, v in self.seg_head(torch.cat([z, image], dim=1)).items()}
-        if restored is not None:
-            restored = restored[..., :h, :w]
-        return VLDUNOutput(restored, seg, prior.modality_logits, prior.degradation_logits, stages)
+        return run(self.refine, z, 0), stages
 
     def _stage_maps(self, level: int, z: torch.Tensor, bands, y_level: torch.Tensor, size: tuple[int, int]) -> StageMaps:
         proj = self.to_image[level]

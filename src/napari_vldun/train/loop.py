@@ -108,8 +108,16 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def measured(batch: dict, enabled: bool = True) -> dict:
+    """The data-consistency arguments of a model call: ``{"kspace", "mask"}`` from the batch when
+    ``enabled`` and the batch carries them, else ``{}``."""
+    if enabled and "kspace" in batch and "mask" in batch:
+        return {"kspace": batch["kspace"], "mask": batch["mask"]}
+    return {}
+
+
 def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
-              weight_decay: float = 0.0, return_stages: bool = True) -> list[float]:
+              weight_decay: float = 0.0, return_stages: bool = True, data_consistency: bool = True) -> list[float]:
     """Overfit ``model`` on one ``batch`` with AdamW for ``steps`` steps; returns the total loss
     measured at each step (before its update). A sanity check that the losses can be optimised."""
     model.train()
@@ -117,7 +125,7 @@ def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses = []
     for _ in range(steps):
-        out = model(batch["degraded"], return_stages=return_stages)
+        out = model(batch["degraded"], return_stages=return_stages, **measured(batch, data_consistency))
         total = loss_fn(out, batch)["total"] + _touch(out)
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -152,7 +160,8 @@ class Trainer:
         self._warned_metric = False
         m = self.model.cfg
         self.joint_loss = JointLoss(r.train_ds.label_sets, cfg.lambda_seg, cfg.stage_weight, cfg.w_mod, cfg.w_deg,
-                                    cfg.rec_loss, cfg.focal_alpha, cfg.focal_gamma, rec_weight=cfg.rec_weight)
+                                    cfg.rec_loss, cfg.focal_alpha, cfg.focal_gamma, rec_weight=cfg.rec_weight,
+                                    free_weight=cfg.free_weight)
         self.prior_loss = PriorLoss(1.0, 1.0, cfg.focal_alpha, cfg.focal_gamma)
         self.need_stages = bool(m.rec_head and cfg.stage_weight > 0)
         self.total_steps = sum(p.epochs * p.steps for p in r.phases)
@@ -318,7 +327,8 @@ class Trainer:
                     out = ddp(batch["degraded"])
                     terms = self.prior_loss(out, batch)
                 else:
-                    out = ddp(batch["degraded"], return_stages=self.need_stages)
+                    out = ddp(batch["degraded"], return_stages=self.need_stages,
+                              **measured(batch, cfg.data_consistency))
                     terms = self.joint_loss(out, batch)
                 self.opt.zero_grad(set_to_none=True)
                 (terms["total"] + _touch(out)).backward()
@@ -377,7 +387,8 @@ class Trainer:
         if phase == "prior":
             return validate_prior(self.model.priors, r.prior_val_ds, self.ctx, bs, self.prior_loss)
         first = self.zero_filled is None
-        m = validate_joint(self.model, r.val_ds, self.ctx, bs, zero_filled=first)
+        m = validate_joint(self.model, r.val_ds, self.ctx, bs, zero_filled=first,
+                           data_consistency=self.cfg.data_consistency)
         if first:
             self.zero_filled = {k: v for k, v in m.items() if k.startswith("zero_filled_")}
         return m

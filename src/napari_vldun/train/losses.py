@@ -105,6 +105,8 @@ class JointLoss(nn.Module):
     """The joint (stage-2) objective, as named terms plus their sum ``total``.
 
     * ``rec``  = ``rec_weight`` * L1 (or Charbonnier) between ``restored`` and ``clean`` (needs the rec head)
+    * ``rec_free`` = ``rec_weight * free_weight`` * the same on ``restored_free``, the estimate before data
+      consistency (only when the model was given k-space), so the network also restores on its own
     * ``stage`` = ``rec_weight * stage_weight`` * mean over stages of L1(stage.full, clean) (needs the rec head
       and ``output.stages``; deep supervision, so the stage viewer's maps are images)
     * ``seg``  = ``lambda_seg`` * DiceCE, per label set present in the batch, on that set's labelled
@@ -124,7 +126,7 @@ class JointLoss(nn.Module):
     def __init__(self, label_sets: Sequence[str], lambda_seg: float = 0.5, stage_weight: float = 0.1,
                  w_mod: float = 0.0, w_deg: float = 0.0, rec_loss: str = "l1",
                  focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0,
-                 rec_weight: float = 1.0) -> None:
+                 rec_weight: float = 1.0, free_weight: float = 0.0) -> None:
         super().__init__()
         if rec_loss not in ("l1", "charbonnier"):
             raise ValueError(f"rec_loss must be 'l1' or 'charbonnier', got {rec_loss!r}")
@@ -132,6 +134,7 @@ class JointLoss(nn.Module):
         self.lambda_seg = float(lambda_seg)
         self.stage_weight = float(stage_weight)
         self.rec_weight = float(rec_weight)
+        self.free_weight = float(free_weight)
         self.w_mod = float(w_mod)
         self.w_deg = float(w_deg)
         self.rec_loss = rec_loss
@@ -169,6 +172,9 @@ class JointLoss(nn.Module):
         if output.restored is not None:
             clean = clean.to(output.restored.device)
             terms["rec"] = self.rec_weight * self._rec(output.restored, clean)
+            free = getattr(output, "restored_free", None)
+            if self.free_weight > 0 and free is not None:
+                terms["rec_free"] = self.rec_weight * self.free_weight * self._rec(free, clean)
             if self.stage_weight > 0 and output.stages:
                 stage = torch.stack([F.l1_loss(s.full, clean) for s in output.stages]).mean()
                 terms["stage"] = self.rec_weight * self.stage_weight * stage

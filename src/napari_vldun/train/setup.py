@@ -104,7 +104,7 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
     # runs saved before these fields existed trained with rec_weight 1 and unbalanced prior sampling
-    saved = {"rec_weight": 1.0, "prior_balance": None, **saved}
+    saved = {"rec_weight": 1.0, "prior_balance": None, "data_consistency": False, "free_weight": 0.0, **saved}
     try:
         old = TrainConfig.from_dict(saved, source=str(where)).to_dict()
     except ValueError as exc:

@@ -5,7 +5,8 @@ counts are all-reduced, so every rank reports the same numbers (equal to a singl
 
 Joint metrics (``restored`` and the degraded input clamped to [0, 1]):
 
-* ``val_psnr`` / ``val_ssim``: mean over slices (needs the rec head);
+* ``val_psnr`` / ``val_ssim``: mean over slices (needs the rec head), after data consistency when asked;
+  then also ``val_psnr_free``, the network's estimate before it (as for a magnitude image without k-space);
 * ``val_dice_<set>`` / ``val_iou_<set>``: mean over the labelled slices of that label set whose
   ground truth has a foreground class (:func:`~napari_vldun.evaluate.metrics.dice`: mean over the
   classes present); ``val_dice`` / ``val_iou``: mean over the label sets (macro average);
@@ -40,26 +41,33 @@ def score_of(metrics: dict) -> float:
 
 
 @torch.no_grad()
-def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_filled: bool = False) -> dict:
-    """Validation metrics of the joint task (see the module docstring). ``model`` unwrapped."""
+def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_filled: bool = False,
+                   data_consistency: bool = False) -> dict:
+    """Validation metrics of the joint task (see the module docstring). ``model`` unwrapped;
+    ``data_consistency``: pass the samples' measured k-space to the model."""
     from ..evaluate.metrics import dice, iou, psnr, ssim
 
     was_training = model.training
     model.eval()
     heads = dict(model.cfg.label_sets)
     sets = [s for s in dataset.label_sets if s in heads]
-    sums: dict[str, float] = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "zf_psnr": 0.0, "zf_ssim": 0.0}
+    sums: dict[str, float] = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "zf_psnr": 0.0, "zf_ssim": 0.0, "free_psnr": 0.0}
     for s in sets:
         sums.update({f"dice/{s}": 0.0, f"iou/{s}": 0.0, f"n/{s}": 0.0})
     for batch in _loader(dataset, batch_size, ctx):
         y = batch["degraded"].to(ctx.device)
         clean = batch["clean"]
-        out = model(y)
+        dc = ({"kspace": batch["kspace"].to(ctx.device), "mask": batch["mask"].to(ctx.device)}
+              if data_consistency and "kspace" in batch else {})
+        out = model(y, **dc)
         sums["n"] += len(y)
         if out.restored is not None:
             rest = out.restored.float().clamp(0, 1).cpu()
             sums["psnr"] += float(psnr(rest, clean, reduction="none").sum())
             sums["ssim"] += float(ssim(rest, clean, reduction="none").sum())
+            free = out.restored_free if out.restored_free is not None else out.restored
+            sums["free_psnr"] = sums.get("free_psnr", 0.0) + float(
+                psnr(free.float().clamp(0, 1).cpu(), clean, reduction="none").sum())
         if zero_filled:
             zf = batch["degraded"].clamp(0, 1)
             sums["zf_psnr"] += float(psnr(zf, clean, reduction="none").sum())
@@ -86,6 +94,8 @@ def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_fille
     if model.cfg.rec_head:
         m["val_psnr"] = sums["psnr"] / n
         m["val_ssim"] = sums["ssim"] / n
+        if data_consistency:
+            m["val_psnr_free"] = sums["free_psnr"] / n
     dices, ious = [], []
     for s in sets:
         if sums[f"n/{s}"] > 0:
