@@ -135,16 +135,23 @@ def read_measurement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return k, m.astype(np.float32)
 
 
-def check_measurement(image: np.ndarray, kspace: np.ndarray, tol: float = 1e-3) -> None:
-    """Refuse a k-space that does not belong to ``image`` (Z, H, W): the zero-filled magnitude of
-    ``kspace`` must equal the image (relative RMS error < ``tol``), else data consistency would pull the
-    result towards another image (e.g. one rescaled or clipped after the k-space was written)."""
+def measurement_mismatch(image: np.ndarray, kspace: np.ndarray) -> float:
+    """Relative RMS difference between ``image`` (Z, H, W) and the zero-filled magnitude of ``kspace``
+    (same shape): ~1e-7 when the k-space was measured from this image, large otherwise."""
     from .degradation import ifft2c
 
-    if kspace.shape[-2:] != image.shape[-2:] or kspace.reshape(-1, *image.shape[-2:]).shape[0] != image.shape[0]:
+    zf = np.abs(np.asarray(ifft2c(np.asarray(kspace, np.complex64)))).astype(np.float64)
+    ref = np.asarray(image, np.float64)
+    return float(np.sqrt(np.mean((zf - ref) ** 2)) / max(float(np.sqrt(np.mean(ref**2))), 1e-8))
+
+
+def check_measurement(image: np.ndarray, kspace: np.ndarray, tol: float = 1e-3) -> None:
+    """Refuse a k-space that does not belong to ``image`` (Z, H, W) (:func:`measurement_mismatch` > ``tol``):
+    data consistency would pull the result towards another image (e.g. one rescaled or clipped after the
+    k-space was written)."""
+    if kspace.shape != image.shape:
         raise InferenceError(f"the k-space {kspace.shape} does not match the image {image.shape}")
-    zf = np.abs(np.asarray(ifft2c(kspace.reshape(image.shape)), np.complex64))
-    err = float(np.sqrt(np.mean((zf - image) ** 2)) / max(float(np.sqrt(np.mean(image**2))), 1e-8))
+    err = measurement_mismatch(image, kspace)
     if err > tol:
         raise InferenceError(
             f"the k-space does not belong to this image: its zero-filled magnitude differs by {err:.2%} "
@@ -286,19 +293,16 @@ def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
     The samples are simulated (``scripts/make_sample_data.py``): the k-space is the recorded mask
     (kind, acceleration, seed in ``meta.json``) applied to the clean image's centred FFT, exactly what
     an acquisition with that mask measures."""
-    from .degradation import cartesian_mask, measure, radial_mask
+    from .degradation import degrade, fft2c
     from .io import read_image
 
     s = list_samples()[sample]
     deg = s["degradation"]
     clean = np.asarray(read_image(Path(s["dir"]) / s["files"]["clean"]).data, np.float32)
     clean = clean[None] if clean.ndim == 2 else clean
-    shape = clean.shape[-2:]
-    if deg["mask"] == "cartesian":
-        mask = cartesian_mask(shape, deg["accel"], seed=deg["seed"], center_fraction=deg.get("center_fraction", 0.08))
-    else:
-        mask = radial_mask(shape, accel=deg["accel"], seed=deg["seed"])
-    return measure(clean, mask.mask).numpy(), mask.mask.numpy()
+    kw = {"center_fraction": deg.get("center_fraction", 0.08)} if deg["mask"] == "cartesian" else {}
+    yc, m = degrade(clean, deg["mask"], deg["accel"], seed=deg["seed"], return_complex=True, **kw)
+    return np.asarray(fft2c(yc), np.complex64), m.mask.numpy()
 
 
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,

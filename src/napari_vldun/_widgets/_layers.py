@@ -284,6 +284,7 @@ def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None
     "kspace", "mask"}``. None when there is none, or the layer was cropped or edited since (shape or
     values no longer match, relative RMS > ``tol``)."""
     from ..degradation import ifft2c
+    from ..pipeline import measurement_mismatch, unit_bounds
 
     meas = (layer.metadata or {}).get(MEASUREMENT_KEY)
     if not isinstance(meas, dict) or "kspace" not in meas or "mask" not in meas:
@@ -294,11 +295,11 @@ def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None
     if k.shape != stack.shape or np.asarray(meas["mask"]).shape[-2:] != stack.shape[-2:]:
         return None
     params = dict(meas.get("normalisation") or {"method": "none", "lo": 0.0, "hi": 1.0})
-    unit = np.abs(np.asarray(ifft2c(k))).astype(np.float32)
-    back = from_unit(unit, params)
-    scale = float(np.sqrt(np.mean(stack.astype(np.float64) ** 2))) or 1.0
-    if float(np.sqrt(np.mean((back.astype(np.float64) - stack) ** 2))) > tol * scale:
+    # the layer holds the measurement's zero-filled magnitude in its own units: compare in [0, 1] units
+    lo, hi = unit_bounds(params)
+    if not hi > lo or measurement_mismatch((stack - lo) / (hi - lo), k) > tol:
         return None
+    unit = np.abs(np.asarray(ifft2c(k))).astype(np.float32)
     return {"unit": unit, "params": params, "kspace": k.astype(np.complex64),
             "mask": np.asarray(meas["mask"], np.float32)}
 
