@@ -85,7 +85,7 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     """Read an image, normalise it to [0, 1], undersample every slice's k-space with the same
     mask, write the magnitude (and, with ``kspace_out``, the measurement as ``.npz``, see
     :func:`write_measurement`). Returns the sampling fraction and the normalisation used."""
-    from .degradation import degrade, fft2c
+    from .degradation import acquire
     from .io import read_image
 
     out = Path(output_path)
@@ -96,12 +96,12 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     vol = read_image(input_path)
     data, norm = to_unit_range(vol)
     kwargs = {"center_fraction": center_fraction} if mask == "cartesian" else {}
-    yc, m = degrade(data, kind=mask, accel=accel, seed=seed, return_complex=True, **kwargs)
-    _write_array(np.abs(yc).astype(np.float32), out, vol, overwrite)
+    y, kspace, m = acquire(data, mask, accel, seed=seed, **kwargs)
+    _write_array(np.asarray(y, np.float32), out, vol, overwrite)
     summary = {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(m.fraction, 4),
                "normalisation": norm}
     if kspace_out:
-        write_measurement(kspace_out, np.asarray(fft2c(yc)), m.mask.numpy())
+        write_measurement(kspace_out, kspace, m.mask.numpy())
         summary["kspace"] = str(kspace_out)
     return summary
 
@@ -293,7 +293,7 @@ def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
     The samples are simulated (``scripts/make_sample_data.py``): the k-space is the recorded mask
     (kind, acceleration, seed in ``meta.json``) applied to the clean image's centred FFT, exactly what
     an acquisition with that mask measures."""
-    from .degradation import degrade, fft2c
+    from .degradation import acquire
     from .io import read_image
 
     s = list_samples()[sample]
@@ -301,8 +301,8 @@ def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
     clean = np.asarray(read_image(Path(s["dir"]) / s["files"]["clean"]).data, np.float32)
     clean = clean[None] if clean.ndim == 2 else clean
     kw = {"center_fraction": deg.get("center_fraction", 0.08)} if deg["mask"] == "cartesian" else {}
-    yc, m = degrade(clean, deg["mask"], deg["accel"], seed=deg["seed"], return_complex=True, **kw)
-    return np.asarray(fft2c(yc), np.complex64), m.mask.numpy()
+    _, kspace, m = acquire(clean, deg["mask"], deg["accel"], seed=deg["seed"], **kw)
+    return np.asarray(kspace, np.complex64), m.mask.numpy()
 
 
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,

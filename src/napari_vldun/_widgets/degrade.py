@@ -88,7 +88,7 @@ class DegradeWidget(QWidget):
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
         """Degrade the clean layer; returns the new layer (None on error)."""
-        from ..degradation import degrade, fft2c, gaussian_blur, gaussian_noise
+        from ..degradation import acquire, gaussian_blur, gaussian_noise
         from ..evaluate.metrics import psnr, ssim
 
         layer = self.clean_picker.current_layer()
@@ -99,8 +99,8 @@ class DegradeWidget(QWidget):
             clean, params = unit_stack(layer, data)
             x = gaussian_blur(clean, blur) if blur > 0 else clean
             kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
-            yc, mask = degrade(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, return_complex=True, **kw)
-            y = np.abs(yc).astype(np.float32)
+            y, kspace, mask = acquire(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
+            y = np.asarray(y, np.float32)
             if noise > 0:
                 y = np.asarray(gaussian_noise(y, noise, seed=seed + 1), np.float32)
             shown = np.clip(y, 0.0, 1.0)
@@ -121,7 +121,7 @@ class DegradeWidget(QWidget):
         out = from_unit(y, params).reshape(data.shape)
         meta = inherited_metadata(layer)
         if noise == 0:  # noise is added in image space: then there is no k-space measurement to keep
-            meta[MEASUREMENT_KEY] = {"kspace": np.asarray(fft2c(yc), np.complex64), "mask": mask.mask.numpy(),
+            meta[MEASUREMENT_KEY] = {"kspace": np.asarray(kspace, np.complex64), "mask": mask.mask.numpy(),
                                      "normalisation": {k: v for k, v in params.items() if k != "mask"}}
         new = put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
                           source_layer=layer, prov=prov, metadata=meta, colormap="gray",

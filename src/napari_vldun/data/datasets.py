@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..degradation import cartesian_mask, degrade, fft2c, gaussian_noise, radial_mask, random_primitive
+from ..degradation import acquire, cartesian_mask, gaussian_noise, radial_mask, random_primitive
 from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
@@ -146,9 +146,7 @@ def degrade_sample(clean: torch.Tensor, mask_kind: str, rng: np.random.Generator
     accel = fixed_accel if fixed_accel is not None else drawn
     mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
     kw = {"center_fraction": center_fraction} if mask_kind == "cartesian" else {}
-    yc, m = degrade(clean, mask_kind, accel, seed=mseed, return_complex=True, **kw)
-    y = yc.abs().to(torch.float32)
-    kspace = fft2c(yc).to(torch.complex64)
+    y, kspace, m = acquire(clean, mask_kind, accel, seed=mseed, **kw)
     mask = m.mask.reshape(1, *m.mask.shape).clone()
     sigma = float(rng.uniform(*noise_sigma_range))
     if sigma > 0:

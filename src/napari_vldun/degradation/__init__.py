@@ -7,7 +7,7 @@ No Qt imports here.
 
 from .consistency import data_consistency, measure, mirror
 from .fft import fft2c, ifft2c
-from .kspace import degrade, undersample
+from .kspace import acquire, degrade, undersample
 from .masks import GOLDEN_ANGLE_DEG, MaskResult, cartesian_mask, radial_mask
 from .primitives import (
     DEGRADATION_PROMPTS,
@@ -34,6 +34,7 @@ __all__ = [
     "GOLDEN_ANGLE_DEG",
     "undersample",
     "degrade",
+    "acquire",
     "gaussian_noise",
     "rician_noise",
     "gaussian_blur",

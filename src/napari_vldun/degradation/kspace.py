@@ -15,7 +15,7 @@ import torch
 from .fft import ArrayLike, _check_finite, _float_dtype, _restore, _to_tensor, fft2c, ifft2c
 from .masks import MaskResult, cartesian_mask, radial_mask
 
-__all__ = ["undersample", "degrade"]
+__all__ = ["undersample", "degrade", "acquire"]
 
 MaskLike = Union[torch.Tensor, np.ndarray, MaskResult]
 
@@ -95,3 +95,15 @@ def degrade(
     else:
         raise ValueError(f"kind must be 'cartesian' or 'radial', got {kind!r}")
     return undersample(x, res, return_complex=return_complex), res
+
+
+def acquire(x: ArrayLike, kind: Literal["cartesian", "radial"], accel: Optional[float], seed: Optional[int] = None,
+            **mask_kwargs) -> tuple[ArrayLike, ArrayLike, MaskResult]:
+    """:func:`degrade` keeping the measurement: ``(magnitude, kspace, mask_result)``.
+
+    ``magnitude`` is the zero-filled image (as :func:`degrade`), ``kspace`` the measured centred k-space
+    ``M . F(x)`` (complex, same shape and kind as ``x``; zeros where not sampled), for data consistency.
+    """
+    yc, m = degrade(x, kind, accel, seed=seed, return_complex=True, **mask_kwargs)
+    t, was_np = _to_tensor(yc)
+    return _restore(t.abs().to(_float_dtype(t)), was_np), fft2c(yc), m

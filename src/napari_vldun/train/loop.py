@@ -33,7 +33,7 @@ from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_mo
 from .losses import JointLoss, PriorLoss
 from .setup import RunExistsError, build_run, checkpoint_meta
 from .state import (load_optimizer_state, optimizer_state, rng_state, save_state)
-from .validate import validate_joint, validate_prior
+from .validate import measured, validate_joint, validate_prior
 
 __all__ = ["TrainEvent", "EVENT_KINDS", "iter_train", "fit_batch", "RunExistsError"]
 
@@ -106,14 +106,6 @@ def _touch(output) -> torch.Tensor | int:
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def measured(batch: dict, enabled: bool = True) -> dict:
-    """The data-consistency arguments of a model call: ``{"kspace", "mask"}`` from the batch when
-    ``enabled`` and the batch carries them, else ``{}``."""
-    if enabled and "kspace" in batch and "mask" in batch:
-        return {"kspace": batch["kspace"], "mask": batch["mask"]}
-    return {}
 
 
 def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,

@@ -25,7 +25,15 @@ from torch.utils.data import DataLoader
 
 from .distributed import DistContext, all_reduce_sums
 
-__all__ = ["validate_joint", "validate_prior", "score_of"]
+__all__ = ["measured", "validate_joint", "validate_prior", "score_of"]
+
+
+def measured(batch: dict, enabled: bool = True, device: torch.device | None = None) -> dict:
+    """The data-consistency arguments of a model call: ``{"kspace", "mask"}`` from the batch (on
+    ``device`` when given) when ``enabled`` and the batch carries them, else ``{}``."""
+    if not (enabled and "kspace" in batch and "mask" in batch):
+        return {}
+    return {k: (batch[k] if device is None else batch[k].to(device)) for k in ("kspace", "mask")}
 
 
 def _loader(dataset, batch_size: int, ctx: DistContext) -> DataLoader:
@@ -57,9 +65,7 @@ def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_fille
     for batch in _loader(dataset, batch_size, ctx):
         y = batch["degraded"].to(ctx.device)
         clean = batch["clean"]
-        dc = ({"kspace": batch["kspace"].to(ctx.device), "mask": batch["mask"].to(ctx.device)}
-              if data_consistency and "kspace" in batch else {})
-        out = model(y, **dc)
+        out = model(y, **measured(batch, data_consistency, ctx.device))
         sums["n"] += len(y)
         if out.restored is not None:
             rest = out.restored.float().clamp(0, 1).cpu()
