@@ -36,3 +36,11 @@ def test_bad_input_file_is_a_clear_error(tmp_path, capsys) -> None:
     bad.write_bytes(b"\x1f\x8b garbage")
     assert main(["degrade", str(bad), str(tmp_path / "o.nii.gz"), "--mask", "cartesian", "--accel", "4"]) == 2
     assert "broken.nii.gz" in capsys.readouterr().err
+
+
+def test_predict_cli_refuses_zero_cascades(tmp_path, capsys) -> None:
+    s = list_samples()["acdc"]
+    rc = main(["predict", f"{s['dir']}/{s['files']['degraded']}", "--out", str(tmp_path / "o"), "--cascades", "0"])
+    assert rc == 2
+    assert "cascades must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -521,11 +521,15 @@ def test_restore_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
     qtbot.addWidget(w)
     w.image_picker.set_layer(deg)
     out = {}
+    w.passes.setValue(2)
     for use in (True, False):
         w.use_kspace.setChecked(use)
+        assert w.passes.isEnabled() is use
         assert wait_job(qtbot, w) == "done", w.last_message
         restored = viewer.layers[f"{deg.name} restored"]
         assert restored.metadata["vldun"]["data_consistency"] is use
+        assert restored.metadata["vldun"]["cascades"] == (2 if use else 1)
+        assert ("2 passes" in w.status.text()) is use
         assert MEASUREMENT_KEY not in restored.metadata
         assert ("recorded k-space" in w.status.text()) is use
         out[use] = np.asarray(restored.data).copy()

@@ -40,7 +40,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
-                           overwrite=args.overwrite, stages=args.stages, kspace=args.kspace)
+                           overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
+                           cascades=args.cascades)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -49,7 +50,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
     summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
-                       overwrite=args.overwrite, data_consistency=not args.no_dc)
+                       overwrite=args.overwrite, data_consistency=not args.no_dc, cascades=args.cascades)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         s.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
 
+    def add_cascades_arg(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--cascades", type=int, default=None,
+                       help="passes of the network with the known k-space (default: the checkpoint's; fewer is faster)")
+
     s = sub.add_parser("predict", help="restore + segment an image file or DICOM folder")
     s.add_argument("input")
     s.add_argument("--out", required=True, help="output folder")
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kspace", default=None,
                    help="the input's measured k-space (.npz from `vldun degrade --kspace-out`): the restored image "
                         "is made consistent with it")
+    add_cascades_arg(s)
     add_model_args(s)
     s.set_defaults(func=_cmd_predict)
 
@@ -115,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sample", default="acdc", help="bundled sample: acdc, brain or ct")
     s.add_argument("--no-dc", action="store_true",
                    help="ignore the sample's known acquisition (magnitude image only, as for a user file)")
+    add_cascades_arg(s)
     add_model_args(s)
     s.set_defaults(func=_cmd_demo)
 

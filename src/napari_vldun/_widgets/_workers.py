@@ -51,6 +51,8 @@ class PredictResult:
     modalities: list[str]
     degradations: list[str]
     seconds: float
+    #: passes of the network that ran (1 without k-space).
+    cascades: int = 1
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -62,10 +64,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
                 slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> Iterator[Status | Progress]:
+                mask: np.ndarray | None = None, cascades: int | None = None) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
-    ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency). Yields ``Status`` then one ``Progress`` per slice; returns a
+    ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
+    ``cascades`` passes (``None``: the checkpoint's). Yields ``Status`` then one ``Progress`` per slice; returns a
     :class:`PredictResult` or a :class:`Failure`.
     """
     from ..inference import iter_predict
@@ -78,7 +81,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
-                                 kspace=kspace, mask=mask):
+                                 kspace=kspace, mask=mask, cascades=cascades if kspace is not None else None):
             if isinstance(item, Prediction):
                 pred = item
             else:
@@ -95,6 +98,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         label_colors={k: list(v) for k, v in loaded.label_colors.items()},
         modalities=list(cfg.modalities), degradations=list(cfg.degradations),
         seconds=time.perf_counter() - t0,
+        cascades=int(cascades or cfg.cascades) if kspace is not None and cfg.rec_head else 1,
     )
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton, QSpinBox,
+                            QVBoxLayout)
 
 from ..inference import InferenceError
 from ._labels import label_colormap, label_features
@@ -84,6 +85,12 @@ class RestoreSegmentWidget(JobDock):
         self.use_kspace.setToolTip(
             "when the image carries its acquisition (made by the Degrade dock without noise, or a bundled "
             "sample), make the restored image consistent with the measured k-space (data consistency)")
+        self.passes = QSpinBox()
+        self.passes.setRange(0, 8)
+        self.passes.setSpecialValueText("checkpoint's")
+        self.passes.setToolTip("with the recorded k-space: passes of the network, each made consistent with the "
+                               "measurement (fewer is faster; 'checkpoint's' uses the number it was tuned for)")
+        self.use_kspace.toggled.connect(self.passes.setEnabled)
         self.keep_stages = QCheckBox("keep stage maps")
         self.keep_stages.setToolTip("also add the full / low / high band maps of every unfolding stage (hidden layers)")
         self.run_button = QPushButton("Restore && Segment")
@@ -100,6 +107,7 @@ class RestoreSegmentWidget(JobDock):
         self.model = ModelChooser(self, form)
         form.addRow("label set", self.label_set)
         form.addRow("", self.use_kspace)
+        form.addRow("passes", self.passes)
         form.addRow("", self.keep_stages)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -161,14 +169,15 @@ class RestoreSegmentWidget(JobDock):
             self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None}
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None,
+                     "cascades": self.passes.value() or None}
         self._outcome = ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
-        dc = {"kspace": meas["kspace"], "mask": meas["mask"]} if meas else {}
+        dc = {"kspace": meas["kspace"], "mask": meas["mask"], "cascades": self.passes.value() or None} if meas else {}
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
                             return_stages=self.keep_stages.isChecked(), **dc)
 
@@ -205,7 +214,7 @@ class RestoreSegmentWidget(JobDock):
         msg = (f"done in {result.seconds:.1f} s on {result.device}: label set {result.prediction.label_set}"
                f" ({len(result.slices)} slice(s))")
         if self._job.get("data_consistency"):
-            msg += "; consistent with the recorded k-space"
+            msg += f"; consistent with the recorded k-space ({result.cascades} pass{'es' if result.cascades > 1 else ''})"
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
         set_status(self.status, msg, "warning" if result.random_weights else "info")
@@ -250,6 +259,7 @@ class RestoreSegmentWidget(JobDock):
             "weights": result.source, "random_weights": result.random_weights, "device": result.device,
             "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
             "normalisation": dict(job["params"]), "data_consistency": bool(job.get("data_consistency")),
+            "cascades": result.cascades,
             "time": now(), "seconds": round(result.seconds, 3), "slices_done": done,
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),

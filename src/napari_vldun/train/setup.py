@@ -150,19 +150,29 @@ def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: 
     return model
 
 
+#: VLDUNConfig fields that ``model_overrides`` may change when training starts from a checkpoint
+#: (they change how the weights are run, not which weights exist).
+CHECKPOINT_OVERRIDES = ("cascades",)
+
+
 def _checkpoint_model(cfg: TrainConfig, heads: dict):
-    """The checkpoint ``cfg.model``; it must have a head for every label set of ``heads`` (label set
-    -> class names, or None when the class count is not known) with the same number of classes."""
+    """The checkpoint ``cfg.model``, with ``cfg.model_overrides`` (only :data:`CHECKPOINT_OVERRIDES`); it
+    must have a head for every label set of ``heads`` (label set -> class names, or None when the class
+    count is not known) with the same number of classes."""
     from ..model.checkpoint import checkpoint_paths, load_checkpoint
 
     wpath, cpath = checkpoint_paths(cfg.model)
     if not cpath.is_file():
         raise ValueError(f"model {cfg.model!r} is neither a named config ('tiny', 'paper') nor a checkpoint "
                          f"({cpath} not found)")
-    if cfg.model_overrides:
-        raise ValueError("model_overrides cannot change the architecture of a checkpoint; "
-                         f"remove them or start from a named config instead of {cfg.model!r}")
+    arch = sorted(set(cfg.model_overrides) - set(CHECKPOINT_OVERRIDES))
+    if arch:
+        raise ValueError(f"model_overrides {arch} cannot change the architecture of a checkpoint (only "
+                         f"{list(CHECKPOINT_OVERRIDES)} can); remove them or start from a named config "
+                         f"instead of {cfg.model!r}")
     model, _ = load_checkpoint(cfg.model, "cpu")
+    if cfg.model_overrides:
+        model.cfg = model.cfg.replace(**cfg.model_overrides)  # validated like any config
     missing = [s for s in heads if s not in model.cfg.label_sets]
     if missing:
         raise ValueError(f"checkpoint {wpath} has no segmentation head for the label sets {missing} of the "
