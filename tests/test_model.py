@@ -192,3 +192,5 @@ def test_known_kspace_makes_the_output_consistent(tiny: VLDUN, acdc_slice: np.nd
         tiny(y, kspace=k, mask=m, cascades=0)
     with pytest.raises(ValueError, match="cascades"):
         build_model("tiny", cascades=0)
+    # the pass count reported everywhere (CLI summary, napari provenance, evaluate JSON)
+    assert tiny.passes(True) == tiny.cfg.cascades and tiny.passes(True, 2) == 2 and tiny.passes(False, 2) == 1

@@ -182,6 +182,14 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
         ) from exc
 
 
+def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None) -> int:
+    """Passes of the network a prediction runs (:meth:`VLDUN.passes`); :class:`InferenceError` below 1."""
+    try:
+        return loaded.model.passes(measured, cascades)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
+
+
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False, kspace=None,
                  mask=None, cascades: int | None = None) -> Iterator[Progress | Prediction]:
@@ -206,8 +214,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         raise InferenceError("data consistency needs both the k-space and its sampling mask")
     if kspace is not None:
         kspace, mask = validate_measurement(kspace, mask, vol.shape)
-    if cascades is not None and int(cascades) < 1:
-        raise InferenceError(f"cascades must be >= 1, got {cascades}")
+    passes(loaded, kspace is not None, cascades)  # refuse a bad count before any work
     idx = list(range(vol.shape[0])) if slices is None else list(slices)
     model, dev = loaded.model, loaded.device
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model
+from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model, passes
 
 
 #: Largest value still taken as "already in [0, 1]" (zero-filled overshoot).
@@ -217,7 +217,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     elif getattr(vol, "label", None) is not None:
         ref = np.asarray(vol.label).astype(np.int64).reshape(image3.shape)
     measurement = {}
-    if cascades is not None and int(cascades) < 1:
+    if cascades is not None and int(cascades) < 1:  # before the model loads (the count itself: passes())
         raise InferenceError(f"cascades must be >= 1, got {cascades}")
     if kspace is not None:
         k, m = read_measurement(kspace) if isinstance(kspace, (str, Path)) else kspace
@@ -267,7 +267,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "label_set": pred.label_set,
         "label_names": names,
         "data_consistency": bool(measurement),
-        "cascades": (cascades or cfg.cascades) if measurement else 1,
+        "cascades": passes(loaded, bool(measurement), cascades),
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),

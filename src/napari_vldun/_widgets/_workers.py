@@ -71,7 +71,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     ``cascades`` passes (``None``: the checkpoint's). Yields ``Status`` then one ``Progress`` per slice; returns a
     :class:`PredictResult` or a :class:`Failure`.
     """
-    from ..inference import iter_predict
+    from ..inference import iter_predict, passes
 
     t0 = time.perf_counter()
     try:
@@ -98,7 +98,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         label_colors={k: list(v) for k, v in loaded.label_colors.items()},
         modalities=list(cfg.modalities), degradations=list(cfg.degradations),
         seconds=time.perf_counter() - t0,
-        cascades=int(cascades or cfg.cascades) if kspace is not None and cfg.rec_head else 1,
+        cascades=passes(loaded, kspace is not None, cascades),
     )
 
 

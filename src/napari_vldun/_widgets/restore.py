@@ -169,8 +169,7 @@ class RestoreSegmentWidget(JobDock):
             self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None,
-                     "cascades": self.passes.value() or None}
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None}
         self._outcome = ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)

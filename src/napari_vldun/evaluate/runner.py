@@ -275,12 +275,13 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
                          data_consistency=not args.no_dc, cascades=args.cascades)
+    n_passes = main.model.passes(not args.no_dc, args.cascades)
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
-           "data_consistency": not args.no_dc, "cascades": args.cascades or main.model.cfg.cascades,
+           "data_consistency": not args.no_dc, "cascades": n_passes,
            "variants": sorted(variants), "rows": rows}
     md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "
           f"data consistency with the measured k-space: "
-          f"{'off' if args.no_dc else 'on, %d cascade(s)' % (args.cascades or main.model.cfg.cascades)}"]
+          f"{'off' if args.no_dc else 'on, %d cascade(s)' % n_passes}"]
     for accel in args.accel:
         md += ["", f"### R = {accel:g}", "", markdown_table([r for r in rows if r["accel"] == accel])]
     text = "\n".join(md)

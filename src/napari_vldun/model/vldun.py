@@ -122,15 +122,21 @@ class VLDUN(nn.Module):
     def multiple(self) -> int:
         return 2 ** len(self.cfg.widths)
 
+    def passes(self, measured: bool, cascades: int | None = None) -> int:
+        """Passes of the unfolding network that :meth:`forward` runs: ``cascades`` (default
+        ``cfg.cascades``) with a measurement and a reconstruction head, else 1. Raises ValueError below 1."""
+        n = int(self.cfg.cascades if cascades is None else cascades)
+        if n < 1:
+            raise ValueError(f"cascades must be >= 1, got {n}")
+        return n if measured and self.rec_head is not None else 1
+
     def forward(self, y: torch.Tensor, return_stages: bool = False, kspace: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cascades: int | None = None) -> VLDUNOutput:
         if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
-        n = 1 if kspace is None or self.rec_head is None else int(self.cfg.cascades if cascades is None else cascades)
-        if n < 1:
-            raise ValueError(f"cascades must be >= 1, got {n}")
+        n = self.passes(kspace is not None, cascades)
         h, w = y.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
