@@ -217,14 +217,13 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     elif getattr(vol, "label", None) is not None:
         ref = np.asarray(vol.label).astype(np.int64).reshape(image3.shape)
     measurement = {}
-    if cascades is not None and int(cascades) < 1:  # before the model loads (the count itself: passes())
-        raise InferenceError(f"cascades must be >= 1, got {cascades}")
     if kspace is not None:
         k, m = read_measurement(kspace) if isinstance(kspace, (str, Path)) else kspace
         k = np.asarray(k).reshape(image3.shape) if np.asarray(k).size == image3.size else np.asarray(k)
         check_measurement(image3, k)
         measurement = {"kspace": k, "mask": m, "cascades": cascades}
     loaded = loaded or load_model(weights, device)
+    n_passes = passes(loaded, bool(measurement), cascades)  # refuses a bad count before any slice runs
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
@@ -267,7 +266,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "label_set": pred.label_set,
         "label_names": names,
         "data_consistency": bool(measurement),
-        "cascades": passes(loaded, bool(measurement), cascades),
+        "cascades": n_passes,
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),

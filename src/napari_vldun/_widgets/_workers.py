@@ -81,7 +81,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
-                                 kspace=kspace, mask=mask, cascades=cascades if kspace is not None else None):
+                                 kspace=kspace, mask=mask, cascades=cascades):
             if isinstance(item, Prediction):
                 pred = item
             else:
