@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from napari_vldun.data.sources import SOURCES, volume_slices
-from napari_vldun.degradation import measure, undersample
+from napari_vldun.degradation import acquire
 from napari_vldun.evaluate.metrics import dice, psnr
-from napari_vldun.evaluate.runner import make_mask
 from napari_vldun.inference import load_model, predict
 
 
@@ -42,9 +41,8 @@ def sweep(weights: str | None, dataset: str, slices: int, cascades: list[int], a
             dices.setdefault(name, []).append(dice(labels[0], true, n_classes))
 
     for j, (clean, true) in enumerate(items):
-        mask = make_mask(kind, clean.shape, accel, 1000 + j)
-        k, m = measure(clean, mask).numpy()[None], mask.numpy()
-        zf = np.asarray(undersample(clean, mask), np.float32)
+        zf, k, acquired = acquire(clean, kind, accel, seed=1000 + j)
+        zf, k, m = np.asarray(zf, np.float32), k[None], np.asarray(acquired.mask)
         scores.setdefault("zero-filled", []).append(psnr(np.clip(zf, 0, 1), clean))
         add_dice("clean", predict(loaded, clean, label_set=label_set).labels, true)
         free = predict(loaded, zf, label_set=label_set)

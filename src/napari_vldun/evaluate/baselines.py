@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from ..degradation import fft2c, ifft2c
+from ..degradation import fft2c, ifft2c, measure
 
 
 def _grad(x: torch.Tensor) -> torch.Tensor:
@@ -65,5 +65,5 @@ def tv_reconstruction(kspace: torch.Tensor, mask: torch.Tensor, lam: float = 0.0
 
 def tv_from_image(clean: np.ndarray, mask: torch.Tensor, lam: float = 0.01, iters: int = 150) -> np.ndarray:
     """Simulate the measurement of ``clean`` (H, W) with ``mask`` and reconstruct it with TV, in [0, 1]."""
-    k = fft2c(torch.as_tensor(clean, dtype=torch.float32).to(torch.complex64)) * torch.as_tensor(mask)
+    k = measure(torch.as_tensor(clean, dtype=torch.float32), mask)
     return np.clip(tv_reconstruction(k, mask, lam, iters), 0.0, 1.0)

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..degradation import cartesian_mask, measure, radial_mask, undersample
+from ..degradation import acquire
 from .metrics import dice, iou, psnr, ssim
 
 VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
@@ -111,12 +111,6 @@ def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int 
             yield Case(images.name, f"{stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
 
 
-def make_mask(kind: str, shape: tuple[int, int], accel: float, seed: int):
-    if kind == "radial":
-        return radial_mask(shape, accel=accel, seed=seed).mask
-    return cartesian_mask(shape, accel, seed=seed).mask
-
-
 class Evaluator:
     """Runs every method on every case and collects :class:`Scores` per (method, dataset)."""
 
@@ -149,12 +143,12 @@ class Evaluator:
             s.iou.append(iou(labels, case.label, n_classes))
 
     def add(self, case: Case, accel: float, seed: int) -> None:
-        from .baselines import tv_from_image
+        from .baselines import tv_reconstruction
 
-        mask = make_mask(case.mask_kind, case.clean.shape, accel, seed)
-        degraded = np.asarray(undersample(case.clean, mask), np.float32)
+        degraded, kspace, acquired = acquire(case.clean, case.mask_kind, accel, seed=seed)
+        degraded, mask = np.asarray(degraded, np.float32), np.asarray(acquired.mask)
         ls = self.label_set or case.label_set
-        self._measurement = ({"kspace": measure(case.clean, mask).numpy()[None], "mask": mask.numpy(),
+        self._measurement = ({"kspace": kspace[None], "mask": mask,
                               "cascades": self.cascades} if self.data_consistency else {})
         restored, labels, used = self._run(self.main, degraded, ls)
         n_cls = len(self.main.model.cfg.label_sets.get(used, [])) if used else None
@@ -163,7 +157,8 @@ class Evaluator:
         zf_labels = self._run(seg_only, degraded, ls)[1] if seg_only else None
         self._score("zero-filled", case, degraded, zf_labels, n_cls)
         if self.tv:
-            self._score("tv", case, tv_from_image(case.clean, mask, self.tv_lambda, self.tv_iters), None, None)
+            tv = tv_reconstruction(kspace, mask, self.tv_lambda, self.tv_iters)
+            self._score("tv", case, np.clip(tv, 0.0, 1.0), None, None)
         rec_only = None
         for key, name in VARIANTS.items():
             if key in self.variants:
