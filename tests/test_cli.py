@@ -44,3 +44,12 @@ def test_predict_cli_refuses_zero_cascades(tmp_path, capsys) -> None:
     assert rc == 2
     assert "cascades must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_cli_refuses_zero_cascades_before_any_slice(tmp_path, capsys) -> None:
+    rc = main(["evaluate", "--dataset", "acdc", "--accel", "4", "--max-slices", "1", "--no-tv", "--cascades", "0",
+               "--json", str(tmp_path / "r.json")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cascades must be >= 1" in err and "evaluate R=" not in err  # no progress bar: nothing ran
+    assert not (tmp_path / "r.json").exists()

@@ -245,6 +245,7 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     targets = ([out / "results.md", out / "results.json"] if out else []) + ([Path(args.json)] if args.json else [])
     check_free(targets, args.overwrite)
     main = load_model(args.weights, args.device)
+    n_passes = main.model.passes(not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
     variants = {}
     if args.variants:
         for key in VARIANTS:  # DIR/KEY.json or a training run DIR/KEY/best.json
@@ -270,7 +271,6 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
                          data_consistency=not args.no_dc, cascades=args.cascades)
-    n_passes = main.model.passes(not args.no_dc, args.cascades)
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
            "data_consistency": not args.no_dc, "cascades": n_passes,
            "variants": sorted(variants), "rows": rows}
