@@ -97,6 +97,20 @@ def test_cartesian_axis_rows():
     assert res.n_lines == round(128 / 4)
 
 
+def test_mask_kind_tells_lines_from_spokes():
+    """``mask_kind`` (which picks a checkpoint's pass count per mask kind): whole lines along either axis are
+    Cartesian, radial spokes are not; a stack of both kinds, or nothing, has no single kind."""
+    from napari_vldun.degradation import mask_kind, radial_mask
+
+    cols = cartesian_mask((96, 80), 4, seed=0).mask
+    rows = cartesian_mask((96, 80), 8, axis=-2, seed=1).mask
+    spokes = radial_mask((96, 80), 4, seed=0).mask
+    assert mask_kind(cols) == mask_kind(rows.numpy()) == mask_kind(torch.stack([cols, rows])[:, None]) == "cartesian"
+    assert mask_kind(spokes) == mask_kind(spokes[None, None]) == "radial"
+    assert mask_kind(torch.stack([cols, spokes])) is None
+    assert mask_kind(np.zeros((0, 4, 4))) is None and mask_kind(np.ones(5)) is None
+
+
 def test_cartesian_psnr_falls_with_accel(acdc_slice):
     values = []
     for r in R_VALUES:

@@ -146,6 +146,13 @@ def test_kspace_file_round_trip_and_data_consistency(tmp_path, tiny_loaded: Load
     direct = predict(tiny_loaded, deg, kspace=k, mask=m, cascades=2).restored
     assert np.abs(out2 - out["dc"]).max() > 1e-4  # a second pass changes the image ...
     np.testing.assert_allclose(out2, direct, atol=1e-4)  # ... exactly as iter_predict(cascades=2) does
+    # the same weights with a per-mask-kind default: the Cartesian acquisition gets (and reports) its count
+    by_kind = LoadedModel(build_model("tiny", cascades_by_mask={"cartesian": 2}).eval(), torch.device("cpu"),
+                          "tiny (test)", True)
+    kind = predict_file(tmp_path / "r4.npy", tmp_path / "kind", loaded=by_kind, progress=False,
+                        kspace=tmp_path / "r4.npz")
+    assert kind["cascades"] == 2
+    np.testing.assert_allclose(read_image(tmp_path / "kind" / "restored.nii.gz").data, out2, atol=1e-4)
     with pytest.raises(InferenceError, match="cascades"):
         predict_file(tmp_path / "r4.npy", tmp_path / "zero", loaded=tiny_loaded, progress=False,
                      kspace=tmp_path / "r4.npz", cascades=0)

@@ -194,3 +194,25 @@ def test_known_kspace_makes_the_output_consistent(tiny: VLDUN, acdc_slice: np.nd
         build_model("tiny", cascades=0)
     # the pass count reported everywhere (CLI summary, napari provenance, evaluate JSON)
     assert tiny.passes(True) == tiny.cfg.cascades and tiny.passes(True, 2) == 2 and tiny.passes(False, 2) == 1
+
+
+def test_pass_count_per_mask_kind(acdc_slice: np.ndarray) -> None:
+    """``cascades_by_mask`` sets the default pass count for a mask kind (radial CT may want fewer passes than
+    Cartesian MRI); an explicit count still wins, other kinds keep ``cascades``, bad entries are refused."""
+    from napari_vldun.degradation import cartesian_mask, measure, radial_mask, undersample
+
+    model = build_model("tiny", use_priors=False, cascades=3, cascades_by_mask={"radial": 1}).eval()
+    x = torch.from_numpy(acdc_slice[:64, :64].copy())[None, None]
+    radial, lines = radial_mask((64, 64), 4, seed=0).mask, cartesian_mask((64, 64), 4, seed=0).mask
+    assert model.passes(True, None, radial) == 1 and model.passes(True, None, lines) == 3
+    assert model.passes(True, 2, radial) == 2 and model.passes(True) == 3 and model.passes(False, None, radial) == 1
+    assert model.passes(True, None, torch.stack([radial, lines])) == 3  # a batch of both kinds: the default
+    k, y = measure(x, radial), undersample(x, radial)
+    with torch.no_grad():
+        default, one, three = (model(y, kspace=k, mask=radial, cascades=c) for c in (None, 1, 3))
+    torch.testing.assert_close(default.restored, one.restored)
+    assert not torch.allclose(default.restored, three.restored)
+    with pytest.raises(ValueError, match="not a mask kind"):
+        build_model("tiny", cascades_by_mask={"spiral": 2})
+    with pytest.raises(ValueError, match="cascades_by_mask"):
+        build_model("tiny", cascades_by_mask={"radial": 0})

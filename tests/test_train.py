@@ -212,16 +212,19 @@ def test_close_generator_keeps_last_and_overwrite(tmp_path):
 
 def test_start_from_checkpoint_with_more_cascades(tmp_path):
     """A run may start from a checkpoint and train it with another number of data-consistent passes
-    (the shipped run 4); overrides that would change the architecture are refused by name."""
+    (the shipped run 4), forgetting its per-mask-kind counts; overrides that would change the architecture
+    are refused by name."""
     from napari_vldun.model import build_model
     from napari_vldun.model.checkpoint import read_checkpoint_config, save_checkpoint
 
     start = tmp_path / "start"
-    save_checkpoint(build_model("tiny", use_priors=False), start)
+    save_checkpoint(build_model("tiny", use_priors=False, cascades_by_mask={"radial": 3}), start)
     cfg = small(tmp_path / "c2", model=str(start), model_overrides={"cascades": 2}, epochs=1, steps_per_epoch=1)
     events = list(iter_train(cfg))
     assert events[-1].kind == "done"
-    assert read_checkpoint_config(tmp_path / "c2" / "last")[0].cascades == 2
+    trained = read_checkpoint_config(tmp_path / "c2" / "last")[0]
+    assert trained.cascades == 2
+    assert trained.cascades_by_mask == {}  # chosen for the old weights: cleared, to be chosen again
     assert read_checkpoint_config(start)[0].cascades == 1  # the starting checkpoint is not touched
     with pytest.raises(ValueError, match="widths"):
         next(iter(iter_train(small(tmp_path / "w", model=str(start), model_overrides={"widths": [8, 16, 32]}))))

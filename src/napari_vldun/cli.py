@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_cascades_arg(s: argparse.ArgumentParser) -> None:
         s.add_argument("--cascades", type=int, default=None,
-                       help="passes of the network with the known k-space (default: the checkpoint's; fewer is faster)")
+                       help="passes of the network with the known k-space (default: the checkpoint's for the "
+                            "mask's kind; fewer is faster)")
 
     s = sub.add_parser("predict", help="restore + segment an image file or DICOM folder")
     s.add_argument("input")

@@ -182,10 +182,11 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
         ) from exc
 
 
-def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None) -> int:
-    """Passes of the network a prediction runs (:meth:`VLDUN.passes`); :class:`InferenceError` below 1."""
+def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mask=None) -> int:
+    """Passes of the network a prediction runs (:meth:`VLDUN.passes`; ``mask`` (..., H, W): the sampling
+    mask, whose kind may set the default); :class:`InferenceError` below 1."""
     try:
-        return loaded.model.passes(measured, cascades)
+        return loaded.model.passes(measured, cascades, None if mask is None else torch.as_tensor(np.asarray(mask)))
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
 
@@ -198,7 +199,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
 
     When the acquisition is known, ``kspace`` (the measured centred k-space of the [0, 1] image, (Z, H, W)
     complex) and its ``mask`` ((H, W) or (Z, H, W), {0, 1}) make the restored slices consistent with it
-    (:func:`~napari_vldun.degradation.data_consistency`), over ``cascades`` passes (default: the checkpoint's).
+    (:func:`~napari_vldun.degradation.data_consistency`), over ``cascades`` passes (default: the checkpoint's,
+    for the mask's kind).
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.

@@ -192,7 +192,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
 
     ``kspace``: the known acquisition of the input (a ``.npz`` from :func:`write_measurement`, or a
     ``(kspace, mask)`` pair), checked against the input, for data consistency; ``cascades`` passes of
-    the network with it (default: the checkpoint's; fewer is faster). Without ``kspace`` there is one pass."""
+    the network with it (default: the checkpoint's for the mask's kind; fewer is faster). Without ``kspace``
+    there is one pass."""
     from tqdm import tqdm
 
     from .evaluate.figures import overview_figure
@@ -223,7 +224,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         check_measurement(image3, k)
         measurement = {"kspace": k, "mask": m, "cascades": cascades}
     loaded = loaded or load_model(weights, device)
-    n_passes = passes(loaded, bool(measurement), cascades)  # refuses a bad count before any slice runs
+    n_passes = passes(loaded, bool(measurement), cascades, measurement.get("mask"))  # refuses a bad count first
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:

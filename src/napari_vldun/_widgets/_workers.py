@@ -98,7 +98,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         label_colors={k: list(v) for k, v in loaded.label_colors.items()},
         modalities=list(cfg.modalities), degradations=list(cfg.degradations),
         seconds=time.perf_counter() - t0,
-        cascades=passes(loaded, kspace is not None, cascades),
+        cascades=passes(loaded, kspace is not None, cascades, mask),
     )
 
 

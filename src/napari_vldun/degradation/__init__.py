@@ -8,7 +8,7 @@ No Qt imports here.
 from .consistency import data_consistency, measure, mirror
 from .fft import fft2c, ifft2c
 from .kspace import acquire, degrade, undersample
-from .masks import GOLDEN_ANGLE_DEG, MaskResult, cartesian_mask, radial_mask
+from .masks import GOLDEN_ANGLE_DEG, MASK_KINDS, MaskResult, cartesian_mask, mask_kind, radial_mask
 from .primitives import (
     DEGRADATION_PROMPTS,
     PRIMITIVES,
@@ -31,6 +31,8 @@ __all__ = [
     "MaskResult",
     "cartesian_mask",
     "radial_mask",
+    "mask_kind",
+    "MASK_KINDS",
     "GOLDEN_ANGLE_DEG",
     "undersample",
     "degrade",

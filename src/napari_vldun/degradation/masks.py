@@ -14,7 +14,10 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["MaskResult", "cartesian_mask", "radial_mask", "GOLDEN_ANGLE_DEG"]
+__all__ = ["MaskResult", "cartesian_mask", "radial_mask", "mask_kind", "MASK_KINDS", "GOLDEN_ANGLE_DEG"]
+
+#: What :func:`mask_kind` tells apart.
+MASK_KINDS = ("cartesian", "radial")
 
 #: Golden angle for projections over [0, 180) degrees: 180 / phi = 111.246...
 GOLDEN_ANGLE_DEG = 180.0 * 2.0 / (1.0 + math.sqrt(5.0))
@@ -242,3 +245,17 @@ def radial_mask(
     neighbours = [k for k in range(lo - 2, lo + 3) if k >= 1]
     best = min(neighbours, key=lambda k: (abs(frac(k) - target), k))
     return _result(cache[best], best)
+
+
+def mask_kind(mask: np.ndarray | torch.Tensor) -> str | None:
+    """``"cartesian"`` when every ``(H, W)`` mask in ``mask`` (..., H, W) samples whole lines (all rows equal,
+    or all columns equal), ``"radial"`` when none does (radial spokes and any other 2-D pattern), ``None``
+    when the masks are of both kinds or ``mask`` is empty."""
+    m = torch.as_tensor(mask).detach()
+    if m.ndim < 2 or m.numel() == 0:
+        return None
+    m = m.reshape(-1, *m.shape[-2:]) != 0
+    lines = (m == m[:, :1, :]).flatten(1).all(1) | (m == m[:, :, :1]).flatten(1).all(1)
+    if bool(lines.all()):
+        return "cartesian"
+    return None if bool(lines.any()) else "radial"

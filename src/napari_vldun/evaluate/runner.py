@@ -271,12 +271,14 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
                          data_consistency=not args.no_dc, cascades=args.cascades)
+    by_mask = dict(main.model.cfg.cascades_by_mask) if args.cascades is None and not args.no_dc else {}
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
-           "data_consistency": not args.no_dc, "cascades": n_passes,
+           "data_consistency": not args.no_dc, "cascades": n_passes, "cascades_by_mask": by_mask,
            "variants": sorted(variants), "rows": rows}
+    dc_text = "off" if args.no_dc else f"on, {n_passes} cascade(s)" + "".join(
+        f"; {n} with {kind} masks" for kind, n in by_mask.items())
     md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "
-          f"data consistency with the measured k-space: "
-          f"{'off' if args.no_dc else 'on, %d cascade(s)' % n_passes}"]
+          f"data consistency with the measured k-space: {dc_text}"]
     for accel in args.accel:
         md += ["", f"### R = {accel:g}", "", markdown_table([r for r in rows if r["accel"] == accel])]
     text = "\n".join(md)

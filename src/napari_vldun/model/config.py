@@ -116,6 +116,10 @@ class VLDUNConfig:
     #: with known k-space: passes of the unfolding network, each followed by data consistency and fed
     #: the previous pass's consistent image (weights shared). 1 = a single pass.
     cascades: int = 1
+    #: mask kind (:func:`~napari_vldun.degradation.mask_kind`: "cartesian" or "radial") -> passes, used instead
+    #: of ``cascades`` when the caller gives no count and every mask of the batch is of that kind (inference
+    #: only: training from a checkpoint clears it, as the best count changes with the weights).
+    cascades_by_mask: dict = field(default_factory=dict)
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -144,6 +148,13 @@ class VLDUNConfig:
     def __post_init__(self) -> None:
         if int(self.cascades) < 1:
             raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
+        from ..degradation.masks import MASK_KINDS
+
+        for kind, n in dict(self.cascades_by_mask).items():
+            if kind not in MASK_KINDS:
+                raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"config: cascades_by_mask[{kind!r}] must be an integer >= 1, got {n!r}")
 
     def replace(self, **changes) -> "VLDUNConfig":
         return dataclasses.replace(self, **changes)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..degradation.consistency import data_consistency
+from ..degradation.masks import mask_kind
 from .blocks import Downsample, Upsample
 from .config import VLDUNConfig
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
@@ -76,7 +77,7 @@ class VLDUN(nn.Module):
     ``mask`` ({0, 1}), both broadcastable to (B, 1, H, W), make the restored image consistent with the
     measured k-space (:func:`~napari_vldun.degradation.data_consistency`) before the segmentation
     head sees it; a zero mask (no measurement) leaves it unchanged. With k-space the unfolding network
-    then runs ``cascades`` times (default ``cfg.cascades``), each pass on the previous pass's consistent
+    then runs ``cascades`` times (default :meth:`passes`), each pass on the previous pass's consistent
     image, with the priors re-estimated from that image (a weight-shared cascade, as in DC-CNN); the
     returned modality / degradation logits are those of the acquired image.
     """
@@ -122,10 +123,15 @@ class VLDUN(nn.Module):
     def multiple(self) -> int:
         return 2 ** len(self.cfg.widths)
 
-    def passes(self, measured: bool, cascades: int | None = None) -> int:
-        """Passes of the unfolding network that :meth:`forward` runs: ``cascades`` (default
-        ``cfg.cascades``) with a measurement and a reconstruction head, else 1. Raises ValueError below 1."""
-        n = int(self.cfg.cascades if cascades is None else cascades)
+    def passes(self, measured: bool, cascades: int | None = None, mask: torch.Tensor | None = None) -> int:
+        """Passes of the unfolding network that :meth:`forward` runs: with a measurement and a reconstruction
+        head, ``cascades``, or by default ``cfg.cascades_by_mask[kind]`` when every mask in ``mask``
+        (..., H, W) is of that :func:`~napari_vldun.degradation.mask_kind`, else ``cfg.cascades``; without a
+        measurement 1. Raises ValueError below 1."""
+        if cascades is None:
+            kind = mask_kind(mask) if mask is not None and self.cfg.cascades_by_mask else None
+            cascades = self.cfg.cascades_by_mask.get(kind, self.cfg.cascades)
+        n = int(cascades)
         if n < 1:
             raise ValueError(f"cascades must be >= 1, got {n}")
         return n if measured and self.rec_head is not None else 1
@@ -136,7 +142,7 @@ class VLDUN(nn.Module):
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
-        n = self.passes(kspace is not None, cascades)
+        n = self.passes(kspace is not None, cascades, mask)
         h, w = y.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m

@@ -151,8 +151,9 @@ def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: 
 
 
 #: VLDUNConfig fields that ``model_overrides`` may change when training starts from a checkpoint
-#: (they change how the weights are run, not which weights exist).
-CHECKPOINT_OVERRIDES = ("cascades",)
+#: (they change how the weights are run, not which weights exist). A checkpoint's ``cascades_by_mask`` is
+#: cleared unless given here: the pass count that suits a mask kind is chosen again for the new weights.
+CHECKPOINT_OVERRIDES = ("cascades", "cascades_by_mask")
 
 
 def _checkpoint_model(cfg: TrainConfig, heads: dict):
@@ -171,8 +172,7 @@ def _checkpoint_model(cfg: TrainConfig, heads: dict):
                          f"{list(CHECKPOINT_OVERRIDES)} can); remove them or start from a named config "
                          f"instead of {cfg.model!r}")
     model, _ = load_checkpoint(cfg.model, "cpu")
-    if cfg.model_overrides:
-        model.cfg = model.cfg.replace(**cfg.model_overrides)  # validated like any config
+    model.cfg = model.cfg.replace(**{"cascades_by_mask": {}, **cfg.model_overrides})  # validated like any config
     missing = [s for s in heads if s not in model.cfg.label_sets]
     if missing:
         raise ValueError(f"checkpoint {wpath} has no segmentation head for the label sets {missing} of the "
