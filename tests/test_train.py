@@ -124,6 +124,22 @@ def test_balance_options_reach_the_training_sets_only(tmp_path):
     assert 0.3 < covid < 0.7  # half of the positions, though COVID has a fraction of ACDC's slices
 
 
+def test_validation_inputs_do_not_follow_the_run_seed(tmp_path):
+    """Runs with different seeds validate on the same degraded inputs (their figures compare); ``val_seed``
+    changes them, and the training draws still follow ``seed``."""
+    from napari_vldun.train.setup import _datasets, _modalities_of
+
+    def sets(**kw):
+        cfg = small(tmp_path / "run", prior_epochs=1, **kw)
+        return _datasets(cfg, _modalities_of(cfg.sources), with_prior=True)
+
+    a, b, c = sets(seed=0), sets(seed=7), sets(seed=0, val_seed=3)
+    for key in ("val", "prior_val"):
+        assert torch.equal(a[key][0]["degraded"], b[key][0]["degraded"])
+        assert not torch.equal(a[key][0]["degraded"], c[key][0]["degraded"])
+    assert not torch.equal(a["train"][0]["degraded"], b["train"][0]["degraded"])
+
+
 def test_joint_phase_keeps_the_fine_tuned_priors(tmp_path):
     """Stage 2 trains the prior-token projection, not the stage-1 tower, classifier or similarity scale."""
     from napari_vldun.model.checkpoint import load_checkpoint

@@ -129,6 +129,9 @@ class TrainConfig:
     #: random rot90/flips of the training slices.
     augment: bool = True
     seed: int = 0
+    #: seed of the validation degradations (masks, accelerations), apart from ``seed`` so that runs with
+    #: different seeds validate on the same inputs and their figures compare.
+    val_seed: int = 0
     out_dir: str = "runs/vldun"
     #: refuse to start in an out_dir holding a checkpoint unless this is set (or resuming).
     overwrite: bool = False

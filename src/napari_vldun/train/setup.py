@@ -214,19 +214,20 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
     common = dict(root=cfg.data_root, accel_range=accel, center_fraction=cfg.center_fraction,
                   noise_sigma_range=tuple(cfg.noise_sigma_range), seed=cfg.seed, modalities=modalities)
     val_crop = cfg.val_crop or cfg.crop
+    val = {**common, "seed": cfg.val_seed}  # the same validation inputs whatever the run's seed
     ds = {
         "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
                               max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common),
         "val": SliceDataset(cfg.resolved_val_sources(), "val", crop=val_crop, mode="joint",
                             fixed_accel=cfg.val_accel, max_slices_per_source=cfg.val_max_slices, augment=False,
-                            **common),
+                            **val),
     }
     if with_prior:
         ps = cfg.resolved_prior_sources()
         ds["prior"] = SliceDataset(ps, "train", crop=cfg.crop, mode="prior", balance=cfg.prior_balance,
                                    max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common)
         ds["prior_val"] = SliceDataset(ps, "val", crop=val_crop, mode="prior",
-                                       max_slices_per_source=cfg.val_max_slices, augment=False, **common)
+                                       max_slices_per_source=cfg.val_max_slices, augment=False, **val)
     return ds
 
 
