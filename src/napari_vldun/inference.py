@@ -186,7 +186,7 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
     """Passes of the network a prediction runs (:meth:`VLDUN.passes`; ``mask`` (..., H, W): the sampling
     mask, whose kind may set the default); :class:`InferenceError` below 1."""
     try:
-        return loaded.model.passes(measured, cascades, None if mask is None else torch.as_tensor(np.asarray(mask)))
+        return loaded.model.passes(measured, cascades, mask)
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
 

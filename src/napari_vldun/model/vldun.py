@@ -123,11 +123,11 @@ class VLDUN(nn.Module):
     def multiple(self) -> int:
         return 2 ** len(self.cfg.widths)
 
-    def passes(self, measured: bool, cascades: int | None = None, mask: torch.Tensor | None = None) -> int:
+    def passes(self, measured: bool, cascades: int | None = None, mask=None) -> int:
         """Passes of the unfolding network that :meth:`forward` runs: with a measurement and a reconstruction
         head, ``cascades``, or by default ``cfg.cascades_by_mask[kind]`` when every mask in ``mask``
-        (..., H, W) is of that :func:`~napari_vldun.degradation.mask_kind`, else ``cfg.cascades``; without a
-        measurement 1. Raises ValueError below 1."""
+        ((..., H, W) tensor or array) is of that :func:`~napari_vldun.degradation.mask_kind`, else
+        ``cfg.cascades``; without a measurement 1. Raises ValueError below 1."""
         if cascades is None:
             kind = mask_kind(mask) if mask is not None and self.cfg.cascades_by_mask else None
             cascades = self.cfg.cascades_by_mask.get(kind, self.cfg.cascades)
