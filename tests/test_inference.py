@@ -203,8 +203,8 @@ def test_demo_runs_on_a_bundled_sample(tmp_path) -> None:
 def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) -> None:
     """The shipped weights load offline and do what they were trained for on a validation patient:
     recognise cardiac MRI and its undersampling, find the heart and restore it. Measured on this
-    sample (BENCHMARKS.md): magnitude image only +0.08 dB, Dice 0.45; with its k-space (data
-    consistency, the checkpoint's 5 cascades) +5.18 dB, Dice 0.51. Random weights give Dice ~0."""
+    sample (BENCHMARKS.md): magnitude image only +0.13 dB, Dice 0.46; with its k-space (data
+    consistency, the checkpoint's 5 cascades) +5.20 dB, Dice 0.56. Random weights give Dice ~0."""
     from napari_vldun.inference import SHIPPED_WEIGHTS
     from napari_vldun.pipeline import sample_measurement
 

@@ -140,6 +140,19 @@ def test_validation_inputs_do_not_follow_the_run_seed(tmp_path):
     assert not torch.equal(a["train"][0]["degraded"], b["train"][0]["degraded"])
 
 
+def test_validation_dataset_is_the_one_a_run_validates_on(tmp_path):
+    """``validation_dataset`` (benchmarks/validate.py) rebuilds a run's joint validation set input for input."""
+    from napari_vldun.train.setup import _datasets, _modalities_of, validation_dataset
+
+    cfg = small(tmp_path / "run", seed=5)
+    mods = _modalities_of(cfg.sources)
+    run_val, rebuilt = _datasets(cfg, mods, with_prior=False)["val"], validation_dataset(cfg, mods)
+    assert len(rebuilt) == len(run_val) > 0
+    for i in (0, len(run_val) - 1):
+        a, b = run_val[i], rebuilt[i]
+        assert torch.equal(a["degraded"], b["degraded"]) and torch.equal(a["clean"], b["clean"])
+
+
 def test_joint_phase_keeps_the_fine_tuned_priors(tmp_path):
     """Stage 2 trains the prior-token projection, not the stage-1 tower, classifier or similarity scale."""
     from napari_vldun.model.checkpoint import load_checkpoint

@@ -27,7 +27,8 @@ from .config import IMMUTABLE_ON_RESUME, SOURCE_LICENSES, TrainConfig
 from .distributed import DistContext
 
 __all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_datasets", "make_run_builder",
-           "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "CHECKPOINT_NAMES"]
+           "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "validation_dataset",
+           "CHECKPOINT_NAMES"]
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
@@ -206,21 +207,33 @@ def _resume_model(cfg: TrainConfig, out: Path):
 
 
 # ----------------------------------------------------------------------------- data
+def _dataset_args(cfg: TrainConfig, modalities: list[str]) -> dict:
+    accel = ({k: tuple(v) for k, v in cfg.accel_range.items()} if isinstance(cfg.accel_range, dict)
+             else tuple(cfg.accel_range))
+    return dict(root=cfg.data_root, accel_range=accel, center_fraction=cfg.center_fraction,
+                noise_sigma_range=tuple(cfg.noise_sigma_range), seed=cfg.seed, modalities=modalities)
+
+
+def validation_dataset(cfg: TrainConfig, modalities: list[str]):
+    """The joint validation set a run of ``cfg`` validates on: ``val_crop`` crops of the validation splits
+    of its sources at ``val_accel``, seeded by ``val_seed`` (the same inputs whatever the run's seed)."""
+    from ..data import SliceDataset
+
+    return SliceDataset(cfg.resolved_val_sources(), "val", crop=cfg.val_crop or cfg.crop, mode="joint",
+                        fixed_accel=cfg.val_accel, max_slices_per_source=cfg.val_max_slices, augment=False,
+                        **{**_dataset_args(cfg, modalities), "seed": cfg.val_seed})
+
+
 def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict:
     from ..data import SliceDataset
 
-    accel = ({k: tuple(v) for k, v in cfg.accel_range.items()} if isinstance(cfg.accel_range, dict)
-             else tuple(cfg.accel_range))
-    common = dict(root=cfg.data_root, accel_range=accel, center_fraction=cfg.center_fraction,
-                  noise_sigma_range=tuple(cfg.noise_sigma_range), seed=cfg.seed, modalities=modalities)
+    common = _dataset_args(cfg, modalities)
     val_crop = cfg.val_crop or cfg.crop
-    val = {**common, "seed": cfg.val_seed}  # the same validation inputs whatever the run's seed
+    val = {**common, "seed": cfg.val_seed}
     ds = {
         "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
                               max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common),
-        "val": SliceDataset(cfg.resolved_val_sources(), "val", crop=val_crop, mode="joint",
-                            fixed_accel=cfg.val_accel, max_slices_per_source=cfg.val_max_slices, augment=False,
-                            **val),
+        "val": validation_dataset(cfg, modalities),
     }
     if with_prior:
         ps = cfg.resolved_prior_sources()
