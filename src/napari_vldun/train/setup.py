@@ -229,7 +229,7 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
 
     common = _dataset_args(cfg, modalities)
     val_crop = cfg.val_crop or cfg.crop
-    val = {**common, "seed": cfg.val_seed}
+    val = {**common, "seed": cfg.val_seed}  # prior validation, seeded as validation_dataset
     ds = {
         "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
                               max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common),
