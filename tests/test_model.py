@@ -54,7 +54,7 @@ def test_same_seed_same_model_and_output() -> None:
     a, b, c = build_model("tiny", seed=3), build_model("tiny", seed=3), build_model("tiny", seed=4)
     y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ra, rb, rc = a(y).restored, b(y).restored, c(y).restored
+        ra, rb, rc = (m(y).seg_logits["acdc"] for m in (a, b, c))
     torch.testing.assert_close(ra, rb, rtol=0, atol=0)
     assert not torch.allclose(ra, rc)
     # the fixed text-prompt anchors do not depend on the model seed
@@ -80,9 +80,19 @@ def test_ablation_switches(switch: dict) -> None:
 def test_no_frequency_decoupling_changes_the_proximal_map() -> None:
     y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        fd = build_model("tiny", seed=0)(y).restored
-        no_fd = build_model("tiny", seed=0, freq_decoupling=False)(y).restored
+        fd = build_model("tiny", seed=0)(y).seg_logits["acdc"]
+        no_fd = build_model("tiny", seed=0, freq_decoupling=False)(y).seg_logits["acdc"]
     assert not torch.allclose(fd, no_fd)
+
+
+def test_fresh_model_starts_from_its_input() -> None:
+    """The stage image heads start at zero (in the model, not in training code): every stage estimate and the
+    restored image equal the input until training moves them."""
+    y = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = build_model("tiny", seed=0)(y, return_stages=True)
+    torch.testing.assert_close(out.restored, y)
+    assert len(out.stages) == 6 and all(torch.equal(s.full, y) for s in out.stages)
 
 
 def test_both_heads_off_is_refused() -> None:

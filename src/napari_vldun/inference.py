@@ -17,6 +17,7 @@ import torch
 
 from .model import VLDUN, build_model
 from .model.checkpoint import CheckpointError, load_checkpoint
+from .model.precision import Precision, autocast
 
 #: The checkpoint shipped inside the package (``NAME.safetensors`` + ``NAME.json``).
 SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "vldun_tiny"
@@ -165,14 +166,16 @@ def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarr
 
 @torch.no_grad()
 def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
-               kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None):
+               kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None,
+               precision: str = "fp32"):
     y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
     dc = {}
     if kspace is not None:
         dc = {"kspace": torch.from_numpy(np.ascontiguousarray(kspace))[None, None].to(device),
               "mask": torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device), "cascades": cascades}
     try:
-        return model(y, return_stages=return_stages, **dc)
+        with autocast(device, precision):
+            return model(y, return_stages=return_stages, **dc)
     except (_OOM, RuntimeError) as exc:
         if not isinstance(exc, _OOM) and "memory" not in str(exc).lower():
             raise
@@ -193,7 +196,7 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False, kspace=None,
-                 mask=None, cascades: int | None = None) -> Iterator[Progress | Prediction]:
+                 mask=None, cascades: int | None = None, precision: str = "fp32") -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
@@ -201,6 +204,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     complex) and its ``mask`` ((H, W) or (Z, H, W), {0, 1}) make the restored slices consistent with it
     (:func:`~napari_vldun.degradation.data_consistency`), over ``cascades`` passes (default: the checkpoint's,
     for the mask's kind).
+
+    ``precision``: "fp32" or "bf16" (autocast; see :mod:`~napari_vldun.model.precision`).
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.
@@ -217,12 +222,16 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     if kspace is not None:
         kspace, mask = validate_measurement(kspace, mask, vol.shape)
     passes(loaded, kspace is not None, cascades)  # refuse a bad count before any work
+    try:
+        precision = Precision.parse(precision).value
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
     idx = list(range(vol.shape[0])) if slices is None else list(slices)
     model, dev = loaded.model, loaded.device
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
     for n, z in enumerate(idx):
-        meas = (kspace[z], mask[z], cascades) if kspace is not None else ()
-        out = _run_slice(model, dev, vol[z], return_stages, *meas)
+        meas = (kspace[z], mask[z], cascades) if kspace is not None else (None, None, None)
+        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})
@@ -230,7 +239,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             mod.append(out.modality_probs[0].cpu().numpy())
             deg.append(out.degradation_probs[0].cpu().numpy())
         if return_stages:
-            stages.append(np.stack([torch.cat([s.full, s.low, s.high], 1)[0].cpu().numpy() for s in out.stages]))
+            stages.append(np.stack([torch.cat([s.full, s.low, s.high], 1)[0].float().cpu().numpy()
+                                    for s in out.stages]))
             levels = [s.level for s in out.stages]
         yield Progress(n + 1, len(idx))
     mod_a = np.stack(mod) if mod else None

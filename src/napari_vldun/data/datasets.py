@@ -75,10 +75,21 @@ def center_crop(image: np.ndarray, label: Optional[np.ndarray], crop: int):
 
 
 def random_crop(image: np.ndarray, label: Optional[np.ndarray], crop: int,
-                rng: np.random.Generator):
-    """Zero-pad (centred) to at least ``crop`` then take a uniformly placed ``crop x crop`` window."""
+                rng: np.random.Generator, foreground: float = 0.0):
+    """Zero-pad (centred) to at least ``crop`` then take a ``crop x crop`` window: with probability
+    ``foreground`` (when ``label`` has a labelled pixel) centred on a random labelled pixel, shifted by up
+    to ``crop // 4`` px per axis and kept inside the image; otherwise uniformly placed."""
     image = _pad_to(image, crop, crop)
     h, w = image.shape[-2:]
+    if foreground > 0 and label is not None and rng.random() < foreground:
+        fg = np.flatnonzero(_pad_to(label, crop, crop) > 0)
+        if fg.size:
+            cy, cx = divmod(int(fg[int(rng.integers(0, fg.size))]), w)
+            j = crop // 4
+            cy, cx = cy + int(rng.integers(-j, j + 1)), cx + int(rng.integers(-j, j + 1))
+            t, l = min(max(cy - crop // 2, 0), h - crop), min(max(cx - crop // 2, 0), w - crop)
+            out = image[t:t + crop, l:l + crop]
+            return out, _pad_to(label, crop, crop)[t:t + crop, l:l + crop]
     t, l = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
     out = image[t:t + crop, l:l + crop]
     if label is not None:
@@ -107,18 +118,24 @@ def augment_pair(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.
 
 
 def crop_pair(image: np.ndarray, label: Optional[np.ndarray], crop: Optional[int], rng: np.random.Generator, *,
-              random: bool, augment: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Crop (``random``: :func:`random_crop`, else :func:`center_crop`; ``crop=None``: none) then
-    :func:`augment_pair` when ``augment``. Returns float32 / label copies that share no memory with
-    the inputs (samples must never alias cached volumes)."""
+              random: bool, augment: bool, foreground: float = 0.0,
+              intensity: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Crop (``random``: :func:`random_crop` with ``foreground`` oversampling, else :func:`center_crop`;
+    ``crop=None``: none) then :func:`augment_pair` when ``augment``, then a random gamma in [0.7, 1.5]
+    (log-uniform) when ``intensity``. Returns float32 / label copies that share no memory with the inputs
+    (samples must never alias cached volumes)."""
     if crop is not None:
         if random:
-            image, label = random_crop(image, label, crop, rng)
+            image, label = random_crop(image, label, crop, rng, foreground)
         else:
             image, label = center_crop(image, label, crop)
     if augment:
         image, label = augment_pair(image, label, rng)
-    return np.array(image, np.float32, copy=True), (None if label is None else label.copy())
+    image = np.array(image, np.float32, copy=True)
+    if intensity:
+        gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
+        image = np.clip(image, 0.0, None) ** gamma
+    return image, (None if label is None else label.copy())
 
 
 # ------------------------------------------------------------------------- per-item randomness / degradation
@@ -216,6 +233,8 @@ class SliceDataset(Dataset):
         max_slices_per_source: keep at most this many slices per source, evenly spaced over
             the sorted item list (so several patients stay represented).
         augment: random rot90/flips (default: ``split == "train"``).
+        foreground_oversample: share of "train" crops centred on a labelled pixel (see :func:`random_crop`).
+        intensity_augment: random gamma of the clean "train" slice (see :func:`crop_pair`).
         balance: ``None`` (every slice equally likely) or "modality" / "source": position ``i``
             of an epoch holds a slice of a group drawn uniformly, then a slice drawn uniformly
             within it (seeded by seed and epoch, with replacement; same length). Used by the
@@ -228,7 +247,8 @@ class SliceDataset(Dataset):
                  center_fraction: float = 0.08, noise_sigma_range=(0.0, 0.0), seed: int = 0,
                  modalities: Optional[Sequence[str]] = None,
                  max_slices_per_source: Optional[int] = None, augment: Optional[bool] = None,
-                 balance: Optional[str] = None):
+                 balance: Optional[str] = None, foreground_oversample: float = 0.0,
+                 intensity_augment: bool = False):
         if isinstance(sources, str):
             sources = [sources]
         unknown = [s for s in sources if s not in SOURCES]
@@ -279,6 +299,8 @@ class SliceDataset(Dataset):
             self.items.extend(its)
         self._source_index = {s: j for j, s in enumerate(self.sources)}
         self.balance = balance
+        self.foreground_oversample = float(foreground_oversample) if split == "train" else 0.0
+        self.intensity_augment = bool(intensity_augment) and split == "train"
         self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -322,7 +344,8 @@ class SliceDataset(Dataset):
         data = load_case(it.source, it.path)
         img = data.image[it.index]
         lab = data.label[it.index] if data.label is not None else None
-        return crop_pair(img, lab, self.crop, rng, random=self.split == "train", augment=self.augment)
+        return crop_pair(img, lab, self.crop, rng, random=self.split == "train", augment=self.augment,
+                         foreground=self.foreground_oversample, intensity=self.intensity_augment)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

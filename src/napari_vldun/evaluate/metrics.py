@@ -15,7 +15,7 @@ Label maps are integer arrays ``(H, W)`` or ``(Z, H, W)`` with values in
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -202,3 +202,19 @@ def iou_per_class(pred_labels: Array, true_labels: Array, num_classes: int
 def iou(pred_labels: Array, true_labels: Array, num_classes: int) -> float:
     """Mean IoU over the foreground classes present in the ground truth (``nan`` if none)."""
     return _mean_present(pred_labels, true_labels, num_classes, "iou")
+
+
+def whole_dice(pred_labels: Array, true_labels: Array) -> float:
+    """Dice of "any foreground label" vs background (BraTS's whole tumour); ``nan`` when the ground truth has
+    no foreground."""
+    p = torch.as_tensor(np.asarray(pred_labels)) > 0
+    t = torch.as_tensor(np.asarray(true_labels)) > 0
+    if not bool(t.any()):
+        return math.nan
+    return float(2.0 * (p & t).sum() / (p.sum() + t.sum()))
+
+
+def stages_monotone(stage_psnrs: Sequence[float], tol_db: float = 0.01) -> bool:
+    """True when a slice's PSNR never falls (by more than ``tol_db``) from one stage estimate to the next."""
+    v = list(stage_psnrs)
+    return all(b >= a - tol_db for a, b in zip(v, v[1:]))

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..degradation import acquire
-from .metrics import dice, iou, psnr, ssim
+from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
 VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
             "no_fd": "w/o FD"}
@@ -55,14 +55,24 @@ class Scores:
     ssim: list = field(default_factory=list)
     dice: list = field(default_factory=list)
     iou: list = field(default_factory=list)
+    #: Dice of "any label" vs background (whole tumour for BraTS), per slice with foreground.
+    dice_whole: list = field(default_factory=list)
+    #: class index -> Dice per slice where the class is in the reference.
+    dice_class: dict = field(default_factory=dict)
+    #: per slice: does its stage PSNR never fall from one stage (and pass) to the next?
+    monotone: list = field(default_factory=list)
 
     def summary(self) -> dict:
         def mean(v: list) -> float | None:
             v = [x for x in v if x is not None and not math.isnan(x)]
             return round(float(np.mean(v)), 4) if v else None
 
-        return {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "dice": mean(self.dice), "iou": mean(self.iou),
-                "n_slices": max(len(self.psnr), len(self.dice))}
+        out = {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "dice": mean(self.dice), "iou": mean(self.iou),
+               "dice_whole": mean(self.dice_whole),
+               "dice_per_class": {str(k): mean(v) for k, v in sorted(self.dice_class.items())} or None,
+               "stages_monotone": mean([float(m) for m in self.monotone]),
+               "n_slices": max(len(self.psnr), len(self.dice))}
+        return out
 
 
 def dataset_cases(names: list[str], root=None, max_slices: int | None = None) -> Iterator[Case]:
@@ -123,16 +133,20 @@ class Evaluator:
         self.tv, self.tv_iters, self.tv_lambda = tv, tv_iters, tv_lambda
         self.scores: dict[tuple[str, str], Scores] = {}
         self.examples: dict[str, dict] = {}
+        #: the main model runs with its stages, for the "stages monotone" figure
+        self.want_stages = False
+        self.last_stages = None
 
     def _run(self, loaded, image: np.ndarray, label_set: str | None):
         from ..inference import predict
 
         ls = label_set if label_set in loaded.model.cfg.label_sets else None
-        p = predict(loaded, image, label_set=ls, **self._measurement)
+        p = predict(loaded, image, label_set=ls, return_stages=self.want_stages, **self._measurement)
         restored = None if p.restored is None else p.restored[0]
+        self.last_stages = None if p.stages is None else p.stages[0, :, 0]  # (S, H, W) full band
         return restored, None if p.labels is None else p.labels[0], p.label_set
 
-    def _score(self, method: str, case: Case, restored, labels, n_classes: int | None) -> None:
+    def _score(self, method: str, case: Case, restored, labels, n_classes: int | None, stages=None) -> None:
         s = self.scores.setdefault((method, case.dataset), Scores())
         if restored is not None:
             r = np.clip(restored, 0, 1)
@@ -141,6 +155,12 @@ class Evaluator:
         if labels is not None and case.label is not None and n_classes and case.label.any():
             s.dice.append(dice(labels, case.label, n_classes))
             s.iou.append(iou(labels, case.label, n_classes))
+            s.dice_whole.append(whole_dice(labels, case.label))
+            for k, v in dice_per_class(labels, case.label, n_classes).items():
+                if v is not None and (np.asarray(case.label) == k).any():
+                    s.dice_class.setdefault(k, []).append(v)
+        if stages is not None and len(stages) > 1:
+            s.monotone.append(stages_monotone([psnr(np.clip(st, 0, 1), case.clean) for st in stages]))
 
     def add(self, case: Case, accel: float, seed: int) -> None:
         from .baselines import tv_reconstruction
@@ -150,9 +170,11 @@ class Evaluator:
         ls = self.label_set or case.label_set
         self._measurement = ({"kspace": kspace[None], "mask": mask,
                               "cascades": self.cascades} if self.data_consistency else {})
+        self.want_stages = bool(self.main.model.cfg.stage_images)
         restored, labels, used = self._run(self.main, degraded, ls)
+        self.want_stages = False
         n_cls = len(self.main.model.cfg.label_sets.get(used, [])) if used else None
-        self._score("vldun", case, restored, labels, n_cls)
+        self._score("vldun", case, restored, labels, n_cls, self.last_stages)
         seg_only = self.variants.get("no_rec_head")
         zf_labels = self._run(seg_only, degraded, ls)[1] if seg_only else None
         self._score("zero-filled", case, degraded, zf_labels, n_cls)
@@ -189,6 +211,21 @@ class Evaluator:
                 out.append(dict(method=m, dataset="average", accel=accel, **avg,
                                 n_slices=sum(r["n_slices"] for r in per)))
         return out
+
+
+def extra_table(rows: list[dict]) -> str:
+    """Per method and dataset: whole-foreground Dice, Dice per class and the share of slices whose stage PSNR
+    never falls (methods with stage estimates only)."""
+    lines = ["| Method | Dataset | Dice (any label) | Dice per class | stages monotone |", "|---|---|---:|---|---:|"]
+    for r in rows:
+        if r["dataset"] == "average" or (r.get("dice_whole") is None and r.get("stages_monotone") is None):
+            continue
+        per = r.get("dice_per_class") or {}
+        per_txt = ", ".join(f"{k}: {'-' if v is None else f'{v:.3f}'}" for k, v in per.items()) or "-"
+        whole = "-" if r.get("dice_whole") is None else f"{r['dice_whole']:.4f}"
+        mono = "-" if r.get("stages_monotone") is None else f"{100 * r['stages_monotone']:.1f} %"
+        lines.append(f"| {r['method']} | {r['dataset']} | {whole} | {per_txt} | {mono} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -280,7 +317,8 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "
           f"data consistency with the measured k-space: {dc_text}"]
     for accel in args.accel:
-        md += ["", f"### R = {accel:g}", "", markdown_table([r for r in rows if r["accel"] == accel])]
+        sel = [r for r in rows if r["accel"] == accel]
+        md += ["", f"### R = {accel:g}", "", markdown_table(sel), "", extra_table(sel)]
     text = "\n".join(md)
     print(text)
     if args.json:

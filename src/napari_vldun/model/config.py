@@ -120,6 +120,20 @@ class VLDUNConfig:
     #: of ``cascades`` when the caller gives no count and every mask of the batch is of that kind (inference
     #: only: training from a checkpoint clears it, as the best count changes with the weights).
     cascades_by_mask: dict = field(default_factory=dict)
+    #: input pixels per level-0 feature pixel along each axis (PixelUnshuffle before the U, PixelShuffle
+    #: after it): 2 runs the whole U at half resolution, ~4x cheaper (a deviation, docs/architecture.md).
+    patch: int = 1
+    #: every stage (and pass) adds a residual to a running image estimate, data-consistent after each stage
+    #: when k-space is known (x_k = DC(x_{k-1} + delta_k)); the estimates are supervised and shown as the
+    #: stage maps. False: the first release's stage maps (a projection of each stage's features).
+    stage_images: bool = False
+    #: AMGDM's Phi^T is scale-equivariant in the residual r: Phi^T(r) = s f(r / s), s = RMS(r) per sample,
+    #: so Phi^T(0) = 0 and Phi^T(a r) = a Phi^T(r) (a real gradient step). False: the first release's
+    #: LayerNorm -> Bi-Mamba, whose output ignores the residual's scale.
+    scaled_phi_t: bool = False
+    #: segmentation head on multi-scale decoder features (last two levels, upsampled) + the restored image
+    #: (a deviation from the paper's "light CNN on the last stage", docs/architecture.md).
+    seg_multiscale: bool = False
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -148,6 +162,8 @@ class VLDUNConfig:
     def __post_init__(self) -> None:
         if int(self.cascades) < 1:
             raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
+        if int(self.patch) not in (1, 2, 4):
+            raise ValueError(f"config: patch must be 1, 2 or 4, got {self.patch}")
         from ..degradation.masks import MASK_KINDS
 
         for kind, n in dict(self.cascades_by_mask).items():
@@ -168,6 +184,8 @@ def _paper() -> VLDUNConfig:
         refine_blocks=3,
         expand=(2.0, 2.0, 2.0, 2.0),
         prior_dim=256,
+        stage_images=True,
+        scaled_phi_t=True,
         clip=ClipConfig(),  # ViT-B/16 visual tower, CLIP text tower (frozen)
     )
 
@@ -175,6 +193,10 @@ def _paper() -> VLDUNConfig:
 def _tiny() -> VLDUNConfig:
     return VLDUNConfig(
         name="tiny",
+        patch=2,
+        stage_images=True,
+        scaled_phi_t=True,
+        seg_multiscale=True,
         widths=(16, 32, 64),
         blocks=(1, 1, 1),
         refine_blocks=1,
@@ -195,7 +217,13 @@ def _tiny() -> VLDUNConfig:
     )
 
 
-CONFIGS = {"paper": _paper, "tiny": _tiny}
+def _tiny_v1() -> VLDUNConfig:
+    """The first release's ``tiny`` (full-resolution U, feature-projection stage maps, LayerNorm Phi^T):
+    the architecture of checkpoints trained before 2026-12-01, kept for comparisons (benchmarks)."""
+    return _tiny().replace(name="tiny_v1", patch=1, stage_images=False, scaled_phi_t=False, seg_multiscale=False)
+
+
+CONFIGS = {"paper": _paper, "tiny": _tiny, "tiny_v1": _tiny_v1}
 
 
 def get_config(name: str, **overrides) -> VLDUNConfig:

@@ -293,15 +293,15 @@ class BiMamba(nn.Module):
 
 
 class BiMamba2d(nn.Module):
-    """Image wrapper: (B, C, H, W) -> row-major tokens -> LayerNorm -> BiMamba -> (B, C, H, W).
+    """Image wrapper: (B, C, H, W) -> row-major tokens -> LayerNorm (``input_norm``) -> BiMamba -> (B, C, H, W).
 
     No residual connection (the caller adds it).
     """
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 2, headdim: int = 16,
-                 d_conv: int = 4, chunk_size: Optional[int] = None) -> None:
+                 d_conv: int = 4, chunk_size: Optional[int] = None, input_norm: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if input_norm else nn.Identity()
         self.mamba = BiMamba(dim, d_state, expand, headdim, d_conv, chunk_size)
 
     def forward(self, x: Tensor) -> Tensor:

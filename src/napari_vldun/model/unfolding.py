@@ -18,6 +18,24 @@ from .blocks import GDFN, LayerNorm2d, PriorCrossAttention, band_split
 from .ssm import BiMamba2d
 
 
+@dataclass(frozen=True)
+class StageSettings:
+    """What every stage of one network shares (from :class:`~napari_vldun.model.config.VLDUNConfig`)."""
+
+    prior_dim: int
+    heads: int
+    d_state: int
+    headdim: int
+    gdfn_expansion: float
+    freq_decoupling: bool = True
+    scaled_phi_t: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "StageSettings":
+        return cls(cfg.prior_dim, cfg.attn_heads, cfg.d_state, cfg.headdim, cfg.gdfn_expansion,
+                   cfg.freq_decoupling, cfg.scaled_phi_t)
+
+
 @dataclass
 class BandFeatures:
     """Feature maps of the last MDPMM block of a stage, (B, C, H, W) each (low band upsampled)."""
@@ -26,21 +44,38 @@ class BandFeatures:
     high: torch.Tensor
 
 
+class ScaledAdjoint(nn.Module):
+    """``Phi^T`` that is scale-equivariant in the residual: ``r -> s * f(r / s)``, ``s`` = RMS of ``r``
+    over (C, H, W) per sample, ``f`` a Bi-Mamba without input norm. So ``Phi^T(0) = 0`` and
+    ``Phi^T(a r) = a Phi^T(r)`` for ``a > 0``: the step shrinks as the data term is satisfied.
+    (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, d_state: int, expand: float, headdim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.f = BiMamba2d(channels, d_state=d_state, expand=expand, headdim=headdim, input_norm=False)
+        self.eps = eps
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        s = r.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().to(r.dtype)
+        return s * self.f(r / (s + self.eps))
+
+
 class AMGDM(nn.Module):
     """Attention-Mamba gradient descent module.
 
     ``Phi z`` is estimated as a 1x1 projection of z modulated by cross-attention to the
     vision-language prior tokens; the residual ``Phi z - y`` is carried back by a Bi-Mamba layer
-    that plays ``Phi^T``; the step size ``rho`` is learned (kept positive by softplus).
-    ``z``, ``y`` (B, C, H, W), ``tokens`` (B, T, P) -> (B, C, H, W).
+    that plays ``Phi^T`` (:class:`ScaledAdjoint` with ``scaled_phi_t``); the step size ``rho`` is
+    learned (kept positive by softplus). ``z``, ``y`` (B, C, H, W), ``tokens`` (B, T, P) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, prior_dim: int, heads: int, d_state: int, expand: float, headdim: int) -> None:
+    def __init__(self, channels: int, expand: float, s: StageSettings) -> None:
         super().__init__()
         self.norm = LayerNorm2d(channels)
         self.phi = nn.Conv2d(channels, channels, 1, bias=False)
-        self.attn = PriorCrossAttention(channels, prior_dim, heads)
-        self.phi_t = BiMamba2d(channels, d_state=d_state, expand=expand, headdim=headdim)
+        self.attn = PriorCrossAttention(channels, s.prior_dim, s.heads)
+        self.phi_t = (ScaledAdjoint(channels, s.d_state, expand, s.headdim) if s.scaled_phi_t
+                      else BiMamba2d(channels, d_state=s.d_state, expand=expand, headdim=s.headdim))
         self.rho = nn.Parameter(torch.tensor(-0.5))  # softplus(-0.5) ~ 0.47
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -59,13 +94,12 @@ class MDPMM(nn.Module):
     ``x`` (B, C, H, W), H and W even -> (B, C, H, W), plus the band features for the stage viewer.
     """
 
-    def __init__(self, channels: int, d_state: int, expand: float, headdim: int, gdfn_expansion: float,
-                 freq_decoupling: bool = True) -> None:
+    def __init__(self, channels: int, expand: float, s: StageSettings) -> None:
         super().__init__()
-        self.freq_decoupling = freq_decoupling
+        self.freq_decoupling = s.freq_decoupling
         self.norm = LayerNorm2d(channels)
-        self.low = GDFN(channels, gdfn_expansion)
-        self.high = BiMamba2d(channels, d_state=d_state, expand=expand, headdim=headdim)
+        self.low = GDFN(channels, s.gdfn_expansion)
+        self.high = BiMamba2d(channels, d_state=s.d_state, expand=expand, headdim=s.headdim)
         self.fuse = nn.Conv2d(2 * channels, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, BandFeatures]:
@@ -82,13 +116,10 @@ class MDPMM(nn.Module):
 class UnfoldingStage(nn.Module):
     """One unfolded PGD iteration: an AMGDM step followed by ``blocks`` MDPMM proximal blocks."""
 
-    def __init__(self, channels: int, blocks: int, prior_dim: int, heads: int, d_state: int, expand: float,
-                 headdim: int, gdfn_expansion: float, freq_decoupling: bool = True) -> None:
+    def __init__(self, channels: int, blocks: int, expand: float, s: StageSettings) -> None:
         super().__init__()
-        self.gradient = AMGDM(channels, prior_dim, heads, d_state, expand, headdim)
-        self.prox = nn.ModuleList(
-            MDPMM(channels, d_state, expand, headdim, gdfn_expansion, freq_decoupling) for _ in range(blocks)
-        )
+        self.gradient = AMGDM(channels, expand, s)
+        self.prox = nn.ModuleList(MDPMM(channels, expand, s) for _ in range(blocks))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, BandFeatures]:
         z = self.gradient(z, y, tokens)

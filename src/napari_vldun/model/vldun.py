@@ -13,7 +13,7 @@ from ..degradation.masks import mask_kind
 from .blocks import Downsample, Upsample
 from .config import VLDUNConfig
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
-from .unfolding import UnfoldingStage
+from .unfolding import StageSettings, UnfoldingStage
 
 
 @dataclass
@@ -24,6 +24,8 @@ class StageMaps:
     full: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
+    #: the weight-shared pass (0-based) the stage belongs to.
+    pass_index: int = 0
 
 
 @dataclass
@@ -69,6 +71,57 @@ class SegmentationHead(nn.Module):
         return {name: head(h) for name, head in self.classifiers.items()}
 
 
+class MultiScaleSegmentationHead(nn.Module):
+    """Light CNN on the last two decoder levels' features (1x1 lateral convs, upsampled bilinearly) plus a
+    3x3 conv of the restored image, summed, then two 3x3 conv + ReLU and one 1x1 classifier per label set.
+    ``z0`` (B, C0, h0, w0), ``z1`` (B, C1, h1, w1), ``image`` (B, 1, H, W) -> {name: (B, n_classes, H, W)}."""
+
+    def __init__(self, channels: tuple[int, int], in_channels: int, width: int,
+                 label_sets: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.image = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.trunk = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.classifiers = nn.ModuleDict({name: nn.Conv2d(width, len(names), 1) for name, names in label_sets.items()})
+
+    def forward(self, z0: torch.Tensor, z1: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = image.shape[-2:]
+        h = self.image(image)
+        for lat, z in zip(self.lateral, (z0, z1)):
+            h = h + F.interpolate(lat(z), size=size, mode="bilinear", align_corners=False)
+        h = self.trunk(h)
+        return {name: head(h) for name, head in self.classifiers.items()}
+
+
+class StageImageHead(nn.Module):
+    """A stage's residual image: 1x1 conv to ``patch**2`` channels, PixelShuffle(patch), bilinear upsampling
+    by ``scale`` (the level's factor) to the padded input's size. (B, C, h, w) -> (B, 1, h * patch * scale, ...)."""
+
+    def __init__(self, channels: int, patch: int, scale: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, patch * patch, 1)
+        self.patch, self.scale = patch, scale
+        nn.init.zeros_(self.proj.weight)  # training starts from x_k = y: every stage adds nothing yet
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_shuffle(self.proj(z), self.patch) if self.patch > 1 else self.proj(z)
+        if self.scale > 1:
+            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+        return x
+
+    def band(self, t: torch.Tensor) -> torch.Tensor:
+        """The same linear map (no bias) on band features, for the stage viewer."""
+        x = F.conv2d(t, self.proj.weight)
+        x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+        if self.scale > 1:
+            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+        return x
+
+
 class VLDUN(nn.Module):
     """Vision-Language controlled Deep Unfolding Network.
 
@@ -99,13 +152,16 @@ class VLDUN(nn.Module):
             self.priors = LearnedPriors(n_tokens, cfg.prior_dim)
         w = cfg.widths
         L = len(w)
+        settings = StageSettings.from_config(cfg)
+        p = int(cfg.patch)
 
         def stage(level: int, blocks: int) -> UnfoldingStage:
-            return UnfoldingStage(w[level], blocks, cfg.prior_dim, cfg.attn_heads, cfg.d_state, cfg.expand[level],
-                                  cfg.headdim, cfg.gdfn_expansion, cfg.freq_decoupling)
+            return UnfoldingStage(w[level], blocks, cfg.expand[level], settings)
 
-        self.embed = nn.Conv2d(cfg.in_channels, w[0], 3, padding=1)
-        self.embed_y = nn.ModuleList(nn.Conv2d(cfg.in_channels, c, 3, padding=1) for c in w)
+        self.embed = nn.Conv2d(cfg.in_channels * p * p, w[0], 3, padding=1)
+        # y at level i: avg-pooled (patch 1, the first release) or PixelUnshuffle(patch * 2**i) (lossless)
+        y_ch = [cfg.in_channels * (1 if p == 1 else (p * 2**i) ** 2) for i in range(L)]
+        self.embed_y = nn.ModuleList(nn.Conv2d(yc, c, 3, padding=1) for yc, c in zip(y_ch, w))
         self.encoder = nn.ModuleList(stage(i, cfg.blocks[i]) for i in range(L - 1))
         self.down = nn.ModuleList(Downsample(w[i], w[i + 1]) for i in range(L - 1))
         self.bottleneck = stage(L - 1, cfg.blocks[L - 1])
@@ -113,15 +169,38 @@ class VLDUN(nn.Module):
         self.merge = nn.ModuleList(nn.Conv2d(2 * w[i], w[i], 1, bias=False) for i in range(L - 1))
         self.decoder = nn.ModuleList(stage(i, cfg.blocks[i]) for i in range(L - 1))
         self.refine = stage(0, cfg.refine_blocks)
-        self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
-        self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
-        self.seg_head = (
-            SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, cfg.label_sets) if cfg.seg_head else None
-        )
+        if cfg.stage_images:  # one residual image head per stage; the last one is the reconstruction head
+            levels = self.stage_levels
+            self.stage_heads = (nn.ModuleList(StageImageHead(w[lv], p, 2**lv) for lv in levels)
+                                if cfg.rec_head else None)
+            self.to_image = nn.ModuleList()
+            self.rec_head = None
+        else:
+            self.stage_heads = None
+            self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
+            self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
+        if not cfg.seg_head:
+            self.seg_head = None
+        elif cfg.seg_multiscale:
+            self.seg_head = MultiScaleSegmentationHead((w[0], w[min(1, L - 1)]), cfg.in_channels, cfg.seg_width,
+                                                       cfg.label_sets)
+        else:
+            self.seg_head = SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, cfg.label_sets)
 
     @property
     def multiple(self) -> int:
-        return 2 ** len(self.cfg.widths)
+        return 2 ** len(self.cfg.widths) * int(self.cfg.patch)
+
+    @property
+    def stage_levels(self) -> list[int]:
+        """The U level of each stage in order: encoder 0..L-2, bottleneck L-1, decoder L-2..0, refinement 0."""
+        L = len(self.cfg.widths)
+        return list(range(L - 1)) + [L - 1] + list(reversed(range(L - 1))) + [0]
+
+    @property
+    def restores(self) -> bool:
+        """True when the model has a reconstruction head (returns a restored image)."""
+        return bool(self.cfg.rec_head)
 
     def passes(self, measured: bool, cascades: int | None = None, mask=None) -> int:
         """Passes of the unfolding network that :meth:`forward` runs: with a measurement and a reconstruction
@@ -134,7 +213,7 @@ class VLDUN(nn.Module):
         n = int(cascades)
         if n < 1:
             raise ValueError(f"cascades must be >= 1, got {n}")
-        return n if measured and self.rec_head is not None else 1
+        return n if measured and self.restores else 1
 
     def forward(self, y: torch.Tensor, return_stages: bool = False, kspace: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cascades: int | None = None) -> VLDUNOutput:
@@ -143,6 +222,10 @@ class VLDUN(nn.Module):
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
         n = self.passes(kspace is not None, cascades, mask)
+        if self.cfg.stage_images:
+            from .cascade import run_cascade
+
+            return run_cascade(self, y, kspace, mask, n, return_stages)
         h, w = y.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
@@ -195,6 +278,59 @@ class VLDUN(nn.Module):
             z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
             z = run(self.decoder[i], z, i)
         return run(self.refine, z, 0), stages
+
+    def pyramid(self, yp: torch.Tensor) -> list[torch.Tensor]:
+        """The observation at every level: avg-pooled (``patch`` 1) or PixelUnshuffle(patch * 2**i)."""
+        p, L = int(self.cfg.patch), len(self.cfg.widths)
+        if p == 1:
+            return [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, L)]
+        return [F.pixel_unshuffle(yp, p * 2**i) for i in range(L)]
+
+    def unfold_images(self, yp: torch.Tensor, tokens: torch.Tensor, size: tuple[int, int],
+                      kspace: torch.Tensor | None, mask: torch.Tensor | None, return_stages: bool,
+                      pass_index: int = 0):
+        """One pass of the U on the padded observation ``yp`` (B, 1, H', W') for ``stage_images`` configs:
+        every stage adds its residual image to a running estimate of size ``size`` (h, w), made consistent
+        with ``kspace``/``mask`` after each stage when given. Returns ``(x, x_free, stages, (z0, z1))``:
+        the estimate (B, 1, h, w) float32, the same without data consistency, the stage maps (when asked)
+        and the last two decoder levels' features for the segmentation head."""
+        h, w = size
+        p, L = int(self.cfg.patch), len(self.cfg.widths)
+        y_feats = [emb(t) for emb, t in zip(self.embed_y, self.pyramid(yp))]
+        x_free = x = yp[..., :h, :w].float()
+        stages: list[StageMaps] = []
+        k = 0
+
+        def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
+            nonlocal x, x_free, k
+            z, bands = stage(z, y_feats[level], tokens)
+            if self.stage_heads is not None:
+                head = self.stage_heads[k]
+                delta = head(z)[..., :h, :w].float()
+                x_free = x_free + delta
+                x = x + delta
+                if kspace is not None:
+                    x = data_consistency(x, kspace, mask)
+                if return_stages:
+                    low = head.band(bands.low)[..., :h, :w].float() if bands is not None else torch.zeros_like(x)
+                    high = head.band(bands.high)[..., :h, :w].float() if bands is not None else torch.zeros_like(x)
+                    stages.append(StageMaps(level, x, low, high, pass_index))
+            k += 1
+            return z
+
+        z = self.embed(F.pixel_unshuffle(yp, p) if p > 1 else yp)
+        skips, dec = [], {}
+        for i, (stage, down) in enumerate(zip(self.encoder, self.down)):
+            z = run(stage, z, i)
+            skips.append(z)
+            z = down(z)
+        z = run(self.bottleneck, z, L - 1)
+        for i in reversed(range(len(skips))):
+            z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
+            z = run(self.decoder[i], z, i)
+            dec[i] = z
+        z0 = run(self.refine, z, 0)
+        return x, x_free, stages, (z0, dec.get(1, z0))
 
     def _stage_maps(self, level: int, z: torch.Tensor, bands, y_level: torch.Tensor, size: tuple[int, int]) -> StageMaps:
         proj = self.to_image[level]

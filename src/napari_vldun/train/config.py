@@ -44,7 +44,8 @@ IMMUTABLE_ON_RESUME = (
     "prior_lr", "weight_decay", "rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
-    "joint_balance", "data_consistency", "free_weight",
+    "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment",
+    "stage_monotone", "init_priors",
 )
 
 
@@ -128,6 +129,20 @@ class TrainConfig:
     noise_sigma_range: list = field(default_factory=lambda: [0.0, 0.0])
     #: random rot90/flips of the training slices.
     augment: bool = True
+    #: share of training crops centred (with jitter) on a random labelled pixel (nnU-Net's foreground
+    #: oversampling); the rest are placed uniformly. Runs saved before this field existed used 0.
+    foreground_oversample: float = 0.0
+    #: random gamma (0.7..1.5) of the clean training slice before it is degraded (nnU-Net-style intensity
+    #: augmentation). Runs saved before this field existed used false.
+    intensity_augment: bool = False
+    #: weight (relative to the stage term) of a hinge that penalises a stage estimate whose L1 error
+    #: exceeds the previous one's, per sample: the stages learn to refine monotonically.
+    stage_monotone: float = 0.0
+    #: a checkpoint whose CLIP prior tower (``priors.*``) initialises a fresh named model (same clip config and
+    #: modalities), so a new architecture need not fine-tune its priors again; None: none.
+    init_priors: Optional[str] = None
+    #: "fp32" or "bf16" (autocast, fp32 master weights; scans, data consistency and losses in fp32).
+    precision: str = "fp32"
     seed: int = 0
     #: seed of the validation degradations (masks, accelerations), apart from ``seed`` so that runs with
     #: different seeds validate on the same inputs and their figures compare.
@@ -252,6 +267,16 @@ class TrainConfig:
                 if len(v) != 2:
                     raise bad(f"{key} must be [lo, hi]")
                 setattr(self, key, [float(x) for x in v])
+        if not 0.0 <= float(self.foreground_oversample) <= 1.0:
+            raise bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
+        if float(self.stage_monotone) < 0:
+            raise bad(f"stage_monotone must be >= 0, got {self.stage_monotone}")
+        from ..model.precision import Precision
+
+        try:
+            Precision.parse(self.precision)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
         if self.log_every < 1:
             raise bad("log_every must be >= 1")
 

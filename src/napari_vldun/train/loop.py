@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from ..model.precision import autocast
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
 from .losses import JointLoss, PriorLoss
@@ -153,7 +154,7 @@ class Trainer:
         m = self.model.cfg
         self.joint_loss = JointLoss(r.train_ds.label_sets, cfg.lambda_seg, cfg.stage_weight, cfg.w_mod, cfg.w_deg,
                                     cfg.rec_loss, cfg.focal_alpha, cfg.focal_gamma, rec_weight=cfg.rec_weight,
-                                    free_weight=cfg.free_weight)
+                                    free_weight=cfg.free_weight, stage_monotone=cfg.stage_monotone)
         self.prior_loss = PriorLoss(1.0, 1.0, cfg.focal_alpha, cfg.focal_gamma)
         self.need_stages = bool(m.rec_head and cfg.stage_weight > 0)
         self.total_steps = sum(p.epochs * p.steps for p in r.phases)
@@ -316,11 +317,13 @@ class Trainer:
                     g["lr"] = lr
                 batch = _to(batch, ctx.device)
                 if spec.name == "prior":
-                    out = ddp(batch["degraded"])
+                    with autocast(ctx.device, cfg.precision):
+                        out = ddp(batch["degraded"])
                     terms = self.prior_loss(out, batch)
                 else:
-                    out = ddp(batch["degraded"], return_stages=self.need_stages,
-                              **measured(batch, cfg.data_consistency))
+                    with autocast(ctx.device, cfg.precision):
+                        out = ddp(batch["degraded"], return_stages=self.need_stages,
+                                  **measured(batch, cfg.data_consistency))
                     terms = self.joint_loss(out, batch)
                 self.opt.zero_grad(set_to_none=True)
                 (terms["total"] + _touch(out)).backward()
@@ -376,11 +379,12 @@ class Trainer:
 
     def _validate(self, phase: str) -> dict:
         r, bs = self.run_, self.cfg.batch_size
-        if phase == "prior":
-            return validate_prior(self.model.priors, r.prior_val_ds, self.ctx, bs, self.prior_loss)
-        first = self.zero_filled is None
-        m = validate_joint(self.model, r.val_ds, self.ctx, bs, zero_filled=first,
-                           data_consistency=self.cfg.data_consistency)
+        with autocast(self.ctx.device, self.cfg.precision):
+            if phase == "prior":
+                return validate_prior(self.model.priors, r.prior_val_ds, self.ctx, bs, self.prior_loss)
+            first = self.zero_filled is None
+            m = validate_joint(self.model, r.val_ds, self.ctx, bs, zero_filled=first,
+                               data_consistency=self.cfg.data_consistency)
         if first:
             self.zero_filled = {k: v for k, v in m.items() if k.startswith("zero_filled_")}
         return m

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "JointLoss", "PriorLoss",
+    "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "monotone_hinge", "JointLoss",
+    "PriorLoss",
 ]
 
 
@@ -101,14 +102,24 @@ class DiceCELoss(nn.Module):
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
 
 
+def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor) -> torch.Tensor:
+    """Mean over samples and consecutive stage pairs of ``relu(L1_k - L1_{k-1})``, the per-sample L1 error of
+    estimate ``k`` (B, 1, H, W) above that of estimate ``k - 1``: zero when every sample's error never rises."""
+    errs = torch.stack([(e.float() - clean).abs().flatten(1).mean(1) for e in estimates])  # (K, B)
+    if len(estimates) < 2:
+        return errs.sum() * 0.0
+    return F.relu(errs[1:] - errs[:-1]).mean()
+
+
 class JointLoss(nn.Module):
     """The joint (stage-2) objective, as named terms plus their sum ``total``.
 
     * ``rec``  = ``rec_weight`` * L1 (or Charbonnier) between ``restored`` and ``clean`` (needs the rec head)
     * ``rec_free`` = ``rec_weight * free_weight`` * the same on ``restored_free``, the estimate before data
       consistency (only when the model was given k-space), so the network also restores on its own
-    * ``stage`` = ``rec_weight * stage_weight`` * mean over stages of L1(stage.full, clean) (needs the rec head
-      and ``output.stages``; deep supervision, so the stage viewer's maps are images)
+    * ``stage`` = ``rec_weight * stage_weight`` * (mean over stages of L1(stage.full, clean) + ``stage_monotone``
+      * :func:`monotone_hinge`) (needs the rec head and ``output.stages``; deep supervision, so the stage
+      viewer's maps are images that improve stage by stage)
     * ``seg``  = ``lambda_seg`` * DiceCE, per label set present in the batch, on that set's labelled
       samples only, averaged over label sets weighted by their sample counts. Absent when no sample
       of the batch has a label (or the model has no seg head).
@@ -126,8 +137,9 @@ class JointLoss(nn.Module):
     def __init__(self, label_sets: Sequence[str], lambda_seg: float = 0.5, stage_weight: float = 0.1,
                  w_mod: float = 0.0, w_deg: float = 0.0, rec_loss: str = "l1",
                  focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0,
-                 rec_weight: float = 1.0, free_weight: float = 0.0) -> None:
+                 rec_weight: float = 1.0, free_weight: float = 0.0, stage_monotone: float = 0.0) -> None:
         super().__init__()
+        self.stage_monotone = float(stage_monotone)
         if rec_loss not in ("l1", "charbonnier"):
             raise ValueError(f"rec_loss must be 'l1' or 'charbonnier', got {rec_loss!r}")
         self.label_sets = list(label_sets)
@@ -177,6 +189,8 @@ class JointLoss(nn.Module):
                 terms["rec_free"] = self.rec_weight * self.free_weight * self._rec(free, clean)
             if self.stage_weight > 0 and output.stages:
                 stage = torch.stack([F.l1_loss(s.full, clean) for s in output.stages]).mean()
+                if self.stage_monotone > 0:
+                    stage = stage + self.stage_monotone * monotone_hinge([s.full for s in output.stages], clean)
                 terms["stage"] = self.rec_weight * self.stage_weight * stage
         if self.lambda_seg > 0:
             seg = self.seg_term(output.seg_logits, batch)

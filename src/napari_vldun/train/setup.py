@@ -142,13 +142,34 @@ def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: 
         label_colors={k: list(v) for k, v in colours.items() if k in heads},
     )
     model = build_model(mcfg, seed=cfg.seed)
+    if cfg.init_priors:
+        _load_priors(model, cfg.init_priors)
     if cfg.zero_init_residual:
         with torch.no_grad():
-            for conv in [model.rec_head, *model.to_image]:
+            for conv in [model.rec_head, *model.to_image]:  # stage_images heads start at zero anyway
                 if conv is not None:
                     conv.weight.zero_()
                     conv.bias.zero_()
     return model
+
+
+def _load_priors(model, path: str) -> None:
+    """Copy the CLIP prior tower (``priors.*`` tensors) of the checkpoint ``path`` into ``model``; its clip
+    config and modality list must match."""
+    from safetensors.torch import load_file
+
+    from ..model.checkpoint import checkpoint_paths, read_checkpoint_config
+
+    src_cfg, _ = read_checkpoint_config(path)
+    if src_cfg.clip != model.cfg.clip or tuple(src_cfg.modalities) != tuple(model.cfg.modalities):
+        raise ValueError(f"init_priors {path}: its prior tower (clip config, modalities {list(src_cfg.modalities)}) "
+                         f"does not match the model's (modalities {list(model.cfg.modalities)})")
+    wpath, _ = checkpoint_paths(path)
+    tensors = {k[len("priors."):]: v for k, v in load_file(str(wpath)).items() if k.startswith("priors.")}
+    missing, unexpected = model.priors.load_state_dict(tensors, strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
+        raise ValueError(f"init_priors {path}: prior tensors do not fit (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]})")
 
 
 #: VLDUNConfig fields that ``model_overrides`` may change when training starts from a checkpoint
@@ -232,7 +253,9 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
     val = {**common, "seed": cfg.val_seed}  # prior validation, seeded as validation_dataset
     ds = {
         "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
-                              max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common),
+                              max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment,
+                              foreground_oversample=cfg.foreground_oversample,
+                              intensity_augment=cfg.intensity_augment, **common),
         "val": validation_dataset(cfg, modalities),
     }
     if with_prior:

@@ -1,0 +1,128 @@
+"""Direct tests of the paper's modules: AMGDM's gradient step, Phi^T, MDPMM's band split, GDFN, prior
+cross-attention, and the stage estimates of a pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_vldun.degradation import cartesian_mask
+from napari_vldun.degradation.consistency import measure
+from napari_vldun.model import build_model
+from napari_vldun.model.blocks import GDFN, PriorCrossAttention, band_split
+from napari_vldun.model.ssm import BiMamba2d
+from napari_vldun.model.unfolding import AMGDM, MDPMM, ScaledAdjoint, StageSettings
+
+SETTINGS = StageSettings(prior_dim=8, heads=2, d_state=8, headdim=8, gdfn_expansion=2.0, scaled_phi_t=True)
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_phi_t_of_zero_residual_is_zero_and_scales_with_the_residual() -> None:
+    torch.manual_seed(0)
+    phi_t = ScaledAdjoint(16, d_state=8, expand=1.0, headdim=8)
+    r = _rand(2, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.count_nonzero(phi_t(torch.zeros_like(r))) == 0
+        base, big, small = phi_t(r), phi_t(10 * r), phi_t(0.01 * r)
+    assert base.abs().mean() > 1e-3
+    torch.testing.assert_close(big, 10 * base, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(small, 0.01 * base, rtol=1e-3, atol=1e-5)
+
+
+def test_first_release_phi_t_ignores_the_residual_scale() -> None:
+    """What the scale-equivariant Phi^T fixes: LayerNorm -> Bi-Mamba maps r and 10 r to the same output, and
+    a zero residual to a non-zero one once the norm's bias has moved (as in training)."""
+    torch.manual_seed(0)
+    old = BiMamba2d(16, d_state=8, expand=1.0, headdim=8)
+    r = _rand(1, 16, 8, 8)
+    with torch.no_grad():
+        old.norm.bias.fill_(0.1)
+        torch.testing.assert_close(old(10 * r), old(r), rtol=1e-3, atol=1e-4)
+        assert old(torch.zeros_like(r)).abs().max() > 0
+
+
+def test_amgdm_step_vanishes_when_the_data_term_is_satisfied() -> None:
+    torch.manual_seed(0)
+    m = AMGDM(16, expand=1.0, s=SETTINGS).eval()
+    z, tokens = _rand(1, 16, 8, 8, seed=1), _rand(1, 3, 8, seed=2)
+    with torch.no_grad():
+        n = m.norm(z)
+        y_exact = m.phi(n) + m.attn(n, tokens)  # Phi z == y: zero residual
+        torch.testing.assert_close(m(z, y_exact, tokens), z)
+        step = m(z, y_exact + 0.1 * _rand(1, 16, 8, 8, seed=3), tokens) - z
+        m.rho.data += 1.0  # a larger learned step moves further along the same direction
+        step2 = m(z, y_exact + 0.1 * _rand(1, 16, 8, 8, seed=3), tokens) - z
+    assert step.abs().mean() > 0
+    ratio = float(torch.nn.functional.softplus(m.rho) / torch.nn.functional.softplus(m.rho - 1.0))
+    torch.testing.assert_close(step2, ratio * step, rtol=1e-4, atol=1e-6)
+
+
+def test_band_split_high_band_has_zero_mean_per_block_and_reconstructs() -> None:
+    x = _rand(2, 4, 16, 12)
+    low, high = band_split(x)
+    assert low.shape == (2, 4, 8, 6) and high.shape == x.shape
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(high, 2), torch.zeros_like(low), atol=1e-6, rtol=0)
+    up = torch.nn.functional.interpolate(low, scale_factor=2.0, mode="nearest")
+    torch.testing.assert_close(up + high, x)
+
+
+def test_mdpmm_low_branch_sees_only_the_low_band() -> None:
+    """With frequency decoupling a map with zero 2x2 means after the norm has no low band: the GDFN branch
+    contributes nothing, so zeroing the GDFN's weights leaves the output unchanged."""
+    torch.manual_seed(0)
+    m = MDPMM(8, expand=1.0, s=SETTINGS).eval()
+    with torch.no_grad():
+        m.norm.bias.zero_()
+        checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4)  # zero mean on every 2x2 block
+        x = checker[None, None] * torch.linspace(0.5, 2.0, 8)[None, :, None, None]
+        out, bands = m(x)
+        assert bands.low.abs().max() < 1e-6
+        m.low.project_out.weight.zero_()
+        torch.testing.assert_close(m(x)[0], out)
+
+
+def test_gdfn_keeps_shape_and_is_gated() -> None:
+    torch.manual_seed(0)
+    g = GDFN(8, 2.0)
+    x = _rand(2, 8, 6, 6)
+    assert g(x).shape == x.shape
+    with torch.no_grad():
+        assert torch.count_nonzero(g(torch.zeros_like(x))) == 0  # no biases: GDFN(0) = 0
+
+
+def test_prior_cross_attention_is_a_set_operation_over_tokens() -> None:
+    torch.manual_seed(0)
+    att = PriorCrossAttention(16, 8, heads=2)
+    x, tokens = _rand(1, 16, 5, 7), _rand(1, 6, 8, seed=1)
+    with torch.no_grad():
+        a = att(x, tokens)
+        b = att(x, tokens[:, torch.randperm(6)])
+        c = att(x, tokens + 0.5 * _rand(1, 6, 8, seed=2))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_stage_estimates_are_images_and_data_consistent(passes: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", seed=1).eval()
+    with torch.no_grad():  # move the zero-initialised stage heads so the stages differ
+        for head in model.stage_heads:
+            head.proj.weight.normal_(0, 0.05)
+    y = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(3))
+    mask = cartesian_mask((40, 56), 4, seed=0).mask
+    k = measure(y, mask)
+    with torch.no_grad():
+        out = model(y, return_stages=True, kspace=k, mask=mask, cascades=passes)
+    assert len(out.stages) == 6 * passes
+    assert [s.pass_index for s in out.stages] == sorted(list(range(passes)) * 6)
+    for s in out.stages:
+        assert s.full.shape == s.low.shape == s.high.shape == y.shape
+        # every stage estimate agrees with the measurement where k-space was sampled
+        torch.testing.assert_close(measure(s.full, mask), k, atol=2e-4, rtol=0)
+    torch.testing.assert_close(out.restored, out.stages[-1].full)
+    assert not torch.allclose(out.stages[0].full, out.stages[-1].full)
