@@ -60,7 +60,7 @@ def file_mode() -> int:
 
 
 def _check_one(path: Path, overwrite: bool, what: str) -> None:
-    label = f"{what} {path}" if what else str(path)
+    label = f"{what}: {path}" if what else str(path)
     if path.is_symlink():
         raise OutputPathError(
             f"{label} is a symbolic link (to {os.readlink(path)}); outputs are never written through links: "
@@ -81,6 +81,11 @@ def check_outputs(paths: Iterable[str | Path], overwrite: bool, what: str = "") 
     :class:`Path`. Raises :class:`OutputPathError` or :class:`FileExistsError` naming the first
     bad path (``what``, e.g. ``"--out"``, is put in front of it)."""
     out = [Path(p).expanduser() for p in paths]
+    links = [f"{p} (-> {os.readlink(p)})" for p in out if p.is_symlink()]
+    if links:
+        raise OutputPathError(
+            f"{what + ': ' if what else ''}{', '.join(links)}: symbolic link(s); outputs are never written through "
+            "links: remove them or choose another output path")
     taken = []
     for p in out:
         try:
