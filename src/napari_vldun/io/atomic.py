@@ -155,7 +155,7 @@ def atomic_outputs(paths: Iterable[str | Path], overwrite: bool = False, what: s
     target this call already placed and the folders it created are removed: nothing partial stays.
 
     The targets are checked first (:func:`check_outputs`) and again just before each move."""
-    targets = check_outputs(paths, overwrite, what)
+    targets = list(dict.fromkeys(check_outputs(paths, overwrite, what)))  # a path named twice: one file
     made: list[Path] = []
     temps: dict[Path, Path] = {}
     placed: list[Path] = []
