@@ -6,7 +6,8 @@ Geometry: a layer read by :mod:`napari_vldun._reader` (or made by a VL-DUN widge
 the file's own affine and NIfTI header are written back exactly. Otherwise the affine is built from
 the layer's transform (affine @ rotate / shear / scale / translate, in data axis order) and
 converted back to RAS (the inverse of the reader's mapping, see :mod:`napari_vldun._reader`).
-napari's Save dialog asks before replacing a file, so an existing file is overwritten.
+napari's Save dialog asks before replacing a file, so an existing file is overwritten; the write is
+atomic and a symbolic link at the path is refused (:mod:`napari_vldun.io.atomic`), never followed.
 """
 
 from __future__ import annotations

@@ -1,11 +1,19 @@
-"""``vldun`` command line: a thin face over the same functions the napari widgets use."""
+"""``vldun`` command line: a thin face over the same functions the napari widgets use.
+
+Errors end in one line ``vldun COMMAND: error: ...`` on stderr, no traceback: exit code 2 for a bad
+argument, input, output path or device and for file-system failures (permission denied, disk full),
+130 for Ctrl-C. JSON printed on stdout is strict (NaN -> ``null``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
+
+from .io.atomic import dumps_json
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -19,7 +27,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = model_info(build_model(args.config), (args.size, args.size))
     info["mamba_ssm"] = mamba_ssm_available()
     if args.json:
-        print(json.dumps(info))
+        print(dumps_json(info, indent=None))
     else:
         for k, v in info.items():
             print(f"{k:>20}: {v}")
@@ -31,7 +39,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
 
     out = degrade_file(args.input, args.output, mask=args.mask, accel=args.accel, seed=args.seed,
                        center_fraction=args.center_fraction, overwrite=args.overwrite, kspace_out=args.kspace_out)
-    print(json.dumps(out))
+    print(dumps_json(out, indent=None))
     return 0
 
 
@@ -42,7 +50,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
                            overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
                            cascades=args.cascades)
-    print(json.dumps(summary, indent=2))
+    print(dumps_json(summary))
     return 0
 
 
@@ -51,16 +59,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
                        overwrite=args.overwrite, data_consistency=not args.no_dc, cascades=args.cascades)
-    print(json.dumps(summary, indent=2))
+    print(dumps_json(summary))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.runner import train_from_file
 
-    overrides = json.loads(args.set) if args.set else None
+    try:
+        overrides = json.loads(args.set) if args.set else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--set {args.set!r} is not a JSON object: {exc}") from None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"--set {args.set!r} must be a JSON object of config keys")
+    if args.device is not None:
+        overrides = {**(overrides or {}), "device": args.device}
     summary = train_from_file(args.config, resume=args.resume, out_dir=args.out, overrides=overrides)
-    print(json.dumps(summary, indent=2, default=str))
+    print(dumps_json(summary, default=str))
     return 0
 
 
@@ -131,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last")
     s.add_argument("--set", default=None, help='JSON object of config overrides, e.g. \'{"epochs": 2}\'')
+    s.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (overrides the config's device)")
     s.set_defaults(func=_cmd_train)
 
     try:
@@ -143,11 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system failure: what failed, on which file, and what would fix it."""
+    where = f" {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device writing{where}; free some space or choose another --out (nothing was kept)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied:{where}; choose a folder you may write to (or fix its permissions)"
+    return f"{what}:{where}" if where else what
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except KeyboardInterrupt:
+        print(f"vldun {args.command}: interrupted (Ctrl-C); no partial outputs were kept", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"vldun {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"vldun {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -126,6 +126,18 @@ def validate_image(array: np.ndarray, name: str = "image") -> np.ndarray:
     return a
 
 
+def slice_indices(slices, n: int) -> list[int]:
+    """``slices`` (None: all) as a list of indices into ``n`` slices; :class:`InferenceError` for an
+    index out of range or not an integer."""
+    if slices is None:
+        return list(range(n))
+    idx = list(slices)
+    bad = [z for z in idx if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= z < n]
+    if bad:
+        raise InferenceError(f"slices {bad} out of range: the image has {n} slice(s), give indices 0..{n - 1}")
+    return [int(z) for z in idx]
+
+
 def choose_label_set(model: VLDUN, modality_probs: np.ndarray | None, label_set: str | None) -> str | None:
     """The requested label set, else the one mapped from the most likely modality, else the first."""
     sets = list(model.cfg.label_sets)
@@ -226,7 +238,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         precision = Precision.parse(precision).value
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
-    idx = list(range(vol.shape[0])) if slices is None else list(slices)
+    idx = slice_indices(slices, vol.shape[0])
     model, dev = loaded.model, loaded.device
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
     for n, z in enumerate(idx):

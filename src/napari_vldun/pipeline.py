@@ -1,18 +1,27 @@
 """File-level jobs shared by the CLI: degrade a file, predict a file or DICOM folder, the demo.
 
-Every output is refused if it already exists, unless ``overwrite=True``; outputs are NIfTI
-aligned with the input (same affine and axis order), plus an overview PNG and a metrics JSON.
+Every input and output path is checked before any work: an output is refused if it already exists
+(unless ``overwrite=True``) or is a symbolic link (always). Outputs are NIfTI aligned with the input
+(same affine and axis order), plus an overview PNG and a metrics JSON (strict JSON: a NaN or infinite
+metric is written as ``null``). A job's outputs are written to temporary files and moved into place
+together at the end (:func:`napari_vldun.io.atomic_outputs`): an error, a full disk or Ctrl-C leaves
+none of them behind.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model, passes
+from .io.atomic import OutputPathError, atomic_outputs, check_outputs, write_json, write_with
+
+#: Suffixes :func:`degrade_file` (and ``_write_array``) can write.
+ARRAY_SUFFIXES = (".nii", ".nii.gz", ".png", ".npy")
 
 
 #: Largest value still taken as "already in [0, 1]" (zero-filled overshoot).
@@ -56,27 +65,48 @@ def unit_bounds(params: dict) -> tuple[float, float]:
     return (0.0, 1.0) if lo is None or hi is None else (float(lo), float(hi))
 
 
-def check_free(paths: list[Path], overwrite: bool) -> None:
-    taken = [str(p) for p in paths if p.exists()]
-    if taken and not overwrite:
-        raise FileExistsError(f"would overwrite {', '.join(taken)}; pass --overwrite or choose another --out")
+def check_inputs(**paths: str | Path | None) -> None:
+    """Every given input path exists: ``check_inputs(input=..., **{"--labels": ...})``; else
+    ``FileNotFoundError`` naming the argument and the path."""
+    for arg, p in paths.items():
+        if isinstance(p, (str, Path)) and not Path(p).expanduser().exists():
+            raise FileNotFoundError(f"{arg} {p}: not found (no such file or folder)")
+
+
+def check_out_dir(out: str | Path, what: str = "--out") -> Path:
+    """An output folder: absent (it will be made) or a folder, not a file nor a dangling link."""
+    out = Path(out).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise OutputPathError(f"{what} {out} is a dangling symbolic link; remove it or choose another folder")
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{what} {out} is a file; give a folder for the outputs")
+    return out
+
+
+def _check_array_target(path: Path, shape: tuple[int, ...] | None = None, what: str = "output") -> None:
+    """The suffix (and, given the array ``shape``, the slice count for a PNG) of an array output."""
+    name = path.name.lower()
+    if not name.endswith(ARRAY_SUFFIXES):
+        raise ValueError(f"{what} {path}: must end in .nii, .nii.gz, .png or .npy")
+    if shape is not None and name.endswith(".png") and len(shape) == 3 and shape[0] != 1:
+        raise ValueError(f"{what} {path}: a PNG holds one slice, the image has {shape[0]}; write .nii.gz")
 
 
 def _write_array(array: np.ndarray, path: Path, like, overwrite: bool) -> None:
     from .io import write_nifti, write_png
 
+    _check_array_target(path, array.shape)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         write_nifti(array, path, like=like, overwrite=overwrite)
     elif name.endswith(".png"):
-        if array.ndim == 3 and array.shape[0] != 1:
-            raise ValueError(f"{path}: a PNG holds one slice, the image has {array.shape[0]}; write .nii.gz")
         write_png(array.reshape(array.shape[-2:]), path, overwrite=overwrite, vrange=(0.0, 1.0))
-    elif name.endswith(".npy"):
-        check_free([path], overwrite)
-        np.save(path, array.astype(np.float32), allow_pickle=False)
     else:
-        raise ValueError(f"{path}: output must end in .nii, .nii.gz, .png or .npy")
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array.astype(np.float32), allow_pickle=False)
+
+        write_with(path, save, overwrite)
 
 
 def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, accel: float, seed: int = 0,
@@ -88,32 +118,43 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     from .degradation import acquire
     from .io import read_image
 
-    out = Path(output_path)
-    targets = [out] + ([Path(kspace_out)] if kspace_out else [])
-    check_free(targets, overwrite)
+    out = Path(output_path).expanduser()
+    _check_array_target(out)
     if kspace_out and Path(kspace_out).suffix != ".npz":
         raise ValueError(f"--kspace-out {kspace_out}: the measurement is written as .npz")
+    targets = check_outputs([out] + ([Path(kspace_out)] if kspace_out else []), overwrite)
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"--kspace-out {kspace_out}: the same file as the output")
+    check_inputs(input=input_path)
     vol = read_image(input_path)
+    _check_array_target(out, vol.data.shape)
     data, norm = to_unit_range(vol)
     kwargs = {"center_fraction": center_fraction} if mask == "cartesian" else {}
     y, kspace, m = acquire(data, mask, accel, seed=seed, **kwargs)
-    _write_array(np.asarray(y, np.float32), out, vol, overwrite)
     summary = {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(m.fraction, 4),
                "normalisation": norm}
-    if kspace_out:
-        write_measurement(kspace_out, kspace, m.mask.numpy())
-        summary["kspace"] = str(kspace_out)
+    with atomic_outputs(targets, overwrite) as tmp:
+        _write_array(np.asarray(y, np.float32), tmp[out], vol, overwrite=True)
+        if kspace_out:
+            write_measurement(tmp[targets[1]], kspace, m.mask.numpy(), overwrite=True)
+            summary["kspace"] = str(kspace_out)
     return summary
 
 
-def write_measurement(path: str | Path, kspace: np.ndarray, mask: np.ndarray) -> None:
+def write_measurement(path: str | Path, kspace: np.ndarray, mask: np.ndarray, *, overwrite: bool = False) -> None:
     """Save a known acquisition as ``.npz``: ``kspace`` (Z, H, W) or (H, W) complex64 centred k-space of
     the [0, 1] image (zeros where not sampled), ``mask`` (H, W) or (Z, H, W) uint8 {0, 1}. Only the
-    sampled entries are stored (``values``), so a 4x acquisition takes about a quarter of the space."""
+    sampled entries are stored (``values``), so a 4x acquisition takes about a quarter of the space.
+    Written atomically; an existing file is refused unless ``overwrite``."""
     k = np.asarray(kspace, np.complex64)
     m = np.asarray(mask) > 0
     full = np.broadcast_to(m, k.shape)
-    np.savez_compressed(path, shape=np.array(k.shape), mask=m.astype(np.uint8), values=k[full])
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, shape=np.array(k.shape), mask=m.astype(np.uint8), values=k[full])
+
+    write_with(path, save, overwrite)
 
 
 def read_measurement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -121,12 +162,22 @@ def read_measurement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"k-space file {p} not found")
+    bad = (f"{p}: not a k-space file written by `vldun degrade --kspace-out` (an .npz holding the arrays "
+           "shape, mask and values); give the .npz written with this image")
     try:
-        with np.load(p, allow_pickle=False) as f:
+        f = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # not .npy/.npz (numpy's hints do not apply)
+        raise ValueError(bad) from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{bad} (this is a single .npy array)")
+    with f:
+        missing = [k for k in ("shape", "mask", "values") if k not in f.files]
+        if missing:
+            raise ValueError(f"{bad} (it lacks {', '.join(missing)})")
+        try:
             shape, m, values = tuple(int(v) for v in f["shape"]), f["mask"] > 0, f["values"]
-    except (KeyError, ValueError, OSError) as exc:
-        raise ValueError(f"{p}: not a k-space file written by `vldun degrade --kspace-out` "
-                         f"(needs arrays shape, mask, values): {exc}") from exc
+        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile):
+            raise ValueError(f"{bad} (its arrays are unreadable or corrupt)") from None
     full = np.broadcast_to(m, shape) if m.shape != tuple(shape) else m
     if full.shape != tuple(shape) or int(full.sum()) != values.size:
         raise ValueError(f"{p}: the mask {m.shape} and {values.size} sampled values do not fit the shape {shape}")
@@ -181,6 +232,35 @@ def _show_slice(labels: np.ndarray | None, n: int) -> int:
     return n // 2
 
 
+def _check_label_values(ref: np.ndarray, path, loaded: LoadedModel, label_set: str | None,
+                        chosen: bool = False) -> None:
+    """Reference labels must be classes of the label set they are scored against (``label_set``; when
+    it is not known yet, the largest of the checkpoint's). ``ValueError`` naming the file and the fix."""
+    sets = loaded.model.cfg.label_sets
+    if not sets or ref.size == 0:
+        return
+    lo, hi = int(ref.min()), int(ref.max())
+    n = len(sets[label_set]) if label_set is not None else max(len(v) for v in sets.values())
+    if lo >= 0 and hi < n:
+        return
+    where = (f"the label set {label_set!r} (chosen from the predicted modality; pass --label-set to pick one)"
+             if chosen else f"--label-set {label_set}" if label_set is not None
+             else f"the largest label set of {Path(loaded.source).name}")
+    raise ValueError(f"--labels {path}: holds values {lo}..{hi}, but {where} has classes 0..{n - 1}; "
+                     "give labels of that set or the matching --label-set")
+
+
+def _check_finite(pred: Prediction, source: str) -> None:
+    """Refuse non-finite model outputs (a corrupt checkpoint, an overflow) before anything is written."""
+    for name, a in (("restored image", pred.restored), ("stage maps", pred.stages),
+                    ("modality probabilities", pred.modality_probs),
+                    ("degradation probabilities", pred.degradation_probs)):
+        if a is not None and not np.isfinite(a).all():
+            raise InferenceError(
+                f"the model ({source}) produced {int((~np.isfinite(a)).sum())} NaN or infinite values in the "
+                f"{name}; nothing was written. Check the checkpoint (--weights) or try --device cpu")
+
+
 def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | Path | None = None,
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
@@ -193,17 +273,26 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     ``kspace``: the known acquisition of the input (a ``.npz`` from :func:`write_measurement`, or a
     ``(kspace, mask)`` pair), checked against the input, for data consistency; ``cascades`` passes of
     the network with it (default: the checkpoint's for the mask's kind; fewer is faster). Without ``kspace``
-    there is one pass."""
+    there is one pass.
+
+    All paths, the model and the reference labels are checked before the network runs; the outputs are
+    checked to be finite and then written together (all or none). ``metrics.json`` is strict JSON: a
+    metric that is undefined (NaN, e.g. Dice without foreground) is ``null``."""
     from tqdm import tqdm
 
     from .evaluate.figures import overview_figure
     from .io import read_image, read_label
 
-    out = Path(out_dir)
-    targets = [out / n for n in ("restored.nii.gz", "labels.nii.gz", "overview.png", "metrics.json")]
+    out = check_out_dir(out_dir)
+    names_out = ["restored.nii.gz", "labels.nii.gz", "overview.png", "metrics.json"]
     if stages:
-        targets += [out / f"stages_{b}.nii.gz" for b in ("full", "low", "high")]
-    check_free(targets, overwrite)
+        names_out += [f"stages_{b}.nii.gz" for b in ("full", "low", "high")]
+    check_outputs([out / n for n in names_out], overwrite, "--out")
+    check_inputs(input=input_path, **{"--labels": labels, "--clean": clean,
+                                      "--kspace": kspace if isinstance(kspace, (str, Path)) else None})
+    loaded = loaded or load_model(weights, device)
+    if label_set is not None and label_set not in loaded.label_sets:
+        raise InferenceError(f"--label-set {label_set!r} is not in this checkpoint; it has {sorted(loaded.label_sets)}")
     vol = read_image(input_path)
     image, norm = to_unit_range(vol)
     image3 = image[None] if image.ndim == 2 else image
@@ -212,18 +301,20 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         clean_a, _ = to_unit_range(read_image(clean))
         clean_a = clean_a.reshape(image3.shape) if clean_a.size == image3.size else None
         if clean_a is None:
-            raise ValueError(f"{clean}: clean reference shape differs from the input {image.shape}")
+            raise ValueError(f"--clean {clean}: clean reference shape differs from the input {image.shape}")
     if labels is not None:
         ref = read_label(labels, like=vol).astype(np.int64).reshape(image3.shape)
     elif getattr(vol, "label", None) is not None:
         ref = np.asarray(vol.label).astype(np.int64).reshape(image3.shape)
+    ref_name = labels if labels is not None else f"(in {input_path})"
+    if ref is not None:
+        _check_label_values(ref, ref_name, loaded, label_set)
     measurement = {}
     if kspace is not None:
         k, m = read_measurement(kspace) if isinstance(kspace, (str, Path)) else kspace
         k = np.asarray(k).reshape(image3.shape) if np.asarray(k).size == image3.size else np.asarray(k)
         check_measurement(image3, k)
         measurement = {"kspace": k, "mask": m, "cascades": cascades}
-    loaded = loaded or load_model(weights, device)
     n_passes = passes(loaded, bool(measurement), cascades, measurement.get("mask"))  # refuses a bad count first
     t0 = time.perf_counter()
     pred = None
@@ -235,28 +326,22 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                 pred = item
     wall = time.perf_counter() - t0
     assert pred is not None
-    out.mkdir(parents=True, exist_ok=True)
-    like = vol
-    shape = image.shape
-    if pred.restored is not None:
-        _write_array(from_unit_range(pred.restored, norm).reshape(shape), targets[0], like, overwrite)
-    if pred.labels is not None:
-        _write_array(pred.labels.reshape(shape).astype(np.uint8), targets[1], like, overwrite)
+    _check_finite(pred, loaded.source)
+    if ref is not None and pred.label_set is not None:
+        _check_label_values(ref, ref_name, loaded, pred.label_set, chosen=label_set is None)
     z = _show_slice(pred.labels, image3.shape[0])
+    with_stages = None
     if stages:
         with_stages = next(x for x in iter_predict(loaded, image3, label_set=pred.label_set, slices=[z],
                                                    return_stages=True, **measurement) if isinstance(x, Prediction))
-        for b, name in enumerate(("full", "low", "high")):
-            _write_array(with_stages.stages[0, :, b], out / f"stages_{name}.nii.gz", None, overwrite)
+        _check_finite(with_stages, loaded.source)
     cfg = loaded.model.cfg
     names = cfg.label_sets.get(pred.label_set, []) if pred.label_set else []
     colors = cfg.label_colors.get(pred.label_set) if pred.label_set else None
-    overview_figure(
-        targets[2], image3[z], None if pred.restored is None else pred.restored[z],
-        None if pred.labels is None else pred.labels[z], colors,
-        clean=None if clean_a is None else clean_a[z], true_labels=None if ref is None else ref[z],
-        title=f"{Path(input_path).name}  slice {z}  ({loaded.source if loaded.random_weights else Path(loaded.source).name})",
-    )
+    shape = image.shape
+    written = [n for n in names_out if not (n == "restored.nii.gz" and pred.restored is None)
+               and not (n == "labels.nii.gz" and pred.labels is None)]
+    targets = {n: out / n for n in written}
     summary = {
         "input": str(input_path),
         "shape": list(shape),
@@ -273,12 +358,28 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),
         "degradation_probs": None if pred.degradation_probs is None else dict(zip(cfg.degradations, np.round(pred.degradation_probs.mean(0), 4).tolist())),
         "metrics": _slice_metrics(pred, image3, clean_a, ref, len(names) or None),
-        "outputs": [str(p) for p in targets if p.exists()],
+        "outputs": [str(p) for p in targets.values()],
     }
     if loaded.random_weights:
         summary["warning"] = "no trained checkpoint: the model ran with random weights, outputs are meaningless"
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    summary["outputs"] = [str(p) for p in targets if p.exists()]
+    with atomic_outputs(targets.values(), overwrite, "--out") as tmp:
+        if pred.restored is not None:
+            _write_array(from_unit_range(pred.restored, norm).reshape(shape), tmp[targets["restored.nii.gz"]],
+                         vol, overwrite=True)
+        if pred.labels is not None:
+            _write_array(pred.labels.reshape(shape).astype(np.uint8), tmp[targets["labels.nii.gz"]], vol,
+                         overwrite=True)
+        if with_stages is not None:
+            for b, name in enumerate(("full", "low", "high")):
+                _write_array(with_stages.stages[0, :, b], tmp[targets[f"stages_{name}.nii.gz"]], None,
+                             overwrite=True)
+        overview_figure(
+            tmp[targets["overview.png"]], image3[z], None if pred.restored is None else pred.restored[z],
+            None if pred.labels is None else pred.labels[z], colors,
+            clean=None if clean_a is None else clean_a[z], true_labels=None if ref is None else ref[z],
+            title=f"{Path(input_path).name}  slice {z}  ({loaded.source if loaded.random_weights else Path(loaded.source).name})",
+            overwrite=True)
+        write_json(tmp[targets["metrics.json"]], summary, overwrite=True)
     return summary
 
 

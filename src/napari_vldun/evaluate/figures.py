@@ -19,9 +19,12 @@ def label_cmap(colors: list[str]):
 def overview_figure(path: str | Path, degraded: np.ndarray, restored: np.ndarray | None,
                     labels: np.ndarray | None, colors: list[str] | None = None,
                     clean: np.ndarray | None = None, true_labels: np.ndarray | None = None,
-                    title: str = "") -> Path:
+                    title: str = "", *, overwrite: bool = False) -> Path:
     """Save one row per case: input | restored | |error| (needs ``clean``) | labels over restored
-    (| reference labels). 2-D arrays (H, W) in [0, 1]; ``labels`` integer (H, W)."""
+    (| reference labels). 2-D arrays (H, W) in [0, 1]; ``labels`` integer (H, W). Written as PNG
+    through :func:`napari_vldun.io.atomic_path` (an existing file is refused unless ``overwrite``)."""
+    from ..io.atomic import atomic_path
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -57,7 +60,9 @@ def overview_figure(path: str | Path, degraded: np.ndarray, restored: np.ndarray
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path, overwrite) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -22,8 +22,8 @@ contain any labelled foreground.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -91,22 +91,47 @@ def dataset_cases(names: list[str], root=None, max_slices: int | None = None) ->
             yield Case(ds, f"{case}:{z}", img, lab, spec.mask_kind, spec.label_set)
 
 
+def folder_name(images: str | Path) -> str:
+    """The dataset name of an ``--images`` folder (its name; used in tables and ``examples_*.png``)."""
+    p = Path(images).expanduser()
+    return p.name or p.resolve().name or "images"
+
+
+def _check_folder(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} {p}: not a folder" + (" (it is a file)" if p.exists() else " (not found)"))
+    return p
+
+
 def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int | None = None) -> Iterator[Case]:
-    """Image/label pairs from two folders, matched by file name (suffixes ignored)."""
-    from ..io import read_image, read_label
+    """Image/label pairs from two folders, matched by file name (suffixes ignored). Entries that are not
+    images (a README, notes, hidden files) are skipped with a warning; an unreadable image too."""
+    from ..io import ImageReadError, SUPPORTED_SUFFIXES, read_image, read_label
     from ..io import file_stem as stem
+    from ..io.readers import suffix_of
     from ..pipeline import to_unit_range
 
-    images = Path(images)
-    if not images.is_dir():
-        raise FileNotFoundError(f"--images {images} is not a folder")
-    label_files = {stem(p): p for p in Path(labels).iterdir()} if labels else {}
-    files = sorted(p for p in images.iterdir() if stem(p) != p.name or p.is_dir())
+    images = _check_folder(images, "--images")
+    label_files = {stem(p): p for p in _check_folder(labels, "--labels").iterdir()} if labels else {}
+    files = []
+    for p in sorted(images.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() or suffix_of(p) in SUPPORTED_SUFFIXES:
+            files.append(p)
+        else:
+            warnings.warn(f"--images {images}: skipped {p.name} (not an image file)", stacklevel=2)
     if not files:
         raise ValueError(f"--images {images} holds no readable image files")
     n = 0
+    name = folder_name(images)
     for p in files:
-        vol = read_image(p)
+        try:
+            vol = read_image(p)
+        except ImageReadError as exc:
+            warnings.warn(f"--images {images}: skipped {p.name}: {exc}", stacklevel=2)
+            continue
         data, _ = to_unit_range(vol)
         data = data[None] if data.ndim == 2 else data
         lab = None
@@ -118,7 +143,7 @@ def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int 
             if max_slices and n >= max_slices:
                 return
             n += 1
-            yield Case(images.name, f"{stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
+            yield Case(name, f"{stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
 
 
 class Evaluator:
@@ -270,18 +295,32 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     """The body of ``vldun evaluate``."""
     import torch
 
+    from ..data.sources import SOURCES
     from ..inference import load_model
-    from ..pipeline import check_free
+    from ..io.atomic import atomic_outputs, check_outputs, dumps_json
+    from ..pipeline import check_out_dir
     from .figures import overview_figure
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.dataset and not args.images:
         raise ValueError("give --dataset NAME... or --images DIR [--labels DIR]")
-    out = Path(args.out) if args.out else None
-    targets = ([out / "results.md", out / "results.json"] if out else []) + ([Path(args.json)] if args.json else [])
-    check_free(targets, args.overwrite)
-    main = load_model(args.weights, args.device)
+    unknown = [d for d in args.dataset or [] if d not in SOURCES]
+    if unknown:
+        raise ValueError(f"--dataset {', '.join(unknown)} unknown; choose from {sorted(SOURCES)}")
+    if args.images:
+        _check_folder(args.images, "--images")
+    if args.labels:
+        _check_folder(args.labels, "--labels")
+    if args.variants:
+        _check_folder(args.variants, "--variants")
+    out = check_out_dir(args.out) if args.out else None
+    datasets = list(args.dataset) if args.dataset else [folder_name(args.images)]
+    figures = {(ds, accel): out / f"examples_{ds}_R{accel:g}.png" for accel in args.accel for ds in datasets} if out else {}
+    targets = ([out / "results.md", out / "results.json", *figures.values()] if out else []) + (
+        [Path(args.json)] if args.json else [])
+    check_outputs(targets, args.overwrite)  # every output, before any slice runs
+    main = load_model(args.weights, args.device)  # a missing or corrupt checkpoint is refused here
     n_passes = main.model.passes(not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
     variants = {}
     if args.variants:
@@ -321,17 +360,20 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
         md += ["", f"### R = {accel:g}", "", markdown_table(sel), "", extra_table(sel)]
     text = "\n".join(md)
     print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2))
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text(text + "\n")
-        (out / "results.json").write_text(json.dumps(doc, indent=2))
-        for accel, ev in evs.items():
-            for ds, ex in ev.examples.items():
+    shown = [(ds, accel, ex) for accel, ev in evs.items() for ds, ex in ev.examples.items()]
+    unused = {p for key, p in figures.items() if key not in {(ds, accel) for ds, accel, _ in shown}}
+    staged = [p for p in targets if p not in unused]
+    with atomic_outputs(staged, args.overwrite) as tmp:  # all outputs or none
+        if args.json:
+            tmp[Path(args.json).expanduser()].write_text(dumps_json(doc) + "\n")
+        if out:
+            tmp[out / "results.md"].write_text(text + "\n")
+            tmp[out / "results.json"].write_text(dumps_json(doc) + "\n")
+            for ds, accel, ex in shown:
                 c = ex["case"]
                 colors = main.model.cfg.label_colors.get(ex["label_set"]) if ex["label_set"] else None
-                overview_figure(out / f"examples_{ds}_R{accel:g}.png", ex["degraded"], ex["restored"], ex["labels"],
-                                colors, clean=c.clean, true_labels=c.label, title=f"{ds} {c.name}  R={accel:g}")
+                overview_figure(tmp[figures[(ds, accel)]], ex["degraded"], ex["restored"], ex["labels"], colors,
+                                clean=c.clean, true_labels=c.label, title=f"{ds} {c.name}  R={accel:g}",
+                                overwrite=True)
     return 0
+

@@ -1,7 +1,9 @@
 """Intensity normalisation of MRI / CT arrays to float32 in [0, 1].
 
 All functions accept any shape (``(Z, H, W)``, ``(H, W)``, ...), never modify
-their input and never divide by zero: a constant image gives all zeros.
+their input and never divide by zero: a constant image gives all zeros.  For a
+constant image of value ``c`` the recorded bounds are ``lo = c, hi = c + 1``, so
+the inverse map ``x * (hi - lo) + lo`` gives ``c`` back (not 0).
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def normalize_mri(
         raise ValueError(f"need 0 <= lower_pct < upper_pct <= 100, got {lower_pct}, {upper_pct}")
     params: dict[str, Any] = {"method": "mri", "lower_pct": lower_pct, "upper_pct": upper_pct}
     if x.size == 0 or float(x.max()) == float(x.min()):
-        params.update(lo=None, hi=None, mask=None, note="constant image: returned zeros")
+        c = float(x.flat[0]) if x.size else None
+        params.update(lo=c, hi=None if c is None else c + 1.0, mask=None,
+                      note="constant image: returned zeros (lo = its value, so the inverse gives it back)")
         out = np.zeros(x.shape, np.float32)
         return (out, params) if return_params else out
     mask, how = _foreground(x)
@@ -164,7 +168,8 @@ def normalize(
         out = normalize_minmax(x)
         params = {"method": "minmax", "lo": lo, "hi": hi}
         if not hi > lo:
-            params["note"] = "constant image: returned zeros"
+            params.update(hi=lo + 1.0, note="constant image: returned zeros (lo = its value, so the inverse "
+                                          "gives it back)")
     else:
         raise ValueError(f"unknown method {method!r}; use auto, ct, mri or minmax")
     if method == "ct" and x.size and float(np.max(x)) == float(np.min(x)):

@@ -4,42 +4,21 @@ Arrays are in the :mod:`napari_vldun.io.volume` convention: ``(Z, H, W)`` or
 ``(H, W)``.  NIfTI files store the reverse order ``(X, Y, Z)``; the writer
 transposes back and uses the matching affine, so a NIfTI read with
 :func:`read_image` and written with ``like=`` reproduces the file's array order,
-affine and header.  All writes are atomic (temp file in the same folder, then
-:func:`os.replace`) and refuse to overwrite unless ``overwrite=True``.
+affine and header.  All writes go through :mod:`napari_vldun.io.atomic`: atomic (temp file in
+the same folder, then a rename), never through a symbolic link, ``0o666 & ~umask`` permissions,
+and an existing file is refused unless ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from .atomic import atomic_path
 from .volume import REVERSE3, Volume
 
 __all__ = ["write_nifti", "write_png"]
-
-
-@contextmanager
-def _atomic_target(path: str | Path, overwrite: bool, suffix: str) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it onto ``path`` on success."""
-    path = Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: file exists; pass overwrite=True to replace it")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _label_dtype(arr: np.ndarray) -> np.dtype:
@@ -67,7 +46,8 @@ def write_nifti(
     (labels) and float32 otherwise.  Returns the written path.
 
     Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is False,
-    ``ValueError`` for a bad suffix, dimensionality or a shape that differs from
+    :class:`~napari_vldun.io.atomic.OutputPathError` (a ``ValueError``) if it is a symbolic
+    link, ``ValueError`` for a bad suffix, dimensionality or a shape that differs from
     ``like.data.shape``.
     """
     import nibabel as nib
@@ -104,8 +84,7 @@ def write_nifti(
         img.set_qform(affine, code=code)
         img.header.set_xyzt_units("mm", "sec")
     img.set_data_dtype(dtype)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    with _atomic_target(path, overwrite, suffix) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
 
@@ -133,6 +112,6 @@ def write_png(
     scaled = np.zeros(arr.shape) if hi <= lo else (arr - lo) / (hi - lo)
     scaled = np.where(finite, np.clip(scaled, 0.0, 1.0), 0.0)
     img8 = np.rint(scaled * 255.0).astype(np.uint8)
-    with _atomic_target(path, overwrite, ".png") as tmp:
+    with atomic_path(path, overwrite) as tmp:
         Image.fromarray(img8).save(str(tmp), format="PNG")
     return path

@@ -215,7 +215,9 @@ class TrainConfig:
         return cfg
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        from ..io.atomic import write_json
+
+        write_json(path, self.to_dict(), overwrite=True)
 
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "config") -> None:

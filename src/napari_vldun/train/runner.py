@@ -76,6 +76,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     joint phase), epochs completed in this call, the last validation metrics, wall time (s)."""
     from tqdm.auto import tqdm
 
+    from ..inference import resolve_device
+
+    resolve_device(cfg.device)  # CUDA asked for but absent: a clear error before any work
     stop = stop or threading.Event()
     main = int(os.environ.get("RANK", "0") or 0) == 0
     show_bar, talk = progress and main, verbose and main
