@@ -200,35 +200,95 @@ def test_restore_segment_end_to_end(make_napari_viewer, qtbot, errors):
     for i, colour in enumerate(LABEL_COLORS["acdc"][1:], start=1):
         np.testing.assert_allclose(labels.colormap.map(np.array([i]))[0], hex_rgba(colour), atol=1e-2)
     assert labels.colormap.map(np.array([0]))[0][3] == 0  # background transparent
-    # restored in the input's units: normalisation was needed (max > 1), values map back into [lo, hi]
+    # restored in the input's units: inside the normalisation window values map back into [lo, hi]
     lo, hi = prov["normalisation"]["lo"], prov["normalisation"]["hi"]
     if prov["normalisation"]["method"] != "none":
-        assert restored.data.min() >= lo - 1e-3 and restored.data.max() <= hi + 1e-3
+        inside = (deg.data >= lo) & (deg.data <= hi)
+        assert restored.data[inside].min() >= lo - 1e-3 and restored.data[inside].max() <= hi + 1e-3
 
 
 def test_restore_current_slice_updates_own_layer(make_napari_viewer, qtbot, errors):
+    """One slice at a time: the other slices are NaN / 0 (transparent: the input shows through them, not
+    black), and a run on another slice adds to the same layers."""
     from napari_vldun._widgets.restore import RestoreSegmentWidget
 
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     img = viewer.add_layer(sample_crop("brain", 3, 48)["degraded"])
     w = RestoreSegmentWidget(viewer)
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
-    w.current_only.setChecked(True)
+    w.set_slices("current slice")
     viewer.dims.set_current_step(0, 1)
     assert wait_job(qtbot, w) == "done", w.last_message
     restored = viewer.layers[f"{img.name} restored"]
-    assert restored.data.shape == img.data.shape
-    assert restored.metadata["vldun"]["slices_done"] == [1]
-    assert np.abs(restored.data[1]).sum() > 0 and not restored.data[0].any() and not restored.data[2].any()
+    labels = viewer.layers[f"{img.name} labels"]
+    assert restored.data.shape == labels.data.shape == img.data.shape
+    assert restored.metadata["vldun"]["slices_done"] == labels.metadata["vldun"]["slices_done"] == [1]
+    assert np.isfinite(restored.data[1]).all() and np.abs(restored.data[1]).sum() > 0
+    assert np.isnan(restored.data[0]).all() and np.isnan(restored.data[2]).all()
+    assert not labels.data[0].any() and not labels.data[2].any()
     assert np.isnan(restored.metadata["vldun"]["modality_probs"][0]).all()
+    # on slice 0 the canvas shows the input, as if the result layers were hidden
+    viewer.dims.set_current_step(0, 0)
+    viewer.reset_view()
+    qtbot.wait(100)
+    shown = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    restored.visible = labels.visible = False
+    qtbot.wait(100)
+    bare = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert bare.mean() > 10  # the input is not black
+    assert np.abs(shown - bare).max() <= 2
+    restored.visible = labels.visible = True
     n_layers = len(viewer.layers)
     viewer.dims.set_current_step(0, 2)
     assert wait_job(qtbot, w) == "done", w.last_message
     assert len(viewer.layers) == n_layers  # updated in place
     assert viewer.layers[f"{img.name} restored"] is restored
+    assert restored.metadata["vldun"]["slices_done"] == labels.metadata["vldun"]["slices_done"] == [1, 2]
+    assert np.isfinite(restored.data[1:]).all() and np.isnan(restored.data[0]).all()
+    assert not errors
+
+
+def test_restore_slice_range(make_napari_viewer, qtbot, errors):
+    """"slice range" from / to: only those slices are computed (in either order), the rest stays empty."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(sample_crop("acdc", 4, 32)["degraded"])
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert not w.first_slice.isEnabled()
+    w.set_slices("slice range", 2, 1)
+    assert w.first_slice.isEnabled() and w.last_slice.maximum() == 3
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers[f"{img.name} restored"]
     assert restored.metadata["vldun"]["slices_done"] == [1, 2]
-    assert restored.data[2].any() and restored.data[1].any()
+    assert np.isfinite(restored.data[1:3]).all() and np.isnan(restored.data[[0, 3]]).all()
+    assert "2 slice(s)" in w.status.text()
+    assert not errors
+
+
+def test_restore_keeps_bright_voxels(make_napari_viewer, qtbot, errors, shared_data):
+    """A real brain MRI (two slices of pyradiomics brain1, int16): the restored maximum is the input's, not
+    the 99.5th percentile where the network's [0, 1] window ends."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.io import read_image
+
+    data = np.asarray(read_image(shared_data / "pyradiomics_mri" / "brain1_image.nrrd").data)
+    z, y, x = np.unravel_index(int(np.argmax(data)), data.shape)
+    y0, x0 = min(max(y - 24, 0), data.shape[1] - 48), min(max(x - 24, 0), data.shape[2] - 48)
+    crop = np.ascontiguousarray(data[z - 1:z + 1, y0:y0 + 48, x0:x0 + 48])
+    viewer = make_napari_viewer()
+    img = viewer.add_image(crop, name="brain1")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers["brain1 restored"]
+    hi = restored.metadata["vldun"]["normalisation"]["hi"]
+    assert crop.max() > hi + 100
+    assert restored.data.max() == pytest.approx(crop.max(), rel=0.05)
     assert not errors
 
 
@@ -457,6 +517,37 @@ def test_stage_explorer(make_napari_viewer, qtbot, errors, sample, n):
     w.show_in_viewer.setChecked(True)
     assert viewer.layers[f"{img.name} stages full"].visible
     assert not viewer.layers[f"{img.name} stages low"].visible
+    assert not errors
+
+
+def test_stage_explorer_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
+    """Like Restore & Segment, the Stage explorer runs with the layer's recorded k-space and the chosen
+    passes (its stages are the model's with that measurement), and says so; unticked: image only."""
+    from napari_vldun._widgets._layers import layer_measurement
+    from napari_vldun._widgets.stages import StageExplorerWidget
+    from napari_vldun.inference import predict
+
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    viewer.dims.set_current_step(0, 1)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    w.measurement.passes.setValue(2)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert "with recorded k-space, 2 passes" in w.status.text()
+    loaded = get_model(None, "cpu")
+    meas = layer_measurement(deg, np.asarray(deg.data))
+    expected = predict(loaded, meas["unit"], slices=[1], return_stages=True, kspace=meas["kspace"],
+                       mask=meas["mask"], cascades=2).stages[0]
+    np.testing.assert_allclose(w.stages, expected, atol=1e-5)
+    assert viewer.layers[f"{deg.name} stages full"].metadata["vldun"]["cascades"] == 2
+    w.measurement.use_kspace.setChecked(False)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert "image only" in w.status.text()
+    unit, _ = to_unit(deg.data)
+    np.testing.assert_allclose(w.stages, predict(loaded, unit, slices=[1], return_stages=True).stages[0], atol=1e-5)
     assert not errors
 
 

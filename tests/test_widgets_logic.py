@@ -102,3 +102,37 @@ def test_predict_file_keeps_the_maximum_of_a_brain(tmp_path):
     assert crop.max() > hi + 100
     assert restored.max() == pytest.approx(crop.max(), rel=0.05)
     assert restored.max() > hi + 0.5 * (crop.max() - hi)
+
+
+# --------------------------------------------------------------------------- dock helpers
+def test_chosen_slices():
+    from napari_vldun._widgets._logic import chosen_slices
+
+    assert chosen_slices(8, "all slices") is None
+    assert chosen_slices(8, "current slice", current=9) == [7]
+    assert chosen_slices(8, "slice range", first=5, last=2) == [2, 3, 4, 5]
+    assert chosen_slices(8, "slice range", first=6, last=20) == [6, 7]
+    assert chosen_slices(1, "current slice", current=0) is None  # a 2-D image is one slice
+    with pytest.raises(ValueError, match="outside"):
+        chosen_slices(4, "slice range", first=5, last=9)
+
+
+def test_fill_slices_keeps_earlier_slices():
+    from napari_vldun._widgets._logic import computed_slices, fill_slices
+
+    first, done = fill_slices((4, 2, 2), [1], np.ones((1, 2, 2)), np.nan, np.float32)
+    assert done == [1] and np.isnan(first[[0, 2, 3]]).all()
+    second, done = fill_slices((4, 2, 2), [3], np.full((1, 2, 2), 2.0), np.nan, np.float32, first, done)
+    assert done == [1, 3]
+    np.testing.assert_array_equal(second[[1, 3], 0, 0], [1.0, 2.0])
+    assert np.isnan(second[[0, 2]]).all()
+    assert computed_slices({"slices_done": [3, 1, 9]}, 4) == [1, 3]
+    assert computed_slices({}, 3) == [0, 1, 2]
+
+
+def test_measurement_text():
+    from napari_vldun._widgets._logic import measurement_text
+
+    assert measurement_text(True, 3) == "with recorded k-space, 3 passes"
+    assert measurement_text(True, 1) == "with recorded k-space, 1 pass"
+    assert measurement_text(False, 1) == "image only"
