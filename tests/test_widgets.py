@@ -660,6 +660,51 @@ def test_compare_restored_result(make_napari_viewer, qtbot, errors):
     assert not errors
 
 
+def test_compare_scores_computed_slices_only(make_napari_viewer, qtbot, errors):
+    """A result that computed 1 of 3 slices is scored over that slice (and says so); the result-labels
+    picker follows the result image and never keeps labels of another result."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.evaluate.metrics import dice, psnr
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 3, 32)
+    clean, deg, ref = (viewer.add_layer(layers[k]) for k in ("clean", "degraded", "labels"))
+    r = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(r)
+    r.label_set.setCurrentText("acdc")
+    r.image_picker.set_layer(deg)
+    r.set_slices("current slice")
+    viewer.dims.set_current_step(0, 1)
+    assert wait_job(qtbot, r) == "done", r.last_message
+    r.image_picker.set_layer(clean)
+    r.set_slices("all slices")
+    assert wait_job(qtbot, r) == "done", r.last_message
+    part_img, part_lab = viewer.layers[f"{deg.name} restored"], viewer.layers[f"{deg.name} labels"]
+    full_img, full_lab = viewer.layers[f"{clean.name} restored"], viewer.layers[f"{clean.name} labels"]
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.ref_picker.set_layer(clean)
+    w.ref_labels_picker.set_layer(ref)
+    w.result_picker.set_layer(part_img)
+    assert w.pred_labels_picker.current_layer() is part_lab
+    m = w.run_compare()
+    assert m is not None, w.last_message
+    assert m["slices"] == m["label_slices"] == 1
+    assert m["psnr"] == pytest.approx(psnr(np.clip(part_img.data[[1]], 0, 1), clean.data[[1]]), abs=1e-4)
+    assert m["dice"] == pytest.approx(dice(part_lab.data[[1]], ref.data[[1]], m["classes"]), nan_ok=True)
+    assert "over 1 of 3 slice(s)" in w.compare_result.text()
+    w.result_picker.set_layer(full_img)
+    assert w.pred_labels_picker.current_layer() is full_lab
+    assert w.run_compare()["label_slices"] == 3
+    w.result_picker.set_layer(part_img)
+    w.result_picker.set_layer(deg)  # an image without labels: the partial result's labels are dropped
+    assert w.pred_labels_picker.current_layer() is None
+    w.pred_labels_picker.set_layer(part_lab)  # and picking them back picks their image
+    assert w.result_picker.current_layer() is part_img
+    assert not errors
+
+
 # --------------------------------------------------------------------------- Train
 def test_train_widget_layers(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     from napari_vldun._widgets.train import TrainWidget
