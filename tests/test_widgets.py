@@ -797,3 +797,50 @@ def test_train_widget_stop_and_folders(make_napari_viewer, qtbot, errors, tmp_pa
     assert wait_job(qtbot, w, lambda: w.start(resume=True)) == "done", w.last_message
     assert w.events[0].metrics["resumed"] and w.events[-1].kind == "done"
     assert not errors
+
+
+def test_train_modalities_are_the_models(make_napari_viewer, qtbot):
+    """The modality choice lists the classes of the model training starts from: the shipped checkpoint's
+    own (``model.cfg.modalities``), the tiny config's from scratch."""
+    from napari_vldun._widgets.train import TrainWidget
+    from napari_vldun.inference import SHIPPED_WEIGHTS
+    from napari_vldun.model import get_config
+    from napari_vldun.model.checkpoint import read_checkpoint_config
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+
+    def offered():
+        return [w.modality.itemText(i) for i in range(w.modality.count())]
+
+    assert offered() == list(get_config("tiny").modalities)
+    if not shipped_checkpoint_exists():
+        pytest.skip("no shipped checkpoint")
+    w.modality.setCurrentText("brain_mri")
+    w.start_from.setCurrentIndex(1)
+    shipped = list(read_checkpoint_config(SHIPPED_WEIGHTS)[0].modalities)
+    assert offered() == shipped and "fundus" not in shipped
+    assert w.modality.currentText() == "brain_mri"  # kept where the model has it
+    assert get_model(None, "cpu").model.cfg.modalities == tuple(shipped)
+
+
+def test_open_label_volume_without_label_name(make_napari_viewer, qtbot, tmp_path):
+    """An integer NIfTI of 0..4 named like an image opens as Labels (via the plugin's reader) and can be
+    picked as reference labels in Compare."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun.io import write_nifti
+
+    seg = np.zeros((2, 32, 32), np.int16)
+    seg[:, 8:20, 8:20], seg[:, 10:14, 10:14], seg[1, 20:30, 20:30] = 2, 4, 1
+    write_nifti(seg, tmp_path / "case01.nii.gz")
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((2, 32, 32)).astype(np.float32), name="img")
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    (layer,) = viewer.open(str(tmp_path / "case01.nii.gz"), plugin="napari-vldun")
+    assert isinstance(layer, Labels)
+    np.testing.assert_array_equal(np.asarray(layer.data), seg)
+    w.ref_labels_picker.set_layer(layer)
+    assert w.ref_labels_picker.current_layer() is layer
+    assert img in viewer.layers
