@@ -200,35 +200,95 @@ def test_restore_segment_end_to_end(make_napari_viewer, qtbot, errors):
     for i, colour in enumerate(LABEL_COLORS["acdc"][1:], start=1):
         np.testing.assert_allclose(labels.colormap.map(np.array([i]))[0], hex_rgba(colour), atol=1e-2)
     assert labels.colormap.map(np.array([0]))[0][3] == 0  # background transparent
-    # restored in the input's units: normalisation was needed (max > 1), values map back into [lo, hi]
+    # restored in the input's units: inside the normalisation window values map back into [lo, hi]
     lo, hi = prov["normalisation"]["lo"], prov["normalisation"]["hi"]
     if prov["normalisation"]["method"] != "none":
-        assert restored.data.min() >= lo - 1e-3 and restored.data.max() <= hi + 1e-3
+        inside = (deg.data >= lo) & (deg.data <= hi)
+        assert restored.data[inside].min() >= lo - 1e-3 and restored.data[inside].max() <= hi + 1e-3
 
 
 def test_restore_current_slice_updates_own_layer(make_napari_viewer, qtbot, errors):
+    """One slice at a time: the other slices are NaN / 0 (transparent: the input shows through them, not
+    black), and a run on another slice adds to the same layers."""
     from napari_vldun._widgets.restore import RestoreSegmentWidget
 
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     img = viewer.add_layer(sample_crop("brain", 3, 48)["degraded"])
     w = RestoreSegmentWidget(viewer)
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
-    w.current_only.setChecked(True)
+    w.set_slices("current slice")
     viewer.dims.set_current_step(0, 1)
     assert wait_job(qtbot, w) == "done", w.last_message
     restored = viewer.layers[f"{img.name} restored"]
-    assert restored.data.shape == img.data.shape
-    assert restored.metadata["vldun"]["slices_done"] == [1]
-    assert np.abs(restored.data[1]).sum() > 0 and not restored.data[0].any() and not restored.data[2].any()
+    labels = viewer.layers[f"{img.name} labels"]
+    assert restored.data.shape == labels.data.shape == img.data.shape
+    assert restored.metadata["vldun"]["slices_done"] == labels.metadata["vldun"]["slices_done"] == [1]
+    assert np.isfinite(restored.data[1]).all() and np.abs(restored.data[1]).sum() > 0
+    assert np.isnan(restored.data[0]).all() and np.isnan(restored.data[2]).all()
+    assert not labels.data[0].any() and not labels.data[2].any()
     assert np.isnan(restored.metadata["vldun"]["modality_probs"][0]).all()
+    # on slice 0 the canvas shows the input, as if the result layers were hidden
+    viewer.dims.set_current_step(0, 0)
+    viewer.reset_view()
+    qtbot.wait(100)
+    shown = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    restored.visible = labels.visible = False
+    qtbot.wait(100)
+    bare = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert bare.mean() > 10  # the input is not black
+    assert np.abs(shown - bare).max() <= 2
+    restored.visible = labels.visible = True
     n_layers = len(viewer.layers)
     viewer.dims.set_current_step(0, 2)
     assert wait_job(qtbot, w) == "done", w.last_message
     assert len(viewer.layers) == n_layers  # updated in place
     assert viewer.layers[f"{img.name} restored"] is restored
+    assert restored.metadata["vldun"]["slices_done"] == labels.metadata["vldun"]["slices_done"] == [1, 2]
+    assert np.isfinite(restored.data[1:]).all() and np.isnan(restored.data[0]).all()
+    assert not errors
+
+
+def test_restore_slice_range(make_napari_viewer, qtbot, errors):
+    """"slice range" from / to: only those slices are computed (in either order), the rest stays empty."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(sample_crop("acdc", 4, 32)["degraded"])
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert not w.first_slice.isEnabled()
+    w.set_slices("slice range", 2, 1)
+    assert w.first_slice.isEnabled() and w.last_slice.maximum() == 3
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers[f"{img.name} restored"]
     assert restored.metadata["vldun"]["slices_done"] == [1, 2]
-    assert restored.data[2].any() and restored.data[1].any()
+    assert np.isfinite(restored.data[1:3]).all() and np.isnan(restored.data[[0, 3]]).all()
+    assert "2 slice(s)" in w.status.text()
+    assert not errors
+
+
+def test_restore_keeps_bright_voxels(make_napari_viewer, qtbot, errors, shared_data):
+    """A real brain MRI (two slices of pyradiomics brain1, int16): the restored maximum is the input's, not
+    the 99.5th percentile where the network's [0, 1] window ends."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.io import read_image
+
+    data = np.asarray(read_image(shared_data / "pyradiomics_mri" / "brain1_image.nrrd").data)
+    z, y, x = np.unravel_index(int(np.argmax(data)), data.shape)
+    y0, x0 = min(max(y - 24, 0), data.shape[1] - 48), min(max(x - 24, 0), data.shape[2] - 48)
+    crop = np.ascontiguousarray(data[z - 1:z + 1, y0:y0 + 48, x0:x0 + 48])
+    viewer = make_napari_viewer()
+    img = viewer.add_image(crop, name="brain1")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    restored = viewer.layers["brain1 restored"]
+    hi = restored.metadata["vldun"]["normalisation"]["hi"]
+    assert crop.max() > hi + 100
+    assert restored.data.max() == pytest.approx(crop.max(), rel=0.05)
     assert not errors
 
 
@@ -460,6 +520,37 @@ def test_stage_explorer(make_napari_viewer, qtbot, errors, sample, n):
     assert not errors
 
 
+def test_stage_explorer_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
+    """Like Restore & Segment, the Stage explorer runs with the layer's recorded k-space and the chosen
+    passes (its stages are the model's with that measurement), and says so; unticked: image only."""
+    from napari_vldun._widgets._layers import layer_measurement
+    from napari_vldun._widgets.stages import StageExplorerWidget
+    from napari_vldun.inference import predict
+
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    viewer.dims.set_current_step(0, 1)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    w.measurement.passes.setValue(2)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert "with recorded k-space, 2 passes" in w.status.text()
+    loaded = get_model(None, "cpu")
+    meas = layer_measurement(deg, np.asarray(deg.data))
+    expected = predict(loaded, meas["unit"], slices=[1], return_stages=True, kspace=meas["kspace"],
+                       mask=meas["mask"], cascades=2).stages[0]
+    np.testing.assert_allclose(w.stages, expected, atol=1e-5)
+    assert viewer.layers[f"{deg.name} stages full"].metadata["vldun"]["cascades"] == 2
+    w.measurement.use_kspace.setChecked(False)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert "image only" in w.status.text()
+    unit, _ = to_unit(deg.data)
+    np.testing.assert_allclose(w.stages, predict(loaded, unit, slices=[1], return_stages=True).stages[0], atol=1e-5)
+    assert not errors
+
+
 # --------------------------------------------------------------------------- Degrade & Compare
 def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
     from napari_vldun.evaluate.metrics import dice, psnr, ssim
@@ -569,6 +660,51 @@ def test_compare_restored_result(make_napari_viewer, qtbot, errors):
     assert not errors
 
 
+def test_compare_scores_computed_slices_only(make_napari_viewer, qtbot, errors):
+    """A result that computed 1 of 3 slices is scored over that slice (and says so); the result-labels
+    picker follows the result image and never keeps labels of another result."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.evaluate.metrics import dice, psnr
+
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 3, 32)
+    clean, deg, ref = (viewer.add_layer(layers[k]) for k in ("clean", "degraded", "labels"))
+    r = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(r)
+    r.label_set.setCurrentText("acdc")
+    r.image_picker.set_layer(deg)
+    r.set_slices("current slice")
+    viewer.dims.set_current_step(0, 1)
+    assert wait_job(qtbot, r) == "done", r.last_message
+    r.image_picker.set_layer(clean)
+    r.set_slices("all slices")
+    assert wait_job(qtbot, r) == "done", r.last_message
+    part_img, part_lab = viewer.layers[f"{deg.name} restored"], viewer.layers[f"{deg.name} labels"]
+    full_img, full_lab = viewer.layers[f"{clean.name} restored"], viewer.layers[f"{clean.name} labels"]
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.ref_picker.set_layer(clean)
+    w.ref_labels_picker.set_layer(ref)
+    w.result_picker.set_layer(part_img)
+    assert w.pred_labels_picker.current_layer() is part_lab
+    m = w.run_compare()
+    assert m is not None, w.last_message
+    assert m["slices"] == m["label_slices"] == 1
+    assert m["psnr"] == pytest.approx(psnr(np.clip(part_img.data[[1]], 0, 1), clean.data[[1]]), abs=1e-4)
+    assert m["dice"] == pytest.approx(dice(part_lab.data[[1]], ref.data[[1]], m["classes"]), nan_ok=True)
+    assert "over 1 of 3 slice(s)" in w.compare_result.text()
+    w.result_picker.set_layer(full_img)
+    assert w.pred_labels_picker.current_layer() is full_lab
+    assert w.run_compare()["label_slices"] == 3
+    w.result_picker.set_layer(part_img)
+    w.result_picker.set_layer(deg)  # an image without labels: the partial result's labels are dropped
+    assert w.pred_labels_picker.current_layer() is None
+    w.pred_labels_picker.set_layer(part_lab)  # and picking them back picks their image
+    assert w.result_picker.current_layer() is part_img
+    assert not errors
+
+
 # --------------------------------------------------------------------------- Train
 def test_train_widget_layers(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     from napari_vldun._widgets.train import TrainWidget
@@ -661,3 +797,50 @@ def test_train_widget_stop_and_folders(make_napari_viewer, qtbot, errors, tmp_pa
     assert wait_job(qtbot, w, lambda: w.start(resume=True)) == "done", w.last_message
     assert w.events[0].metrics["resumed"] and w.events[-1].kind == "done"
     assert not errors
+
+
+def test_train_modalities_are_the_models(make_napari_viewer, qtbot):
+    """The modality choice lists the classes of the model training starts from: the shipped checkpoint's
+    own (``model.cfg.modalities``), the tiny config's from scratch."""
+    from napari_vldun._widgets.train import TrainWidget
+    from napari_vldun.inference import SHIPPED_WEIGHTS
+    from napari_vldun.model import get_config
+    from napari_vldun.model.checkpoint import read_checkpoint_config
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+
+    def offered():
+        return [w.modality.itemText(i) for i in range(w.modality.count())]
+
+    assert offered() == list(get_config("tiny").modalities)
+    if not shipped_checkpoint_exists():
+        pytest.skip("no shipped checkpoint")
+    w.modality.setCurrentText("brain_mri")
+    w.start_from.setCurrentIndex(1)
+    shipped = list(read_checkpoint_config(SHIPPED_WEIGHTS)[0].modalities)
+    assert offered() == shipped and "fundus" not in shipped
+    assert w.modality.currentText() == "brain_mri"  # kept where the model has it
+    assert get_model(None, "cpu").model.cfg.modalities == tuple(shipped)
+
+
+def test_open_label_volume_without_label_name(make_napari_viewer, qtbot, tmp_path):
+    """An integer NIfTI of 0..4 named like an image opens as Labels (via the plugin's reader) and can be
+    picked as reference labels in Compare."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun.io import write_nifti
+
+    seg = np.zeros((2, 32, 32), np.int16)
+    seg[:, 8:20, 8:20], seg[:, 10:14, 10:14], seg[1, 20:30, 20:30] = 2, 4, 1
+    write_nifti(seg, tmp_path / "case01.nii.gz")
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.random.default_rng(0).random((2, 32, 32)).astype(np.float32), name="img")
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    (layer,) = viewer.open(str(tmp_path / "case01.nii.gz"), plugin="napari-vldun")
+    assert isinstance(layer, Labels)
+    np.testing.assert_array_equal(np.asarray(layer.data), seg)
+    w.ref_labels_picker.set_layer(layer)
+    assert w.ref_labels_picker.current_layer() is layer
+    assert img in viewer.layers

@@ -22,8 +22,9 @@ source) and the transform set above, so :mod:`napari_vldun._writer` writes a NIf
 original affine and header when the layer's shape and transform are unchanged.
 
 A file whose name marks it as labels (``*label*``, ``*seg*``, ``*mask*``, ``*_gt*``) and whose
-values are integers opens as a Labels layer; an HDF5 file with ``image`` and ``label`` datasets
-gives an Image and a Labels layer.
+values are integers opens as a Labels layer, and so does any integer-valued volume of at most
+:data:`MAX_LABEL_VALUES` distinct values >= 0 including 0 (a label map named otherwise); an HDF5
+file with ``image`` and ``label`` datasets gives an Image and a Labels layer.
 """
 
 from __future__ import annotations
@@ -147,14 +148,39 @@ def _display_name(path: Path) -> str:
     return name
 
 
-def _looks_like_labels(path: Path, volume) -> bool:
-    if not _LABEL_NAME.search(_display_name(path)):
-        return False
+#: A volume with at most this many distinct non-negative integer values (0 among them) is a label map.
+MAX_LABEL_VALUES = 32
+
+
+def _integer_valued(volume) -> bool:
     dtype = str(volume.meta.get("original_dtype", ""))
-    data = volume.data
-    integer = dtype.startswith(("int", "uint", "bool", "<i", "<u", "|u", "|i")) or bool(
-        np.all(data == np.round(data)))
-    return integer and float(data.min()) >= 0
+    if dtype.startswith(("int", "uint", "bool", "<i", "<u", "|u", "|i", ">i", ">u")):
+        return True
+    data = np.asarray(volume.data)
+    return data.dtype.kind in "iub" or bool(np.all(data == np.round(data)))
+
+
+def label_values_like(data: np.ndarray, max_values: int = MAX_LABEL_VALUES) -> bool:
+    """True for a label map: non-negative integer values, 0 among them, at most ``max_values`` distinct ones
+    (a strided sample is checked first, so that an image is turned down without a full ``np.unique``)."""
+    data = np.asarray(data)
+    if data.size == 0 or not np.isfinite(data).all():
+        return False
+    for arr in (data.ravel()[:: max(1, data.size // 20_000)], data):
+        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+            return False
+        values = np.unique(arr)
+        if values.size > max_values or values[0] < 0:
+            return False
+    return bool(values[0] == 0)
+
+
+def _looks_like_labels(path: Path, volume) -> bool:
+    """Labels: a label-like file name with integer values >= 0, or any integer volume of few values (see
+    :func:`label_values_like`: e.g. BraTS ``OTMultiClass.nii.gz``, 0..4)."""
+    if _LABEL_NAME.search(_display_name(path)):
+        return _integer_valued(volume) and float(volume.data.min()) >= 0
+    return _integer_valued(volume) and label_values_like(volume.data)
 
 
 def layers_from_file(path: str | Path) -> list[tuple]:

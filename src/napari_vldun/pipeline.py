@@ -59,6 +59,21 @@ def from_unit_range(x: np.ndarray, params: dict) -> np.ndarray:
     return (x * (hi - lo) + lo).astype(np.float32)
 
 
+def restore_units(restored: np.ndarray, params: dict, original: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+    """The network's [0, 1] output in the input's units, not clipped at the normalisation window.
+
+    ``from_unit_range(restored) + (original - from_unit_range(seen))``: ``seen`` is what the network was given
+    for ``original`` (same shape; default: the clipped rescale of ``original``, or ``original`` itself for
+    ``method="none"``), so where the window clipped the input (bright enhancement above the 99.5th
+    percentile, bone above a CT window) the part outside the window comes back from the input."""
+    orig = np.asarray(original, np.float32)
+    if seen is None:
+        lo, hi = unit_bounds(params)
+        seen = orig if params.get("method") == "none" or not hi > lo else np.clip((orig - lo) / (hi - lo), 0.0, 1.0)
+    outside = orig - from_unit_range(np.asarray(seen, np.float32), params)
+    return (from_unit_range(np.asarray(restored, np.float32), params) + outside).astype(np.float32)
+
+
 def unit_bounds(params: dict) -> tuple[float, float]:
     """``(lo, hi)`` of the linear map behind a normalisation; ``(0, 1)`` when it has none."""
     lo, hi = params.get("lo"), params.get("hi")
@@ -364,8 +379,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         summary["warning"] = "no trained checkpoint: the model ran with random weights, outputs are meaningless"
     with atomic_outputs(targets.values(), overwrite, "--out") as tmp:
         if pred.restored is not None:
-            _write_array(from_unit_range(pred.restored, norm).reshape(shape), tmp[targets["restored.nii.gz"]],
-                         vol, overwrite=True)
+            restored = restore_units(pred.restored, norm, np.asarray(vol.data).reshape(image3.shape), image3)
+            _write_array(restored.reshape(shape), tmp[targets["restored.nii.gz"]], vol, overwrite=True)
         if pred.labels is not None:
             _write_array(pred.labels.reshape(shape).astype(np.uint8), tmp[targets["labels.nii.gz"]], vol,
                          overwrite=True)

@@ -123,9 +123,10 @@ class LayerPicker(QComboBox):
 
 
 # ------------------------------------------------------------------------- input checks
-def image_data(layer, what: str = "input") -> np.ndarray:
+def image_data(layer, what: str = "input", slices: list[int] | None = None) -> np.ndarray:
     """The data of an Image layer as float32 ``(H, W)`` or ``(Z, H, W)``; raises ValueError
-    (an :class:`~napari_vldun.inference.InferenceError`) with a user-facing message."""
+    (an :class:`~napari_vldun.inference.InferenceError`) with a user-facing message. ``slices``: of a stack,
+    only these are checked (a partial result is NaN elsewhere)."""
     from napari.layers import Image
 
     if layer is None:
@@ -141,7 +142,8 @@ def image_data(layer, what: str = "input") -> np.ndarray:
     if data.ndim > 3:
         raise InferenceError(f"layer '{layer.name}' is {data.ndim}-D {data.shape}; VL-DUN needs a 2-D image or a "
                              "3-D stack (slices first). Split time points or channels into separate layers first")
-    validate_image(data, f"layer '{layer.name}'")  # empty, dtype, size, NaN / inf
+    checked = data[slices] if slices is not None and data.ndim == 3 else data
+    validate_image(checked, f"layer '{layer.name}'")  # empty, dtype, size, NaN / inf
     return np.asarray(data, dtype=np.float32)
 
 

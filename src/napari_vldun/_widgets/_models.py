@@ -128,6 +128,17 @@ def checkpoint_label_sets(weights: str | Path | None) -> tuple[dict, dict]:
     return ({k: list(v) for k, v in LABEL_SETS.items()}, {k: list(v) for k, v in LABEL_COLORS.items()})
 
 
+def model_modalities(model: str | Path) -> list[str]:
+    """Modality classes of the model training starts from: a named config (``"tiny"``) or a checkpoint
+    (only its JSON is read); raises ValueError (``CheckpointError``) for an unreadable checkpoint."""
+    from ..model import CONFIGS, get_config
+    from ..model.checkpoint import read_checkpoint_config
+
+    if str(model) in CONFIGS:
+        return list(get_config(str(model)).modalities)
+    return list(read_checkpoint_config(model)[0].modalities)
+
+
 RANDOM_WEIGHTS_TEXT = ("No trained checkpoint is shipped yet: a randomly initialised tiny model is used, "
                        "so restorations, labels and priors are meaningless. Pick a trained checkpoint file.")
 

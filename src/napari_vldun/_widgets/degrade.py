@@ -9,7 +9,10 @@ as ``<name> degraded (cartesian 4x)``. PSNR / SSIM against the clean layer are c
 (the degraded image clipped to [0, 1]; mean over slices) with :mod:`napari_vldun.evaluate.metrics`.
 
 Compare: PSNR / SSIM of any result image against a clean reference, and Dice / IoU of a result
-labels layer against reference labels (only over the slices a result actually computed).
+labels layer against reference labels, each only over the slices that result computed
+(``metadata["vldun"]["slices_done"]``), and the status says over how many. Picking a result image picks the
+labels made with it (and drops labels that belong to another result); picking a result's labels picks
+its image.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from qtpy.QtWidgets import QComboBox, QGroupBox, QPushButton, QVBoxLayout, QWidg
 from ..inference import InferenceError
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
                       labels_data, now, provenance, put_layer, unit_stack)
+from ._logic import computed_slices
 from ._messages import USER_ERRORS, error_text, form_group, report_error, set_status, spin_box, status_label
 from ._models import avoid_llvm_clash
 
@@ -51,6 +55,7 @@ class DegradeWidget(QWidget):
         self.degrade_button.clicked.connect(self.run_degrade)
         self.compare_button.clicked.connect(self.run_compare)
         self.result_picker.currentIndexChanged.connect(self._follow_result)
+        self.pred_labels_picker.currentIndexChanged.connect(self._follow_labels)
         self._follow_result()
 
     def _degrade_box(self) -> QGroupBox:
@@ -136,14 +141,28 @@ class DegradeWidget(QWidget):
         return new
 
     # ------------------------------------------------------------------ compare
+    def _partner(self, layer, key: str):
+        """The layer named in ``layer``'s provenance under ``key`` (a result's labels / image), or None."""
+        name = provenance(layer).get(key) if layer is not None else None
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
     def _follow_result(self, *_) -> None:
-        """Pre-select the labels that came with a restored result."""
+        """Pick the labels that came with the result image; drop labels of another result."""
         layer = self.result_picker.current_layer()
         if layer is None:
             return
-        name = provenance(layer).get("labels_layer")
-        if name and name in self.viewer.layers:
-            self.pred_labels_picker.set_layer(self.viewer.layers[name])
+        labels = self._partner(layer, "labels_layer")
+        current = self.pred_labels_picker.current_layer()
+        if labels is not None:
+            self.pred_labels_picker.set_layer(labels)
+        elif current is not None and self._partner(current, "restored_layer") not in (None, layer):
+            self.pred_labels_picker.set_layer(None)
+
+    def _follow_labels(self, *_) -> None:
+        """Picking a result's labels picks its image."""
+        image = self._partner(self.pred_labels_picker.current_layer(), "restored_layer")
+        if image is not None:
+            self.result_picker.set_layer(image)
 
     def run_compare(self) -> dict | None:
         """PSNR / SSIM (and Dice / IoU when labels are picked) of the result; returns the metrics."""
@@ -153,17 +172,18 @@ class DegradeWidget(QWidget):
         ref_lab, pred_lab = self.ref_labels_picker.current_layer(), self.pred_labels_picker.current_layer()
         try:
             clean = image_data(ref, "clean reference")
-            result = image_data(res, "result")
+            n_z = clean.shape[0] if clean.ndim == 3 else 1
+            idx = computed_slices(provenance(res), n_z) if res is not None else []
+            result = image_data(res, "result", idx)
             if result.shape != clean.shape:
                 raise InferenceError(f"result '{res.name}' has shape {result.shape}, the reference "
                                      f"'{ref.name}' {clean.shape}; they must match")
+            if not idx:
+                raise InferenceError(f"result '{res.name}' holds no computed slice")
             clean_u, params = unit_stack(ref, clean)
             vol_shape = clean_u.shape
             result_u = apply_unit(result.reshape(vol_shape), params)
-            prov = provenance(res)
-            done = prov.get("slices_done")
-            idx = list(done) if done else list(range(vol_shape[0]))
-            m: dict = {"slices": len(idx)}
+            m: dict = {"slices": len(idx), "of": n_z}
             if res is not ref:
                 m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
                 m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
@@ -171,10 +191,14 @@ class DegradeWidget(QWidget):
                 t = labels_data(ref_lab, clean.shape, "reference labels").reshape(vol_shape)
                 p = labels_data(pred_lab, clean.shape, "result labels").reshape(vol_shape)
                 names = provenance(pred_lab).get("label_names") or []
+                lidx = computed_slices(provenance(pred_lab), n_z)
+                if not lidx:
+                    raise InferenceError(f"result labels '{pred_lab.name}' hold no computed slice")
                 n = max(len(names), int(t.max()) + 1, int(p.max()) + 1, 2)
-                m["dice"] = float(dice(p[idx], t[idx], n))
-                m["iou"] = float(iou(p[idx], t[idx], n))
+                m["dice"] = float(dice(p[lidx], t[lidx], n))
+                m["iou"] = float(iou(p[lidx], t[lidx], n))
                 m["classes"] = n
+                m["label_slices"] = len(lidx)
             elif (ref_lab is None) != (pred_lab is None):
                 m["note"] = "pick both reference and result labels for Dice"
         except USER_ERRORS as exc:
@@ -183,12 +207,12 @@ class DegradeWidget(QWidget):
         self.last_compare = m
         parts = []
         if "psnr" in m:
-            parts.append(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+            parts.append(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f} over {m['slices']} of {n_z} slice(s)")
         if "dice" in m:
             d = "n/a (no foreground in the reference)" if np.isnan(m["dice"]) else f"{m['dice']:.3f}"
-            parts.append(f"Dice {d}, IoU {m['iou']:.3f} ({m['classes']} classes)")
+            parts.append(f"Dice {d}, IoU {m['iou']:.3f} ({m['classes']} classes) over {m['label_slices']} of "
+                         f"{n_z} slice(s) ('{pred_lab.name}')")
         if m.get("note"):
             parts.append(m["note"])
-        set_status(self.compare_result, f"'{res.name}' vs '{ref.name}' over {len(idx)} slice(s): "
-                     + "; ".join(parts or ["nothing to compare"]))
+        set_status(self.compare_result, f"'{res.name}' vs '{ref.name}': " + "; ".join(parts or ["nothing to compare"]))
         return m

@@ -1,12 +1,18 @@
-"""Restore & Segment dock: runs :func:`napari_vldun.inference.iter_predict` on an image layer.
+"""Restore & Segment dock: runs :func:`napari_vldun.inference.iter_predict` on an image layer (all slices,
+the current one or a range).
 
 The run happens in a napari ``thread_worker`` (:func:`._workers.predict_job`); the progress bar moves
 after every slice and Cancel stops between slices. Output layers are written only when the whole
 prediction has arrived, so a cancelled or failed run leaves the layer list untouched:
 
-* ``<name> restored`` (Image, the input's units, scale / translate / affine / metadata copied),
+* ``<name> restored`` (Image, the input's units via :func:`napari_vldun.pipeline.restore_units`: what the
+  normalisation window clipped comes back from the input; scale / translate / affine / metadata copied),
 * ``<name> labels`` (Labels, the checkpoint's class colours; class names in ``features``),
 * with "keep stage maps": hidden ``<name> stages full|low|high`` Images with a leading stage axis.
+
+Slices not computed (yet) are NaN in the restored image and 0 in the labels, both drawn transparent, so
+the input shows through; ``metadata["vldun"]["slices_done"]`` of both layers lists the computed ones
+(runs on other slices of the same input add to them).
 
 Per-slice prior probabilities and the provenance (weights, device, label set, normalisation, time)
 are stored in ``metadata["vldun"]`` of the restored layer; the Priors dock reads them from there.
@@ -22,9 +28,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPro
                             QVBoxLayout)
 
 from ..inference import InferenceError
+from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
-from ._layers import (LayerPicker, current_index, from_unit, geometry, image_data, layer_measurement, now,
-                      output_slot, provenance, put_layer, unit_stack)
+from ._layers import (LayerPicker, current_index, geometry, image_data, layer_measurement, now, output_slot,
+                      provenance, put_layer, unit_stack)
+from ._logic import SLICE_MODES, chosen_slices, computed_slices, fill_slices, measurement_text
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
 from ._models import ModelChooser, checkpoint_label_sets
 from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
@@ -40,7 +48,7 @@ def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int]
 
     2-D input: ``(S, H, W)``. 3-D input, one slice ``z``: ``(S, 1, H, W)`` placed at slice ``z``
     (the stage axis is a new leading viewer axis, the slice axis stays aligned with the input).
-    3-D input, several slices: ``(S, Z, H, W)``, slices not computed are zeros.
+    3-D input, several slices: ``(S, Z, H, W)``, slices not computed are NaN (transparent).
     """
     zs, s = stages.shape[0], stages.shape[1]
     shape = tuple(np.shape(source_layer.data))
@@ -54,16 +62,47 @@ def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int]
             data = np.ascontiguousarray(maps.transpose(1, 0, 2, 3))
             geom = geometry(source_layer, lead=1, offset=(slices[0], 0, 0))
         else:
-            data = np.zeros((s, *shape), np.float32)
+            data = np.full((s, *shape), np.nan, np.float32)
             data[:, slices] = maps.transpose(1, 0, 2, 3)
             geom = geometry(source_layer, lead=1)
         p = {**prov, "band": band, "stage_levels": list(levels), "slices": list(slices)}
-        lo, hi = (0.0, 1.0) if band == "full" else (float(data.min()), float(data.max()))  # bands are signed
+        lo, hi = (0.0, 1.0) if band == "full" else (float(np.nanmin(maps)), float(np.nanmax(maps)))  # signed
         layer = put_layer(viewer, "image", f"{source_layer.name} stages {band}", data, widget=STAGES_WIDGET,
                             source_layer=source_layer, prov=p, geom=geom, colormap="gray",
                             visible=(band == visible_band), contrast_limits=(lo, hi if hi > lo else lo + 1.0))
         layers.append(layer)
     return layers
+
+
+class MeasurementChooser:
+    """The "use the recorded k-space" and "passes" controls, shared by Restore & Segment and the Stage
+    explorer so that both run the network on the same input; not a widget, it adds two rows to ``form``."""
+
+    def __init__(self, form) -> None:
+        self.use_kspace = QCheckBox("use the recorded k-space")
+        self.use_kspace.setChecked(True)
+        self.use_kspace.setToolTip(
+            "when the image carries its acquisition (made by the Degrade dock without noise, or a bundled "
+            "sample), make the restored image consistent with the measured k-space (data consistency)")
+        self.passes = QSpinBox()
+        self.passes.setRange(0, 8)
+        self.passes.setSpecialValueText("checkpoint's")
+        self.passes.setToolTip("with the recorded k-space: passes of the network, each made consistent with the "
+                               "measurement (fewer is faster; 'checkpoint's' uses the number it was tuned for)")
+        self.use_kspace.toggled.connect(self.passes.setEnabled)
+        form.addRow("", self.use_kspace)
+        form.addRow("passes", self.passes)
+
+    def inputs(self, layer, data: np.ndarray) -> tuple[np.ndarray, dict, dict]:
+        """``(unit, params, dc)`` for ``layer`` (its array ``data``): the ``(Z, H, W)`` stack in [0, 1] the
+        network gets, its normalisation and the :func:`._workers.predict_job` keywords of the recorded
+        measurement (:func:`._layers.layer_measurement`; empty when unused or there is none)."""
+        meas = layer_measurement(layer, data) if self.use_kspace.isChecked() else None
+        if meas is None:
+            unit, params = unit_stack(layer, data)
+            return unit, params, {}
+        return meas["unit"], meas["params"], {"kspace": meas["kspace"], "mask": meas["mask"],
+                                              "cascades": self.passes.value() or None}
 
 
 class RestoreSegmentWidget(JobDock):
@@ -77,20 +116,19 @@ class RestoreSegmentWidget(JobDock):
         self._job: dict = {}
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
-        self.current_only = QCheckBox("current slice only")
-        self.current_only.setToolTip("3-D stacks: restore only the slice shown in the viewer")
+        self.slice_mode = QComboBox()
+        self.slice_mode.addItems(list(SLICE_MODES))
+        self.slice_mode.setToolTip("3-D stacks: restore every slice, only the one shown in the viewer, or a range")
+        self.first_slice, self.last_slice = QSpinBox(), QSpinBox()
+        for box, tip in ((self.first_slice, "first slice of the range"), (self.last_slice, "last slice (included)")):
+            box.setRange(0, 0)
+            box.setToolTip(tip)
+            box.setEnabled(False)
+        slice_row = QHBoxLayout()
+        slice_row.setContentsMargins(0, 0, 0, 0)
+        for w in (self.slice_mode, self.first_slice, self.last_slice):
+            slice_row.addWidget(w)
         self.label_set = QComboBox()
-        self.use_kspace = QCheckBox("use the recorded k-space")
-        self.use_kspace.setChecked(True)
-        self.use_kspace.setToolTip(
-            "when the image carries its acquisition (made by the Degrade dock without noise, or a bundled "
-            "sample), make the restored image consistent with the measured k-space (data consistency)")
-        self.passes = QSpinBox()
-        self.passes.setRange(0, 8)
-        self.passes.setSpecialValueText("checkpoint's")
-        self.passes.setToolTip("with the recorded k-space: passes of the network, each made consistent with the "
-                               "measurement (fewer is faster; 'checkpoint's' uses the number it was tuned for)")
-        self.use_kspace.toggled.connect(self.passes.setEnabled)
         self.keep_stages = QCheckBox("keep stage maps")
         self.keep_stages.setToolTip("also add the full / low / high band maps of every unfolding stage (hidden layers)")
         self.run_button = QPushButton("Restore && Segment")
@@ -103,11 +141,11 @@ class RestoreSegmentWidget(JobDock):
 
         form = QFormLayout()
         form.addRow("image", self.image_picker)
-        form.addRow("", self.current_only)
+        form.addRow("slices (from, to)", slice_row)
         self.model = ModelChooser(self, form)
         form.addRow("label set", self.label_set)
-        form.addRow("", self.use_kspace)
-        form.addRow("passes", self.passes)
+        self.measurement = MeasurementChooser(form)
+        self.use_kspace, self.passes = self.measurement.use_kspace, self.measurement.passes
         form.addRow("", self.keep_stages)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -123,7 +161,27 @@ class RestoreSegmentWidget(JobDock):
         self.model.callbacks.append(self._refresh_label_sets)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.slice_mode.currentIndexChanged.connect(self._update_range)
+        self.image_picker.currentIndexChanged.connect(self._update_range)
         self._refresh_label_sets()
+        self._update_range()
+
+    def _update_range(self, *_) -> None:
+        """The from / to boxes span the picked stack and are live only for "slice range"."""
+        layer = self.image_picker.current_layer()
+        shape = np.shape(layer.data) if layer is not None and not getattr(layer, "multiscale", False) else ()
+        n = int(shape[0]) if len(shape) == 3 else 1
+        ranged = self.slice_mode.currentText() == "slice range" and n > 1
+        for box in (self.first_slice, self.last_slice):
+            box.setMaximum(n - 1)
+            box.setEnabled(ranged)
+
+    def set_slices(self, mode: str, first: int = 0, last: int = 0) -> None:
+        """Choose "all slices", "current slice" or "slice range" ``first..last``."""
+        self.slice_mode.setCurrentText(mode)
+        self._update_range()
+        self.first_slice.setValue(first)
+        self.last_slice.setValue(last)
 
     # ------------------------------------------------------------------ checkpoint / label sets
     def set_weights(self, path: str | Path | None) -> None:
@@ -160,23 +218,22 @@ class RestoreSegmentWidget(JobDock):
         try:
             data = image_data(layer)
             weights, device = self.model.choice()  # CUDA asked for without CUDA: refuse now
-            meas = layer_measurement(layer, data) if self.use_kspace.isChecked() else None
-            unit, params = (meas["unit"], meas["params"]) if meas else unit_stack(layer, data)
-            slices = None
-            if self.current_only.isChecked() and data.ndim == 3:
-                slices = [current_index(self.viewer, layer, 0)]
+            unit, params, dc = self.measurement.inputs(layer, data)
+            current = current_index(self.viewer, layer, 0) if data.ndim == 3 else 0
+            slices = chosen_slices(unit.shape[0], self.slice_mode.currentText(), current,
+                                   self.first_slice.value(), self.last_slice.value())
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": meas is not None}
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": bool(dc),
+                     "input": data.reshape(unit.shape), "unit": unit}
         self._outcome = ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
-        dc = {"kspace": meas["kspace"], "mask": meas["mask"], "cascades": self.passes.value() or None} if meas else {}
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
                             return_stages=self.keep_stages.isChecked(), **dc)
 
@@ -211,9 +268,7 @@ class RestoreSegmentWidget(JobDock):
         self._outcome = "done"
         self.model.show_random(result.random_weights)
         msg = (f"done in {result.seconds:.1f} s on {result.device}: label set {result.prediction.label_set}"
-               f" ({len(result.slices)} slice(s))")
-        if self._job.get("data_consistency"):
-            msg += f"; consistent with the recorded k-space ({result.cascades} pass{'es' if result.cascades > 1 else ''})"
+               f" ({len(result.slices)} slice(s)); {measurement_text(self._job.get('data_consistency'), result.cascades)}")
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
         set_status(self.status, msg, "warning" if result.random_weights else "info")
@@ -236,14 +291,27 @@ class RestoreSegmentWidget(JobDock):
         slot_r, old_r = output_slot(self.viewer, rname, WIDGET, layer.name, Image)
         slot_l, old_l = output_slot(self.viewer, lname, WIDGET, layer.name, Labels)
 
-        def base(old, dtype):
-            if not full and old is not None and tuple(np.shape(old.data)) == shape:
-                return np.asarray(old.data, dtype=dtype).reshape(vol_shape).copy()
-            return np.zeros(vol_shape, dtype)
+        def earlier(old):
+            """An earlier partial result of this input to add to, or None."""
+            return old if not full and old is not None and tuple(np.shape(old.data)) == shape else None
 
-        old_prov = provenance(old_r) if (old_r is not None and not full
-                                          and tuple(np.shape(old_r.data)) == shape) else {}
-        done = sorted(set(old_prov.get("slices_done", [])) | set(slices)) if not full else list(range(z_total))
+        old_r, old_l = earlier(old_r), earlier(old_l)
+        old_prov = provenance(old_r) if old_r is not None else {}
+
+        def merge(values, fill, dtype, old):
+            """The new slices with the computed ones of the earlier result; ``fill`` elsewhere."""
+            if old is None:
+                return fill_slices(vol_shape, slices, values, fill, dtype)
+            return fill_slices(vol_shape, slices, values, fill, dtype, old.data,
+                               computed_slices(provenance(old), z_total))
+
+        restored = labels = None
+        done = done_l = list(range(z_total))
+        if pred.restored is not None:
+            values = restore_units(pred.restored, job["params"], job["input"][slices], job["unit"][slices])
+            restored, done = merge(values, np.nan, np.float32, old_r)
+        if pred.labels is not None:
+            labels, done_l = merge(pred.labels, 0, np.uint8, old_l)
 
         def probs(key, new, width):
             arr = np.full((z_total, width), np.nan, np.float32)
@@ -266,23 +334,19 @@ class RestoreSegmentWidget(JobDock):
             "restored_layer": slot_r, "labels_layer": slot_l,
         }
         outputs = []
-        if pred.restored is not None:
-            restored = base(old_r, np.float32)
-            restored[slices] = from_unit(pred.restored, job["params"])
+        if restored is not None:
             outputs.append(put_layer(
                 self.viewer, "image", rname, restored.reshape(shape), widget=WIDGET, source_layer=layer, prov=prov,
                 colormap="gray", contrast_limits=tuple(layer.contrast_limits)))
-        if pred.labels is not None:
-            labels = base(old_l, np.uint8)
-            labels[slices] = pred.labels
+        if labels is not None:
             feats = label_features(names, colors) if names else None
             kwargs = {"colormap": label_colormap(colors), "opacity": 0.6}
             if feats is not None:
                 kwargs["features"] = feats
             outputs.append(put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
-                                       source_layer=layer, prov={k: prov[k] for k in (
+                                       source_layer=layer, prov={**{k: prov[k] for k in (
                                            "weights", "random_weights", "device", "label_set", "label_names",
-                                           "label_colors", "time", "slices_done", "restored_layer")},
+                                           "label_colors", "time", "restored_layer")}, "slices_done": done_l},
                                        **kwargs))
         if pred.stages is not None:
             outputs += put_stage_layers(self.viewer, layer, pred.stages, slices, pred.stage_levels,

@@ -1,7 +1,9 @@
 """Stage explorer dock: the unfolding stages (full / low band / high band) of the current slice.
 
 "Compute" runs :func:`napari_vldun.inference.iter_predict` with ``slices=[z]`` and
-``return_stages=True`` in a worker. The maps are shown in the dock (stage slider, band selector) and
+``return_stages=True`` in a worker, on the same input as Restore & Segment: with the layer's recorded
+k-space and the chosen passes when it has one (:class:`.restore.MeasurementChooser`), else the image
+only; the status says which. The maps are shown in the dock (stage slider, band selector) and
 stored as hidden Image layers ``<name> stages full|low|high`` with a leading stage axis (see
 :func:`.restore.put_stage_layers`); "show in viewer" makes the selected band visible and moves the
 viewer's stage slider with the dock's.
@@ -15,12 +17,13 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QSlider, QVBoxLayout)
 
-from ._layers import LayerPicker, current_index, image_data, now, provenance, unit_stack
+from ._layers import LayerPicker, current_index, image_data, now, provenance
+from ._logic import measurement_text
 from ._messages import USER_ERRORS, error_text, set_status, status_label
 from ._models import ModelChooser
 from ._plots import ImageView
 from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
-from .restore import BANDS, STAGES_WIDGET, put_stage_layers
+from .restore import BANDS, STAGES_WIDGET, MeasurementChooser, put_stage_layers
 
 
 def _is_input(layer) -> bool:
@@ -43,6 +46,7 @@ class StageExplorerWidget(JobDock):
         form = QFormLayout()
         form.addRow("image", self.image_picker)
         self.model = ModelChooser(self, form)
+        self.measurement = MeasurementChooser(form)
         self.compute_button = QPushButton("Compute stages of current slice")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -93,15 +97,15 @@ class StageExplorerWidget(JobDock):
             data = image_data(layer)
             weights, device = self.model.choice()
             z = current_index(self.viewer, layer, 0) if data.ndim == 3 else 0
-            unit, _ = unit_stack(layer, data)
+            unit, _, dc = self.measurement.inputs(layer, data)
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
-        self._job = {"layer": layer, "z": z}
+        self._job = {"layer": layer, "z": z, "data_consistency": bool(dc)}
         self._outcome = ""
         self.progress.setRange(0, 0)  # busy
         set_status(self.status, f"computing the stages of slice {z} ...")
-        return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True)
+        return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True, **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.compute_button, self.cancel_button, self.worker is not None)
@@ -132,8 +136,10 @@ class StageExplorerWidget(JobDock):
         self.stages = pred.stages[0]
         self.levels = list(pred.stage_levels)
         self.slice_index = z
+        used = measurement_text(self._job["data_consistency"], result.cascades)
         prov = {"weights": result.source, "random_weights": result.random_weights, "device": result.device,
-                "time": now(), "made_by": "stage explorer"}
+                "time": now(), "made_by": "stage explorer", "data_consistency": self._job["data_consistency"],
+                "cascades": result.cascades}
         self.stage_layers = put_stage_layers(self.viewer, layer, pred.stages, [z], self.levels, prov,
                                              visible_band=self.band.currentText() if self.show_in_viewer.isChecked()
                                              else None)
@@ -145,7 +151,7 @@ class StageExplorerWidget(JobDock):
         self.stage_slider.setEnabled(True)
         self._outcome = "done"
         self.model.show_random(result.random_weights)
-        set_status(self.status, f"slice {z}: {n} stages (levels {self.levels}) in {result.seconds:.1f} s"
+        set_status(self.status, f"slice {z}: {n} stages (levels {self.levels}), {used}, in {result.seconds:.1f} s"
                      + (" -- random weights" if result.random_weights else ""),
                      "warning" if result.random_weights else "info")
         self.redraw()

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
 from ..inference import InferenceError, resolve_device
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
 from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
-from ._models import shipped_checkpoint_exists
+from ._models import model_modalities, shipped_checkpoint_exists
 from ._plots import TrainPlot
 from ._workers import Failure, JobDock, Status, TrainResult, train_job
 
@@ -69,7 +69,9 @@ class TrainWidget(JobDock):
         self.start_button.clicked.connect(lambda: self.start(resume=False))
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.stop_button.clicked.connect(self.stop)
+        self.start_from.currentIndexChanged.connect(self._refresh_modalities)
         napari_viewer.layers.events.removed.connect(self._drop_removed)
+        self._refresh_modalities()
         self._update_buttons()
 
     # ------------------------------------------------------------------ form
@@ -117,14 +119,12 @@ class TrainWidget(JobDock):
         return panel
 
     def _labels_box(self) -> QGroupBox:
-        from ..model.config import PAPER_MODALITIES
-
         self.label_set = QLineEdit("custom")
         self.label_set.setToolTip("name of the label set (a known one -- acdc, brats2015, covid_ct -- reuses its "
                                   "class names and colours)")
         self.n_classes = spin_box(2, 255, 2, tip="number of classes including background (label 0)")
         self.modality = QComboBox()
-        self.modality.addItems(list(PAPER_MODALITIES))
+        self.modality.setToolTip("modality class of the pairs: one the model starts from has (see 'start from')")
         self.mask_kind = QComboBox()
         self.mask_kind.addItems(["cartesian", "radial"])
         self.mask_kind.setToolTip("k-space degradation simulated for training: cartesian (MRI) or radial (CT)")
@@ -289,20 +289,36 @@ class TrainWidget(JobDock):
             raise InferenceError("choose both the images folder and the labels folder")
         return lambda: folder_pair_datasets(images, labels, **opts)
 
+    def start_model(self) -> str:
+        """What training starts from: ``"tiny"`` (scratch) or the shipped checkpoint's path."""
+        from ..inference import SHIPPED_WEIGHTS
+
+        if self.start_from.currentIndex() == 1:
+            if not shipped_checkpoint_exists():
+                raise InferenceError("no checkpoint is shipped yet: train from scratch")
+            return str(SHIPPED_WEIGHTS)
+        return "tiny"
+
+    def _refresh_modalities(self, *_) -> None:
+        """Offer the modality classes of the model training starts from (a checkpoint has its own)."""
+        current = self.modality.currentText()
+        try:
+            names = model_modalities(self.start_model())
+        except USER_ERRORS:  # unreadable: reported when started
+            names = []
+        self.modality.clear()
+        self.modality.addItems(names)
+        self.modality.setCurrentIndex(max(self.modality.findText(current), 0))
+
     # ------------------------------------------------------------------ run
     def config(self, resume: bool = False):
         """The :class:`~napari_vldun.train.TrainConfig` of the form (raises ValueError)."""
-        from ..inference import SHIPPED_WEIGHTS
         from ..train import TrainConfig
 
         if self.out_dir is None:
             raise InferenceError("choose an output folder for the checkpoints first")
         crop = int(self.crop.value())
-        model = "tiny"
-        if self.start_from.currentIndex() == 1:
-            if not shipped_checkpoint_exists():
-                raise InferenceError("no checkpoint is shipped yet: train from scratch")
-            model = str(SHIPPED_WEIGHTS)
+        model = self.start_model()
         # no shared sources: the data are the pairs (make_run_builder); the checkpoints record them
         cfg = TrainConfig(model=model, sources=[], crop=crop, val_crop=crop,
                           batch_size=int(self.batch.value()), epochs=int(self.epochs.value()),

@@ -1,0 +1,53 @@
+"""Qt-free decisions of the docks: which slices to run, which slices a result holds, how partial results
+fill a volume, and the words for a run's measurement. Tested without a display."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+#: Slice choices of the Restore dock.
+SLICE_MODES = ("all slices", "current slice", "slice range")
+
+
+def chosen_slices(n: int, mode: str, current: int = 0, first: int = 0, last: int = 0) -> list[int] | None:
+    """Slices to compute of a stack of ``n``: ``None`` for all; the ``current`` one; or ``first..last``
+    (inclusive, in either order, clipped to the stack). ``mode`` is one of :data:`SLICE_MODES`."""
+    if mode not in SLICE_MODES:
+        raise ValueError(f"unknown slice choice {mode!r}; use one of {SLICE_MODES}")
+    if mode == "all slices" or n <= 1:
+        return None
+    if mode == "current slice":
+        return [int(min(max(current, 0), n - 1))]
+    a, b = sorted((int(first), int(last)))
+    a, b = max(a, 0), min(b, n - 1)
+    if a > b:
+        raise ValueError(f"slice range {first}..{last} is outside the stack (slices 0..{n - 1})")
+    return list(range(a, b + 1))
+
+
+def computed_slices(prov: dict, n: int) -> list[int]:
+    """Slices a result layer holds (``slices_done`` of its provenance), all ``n`` when it records none."""
+    done = prov.get("slices_done")
+    return list(range(n)) if done is None else sorted(int(z) for z in done if 0 <= int(z) < n)
+
+
+def fill_slices(shape: tuple[int, ...], slices: list[int], values: np.ndarray, fill: float, dtype,
+                base: np.ndarray | None = None, base_slices: Iterable[int] = ()) -> tuple[np.ndarray, list[int]]:
+    """A ``(Z, H, W)`` volume holding ``values`` at ``slices`` and, from ``base`` (an earlier result of the
+    same shape), its ``base_slices``; every other slice is ``fill`` (NaN for images, 0 for labels, both
+    drawn transparent). Returns the volume and the sorted slices it holds."""
+    out = np.full(shape, fill, dtype)
+    kept = sorted(set(int(z) for z in base_slices) - set(slices)) if base is not None else []
+    if kept:
+        out[kept] = np.asarray(base, dtype).reshape(shape)[kept]
+    out[slices] = values
+    return out, sorted(set(kept) | set(slices))
+
+
+def measurement_text(data_consistency: bool, passes: int) -> str:
+    """How a run used the layer's acquisition: "with recorded k-space, N passes" or "image only"."""
+    if not data_consistency:
+        return "image only"
+    return f"with recorded k-space, {passes} pass{'' if passes == 1 else 'es'}"
