@@ -248,8 +248,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})
         if out.modality_probs is not None:
-            mod.append(out.modality_probs[0].cpu().numpy())
-            deg.append(out.degradation_probs[0].cpu().numpy())
+            mod.append(out.modality_probs[0].float().cpu().numpy())
+            deg.append(out.degradation_probs[0].float().cpu().numpy())
         if return_stages:
             stages.append(np.stack([torch.cat([s.full, s.low, s.high], 1)[0].float().cpu().numpy()
                                     for s in out.stages]))

@@ -281,7 +281,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
                  progress: bool = True, loaded: LoadedModel | None = None,
                  kspace: str | Path | tuple[np.ndarray, np.ndarray] | None = None,
-                 cascades: int | None = None) -> dict:
+                 cascades: int | None = None, precision: str = "fp32") -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
     ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
 
@@ -334,7 +334,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
-        for item in iter_predict(loaded, image3, label_set=label_set, **measurement):
+        for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, **measurement):
             if isinstance(item, Progress):
                 bar.update(1)
             else:
@@ -348,7 +348,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     with_stages = None
     if stages:
         with_stages = next(x for x in iter_predict(loaded, image3, label_set=pred.label_set, slices=[z],
-                                                   return_stages=True, **measurement) if isinstance(x, Prediction))
+                                                   return_stages=True, precision=precision, **measurement)
+                           if isinstance(x, Prediction))
         _check_finite(with_stages, loaded.source)
     cfg = loaded.model.cfg
     names = cfg.label_sets.get(pred.label_set, []) if pred.label_set else []
@@ -368,6 +369,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "label_names": names,
         "data_consistency": bool(measurement),
         "cascades": n_passes,
+        "precision": precision,
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),
@@ -428,7 +430,7 @@ def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
 
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,
              device: str = "auto", overwrite: bool = False, data_consistency: bool = True,
-             cascades: int | None = None) -> dict:
+             cascades: int | None = None, precision: str = "fp32") -> dict:
     """Run the model on a bundled sample (its degraded image), scored against its clean image and labels;
     with its acquisition (:func:`sample_measurement`) for data consistency (over ``cascades`` passes,
     default the checkpoint's) unless told otherwise."""
@@ -440,4 +442,5 @@ def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weight
     return predict_file(d / s["files"]["degraded"], out_dir, weights=weights, device=device,
                         label_set=s.get("label_set"), labels=d / s["files"]["labels"],
                         clean=d / s["files"]["clean"], overwrite=overwrite,
-                        kspace=sample_measurement(sample) if data_consistency else None, cascades=cascades)
+                        kspace=sample_measurement(sample) if data_consistency else None, cascades=cascades,
+                        precision=precision)

@@ -150,8 +150,9 @@ class Evaluator:
     """Runs every method on every case and collects :class:`Scores` per (method, dataset)."""
 
     def __init__(self, main, variants: dict, tv: bool, tv_iters: int, tv_lambda: float, label_set: str | None,
-                 data_consistency: bool = True, cascades: int | None = None):
+                 data_consistency: bool = True, cascades: int | None = None, precision: str = "fp32"):
         self.main, self.variants, self.label_set = main, variants, label_set
+        self.precision = precision
         self.cascades = cascades
         self.data_consistency = data_consistency
         self._measurement: dict = {}
@@ -166,7 +167,8 @@ class Evaluator:
         from ..inference import predict
 
         ls = label_set if label_set in loaded.model.cfg.label_sets else None
-        p = predict(loaded, image, label_set=ls, return_stages=self.want_stages, **self._measurement)
+        p = predict(loaded, image, label_set=ls, return_stages=self.want_stages, precision=self.precision,
+                    **self._measurement)
         restored = None if p.restored is None else p.restored[0]
         self.last_stages = None if p.stages is None else p.stages[0, :, 0]  # (S, H, W) full band
         return restored, None if p.labels is None else p.labels[0], p.label_set
@@ -276,14 +278,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], seed: int, main, variants: dict,
              *, tv: bool = True, tv_iters: int = 100, tv_lambda: float = 0.01, label_set: str | None = None,
-             progress: bool = True, data_consistency: bool = True, cascades: int | None = None
-             ) -> tuple[list[dict], dict[float, Evaluator]]:
+             progress: bool = True, data_consistency: bool = True, cascades: int | None = None,
+             precision: str = "fp32") -> tuple[list[dict], dict[float, Evaluator]]:
     """Evaluate all methods at each acceleration; returns (rows, evaluators by accel)."""
     from tqdm import tqdm
 
     rows, evaluators = [], {}
     for accel in accels:
-        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades)
+        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades, precision)
         for j, case in enumerate(tqdm(list(cases_factory()), desc=f"evaluate R={accel:g}", disable=not progress)):
             ev.add(case, accel, seed + j)
         rows += ev.rows(accel)
@@ -346,7 +348,8 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
                 yield c
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
-                         data_consistency=not args.no_dc, cascades=args.cascades)
+                         data_consistency=not args.no_dc, cascades=args.cascades,
+                         precision=getattr(args, "precision", "fp32"))
     by_mask = dict(main.model.cfg.cascades_by_mask) if args.cascades is None and not args.no_dc else {}
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
            "data_consistency": not args.no_dc, "cascades": n_passes, "cascades_by_mask": by_mask,
