@@ -1,11 +1,14 @@
-"""Parameters, MACs and CPU latency of the named configs for one 1x1xSxS slice.
+"""Parameters, MACs and CPU latency of the named configs for one 1x1xSxS slice, against this CPU's floor.
 
-    python benchmarks/model.py --json                 # tiny and paper, 256x256, 1 thread
+    python benchmarks/model.py --json                 # tiny, tiny_v1 and paper, 256x256, 1 thread, fp32 + bf16
     python benchmarks/model.py --configs tiny --size 256 --repeats 5
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
-Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included)
-after one warm-up pass; ``torch.set_num_threads(--threads)``. With ``--cascades N`` the model is given a
-Cartesian 4x measurement and runs N passes, each with data consistency.
+
+Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
+warm-up pass; ``torch.set_num_threads(--threads)``. The floor is the forward's MACs as
+``torch.utils.flop_counter.FlopCounterMode`` counts them (FLOPs / 2, the prior tower included) divided by the
+fp32 sgemm rate (2048^3) measured in the same process just before: ``ratio = latency / floor_s``. With
+``--cascades N`` the model is given a Cartesian 4x measurement and runs N passes, each with data consistency.
 """
 
 from __future__ import annotations
@@ -17,13 +20,30 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from napari_vldun.model import build_model
 from napari_vldun.model.complexity import model_info
+from napari_vldun.model.precision import autocast
 
 
-def measure(config: str, size: int, repeats: int, cascades: int | None = None) -> dict:
-    from napari_vldun.degradation import cartesian_mask, measure as acquire
+def sgemm_gmacs(n: int = 2048, repeats: int = 3) -> float:
+    """fp32 matrix-multiply rate of this process, GMAC/s (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(config: str, size: int, repeats: int, cascades: int | None, precisions: list[str]) -> dict:
+    from napari_vldun.degradation import cartesian_mask
+    from napari_vldun.degradation.consistency import measure as acquire
 
     model = build_model(config).eval()
     info = model_info(model, (256, 256))
@@ -32,38 +52,44 @@ def measure(config: str, size: int, repeats: int, cascades: int | None = None) -
     if cascades:
         mask = cartesian_mask((size, size), 4, seed=0).mask
         kw = {"kspace": acquire(y, mask), "mask": mask, "cascades": cascades}
-    times = []
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(y, **kw)
-        for _ in range(repeats):
-            t = time.perf_counter()
+    macs = fc.get_total_flops() / 2
+    info.update({"latency_size": size, "flop_counter_gmacs": round(macs / 1e9, 3), "repeats": repeats,
+                 "cascades": cascades or 0})
+    for prec in precisions:
+        rate = sgemm_gmacs()
+        floor = macs / (rate * 1e9)
+        with torch.no_grad(), autocast("cpu", prec):
             model(y, **kw)
-            times.append(time.perf_counter() - t)
-    info.update({"latency_size": size, "latency_s_median": round(statistics.median(times), 4),
-                 "latency_s_min": round(min(times), 4), "repeats": repeats, "cascades": cascades or 0})
+            times = [_timed(lambda: model(y, **kw)) for _ in range(repeats)]
+        t = statistics.median(times)
+        info[prec] = {"latency_s_median": round(t, 4), "latency_s_min": round(min(times), 4),
+                      "sgemm_gmacs_per_s": round(rate, 1), "floor_s": round(floor, 4), "ratio": round(t / floor, 2)}
     return info
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["tiny", "paper"])
+    p.add_argument("--configs", nargs="+", default=["tiny", "tiny_v1", "paper"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--cascades", type=int, default=None, help="time N passes with k-space and data consistency")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    rows = [measure(c, a.size, a.repeats, a.cascades) for c in a.configs]
+    rows = [measure(c, a.size, a.repeats, a.cascades, a.precisions) for c in a.configs]
     env = {"threads": a.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
     if a.json:
         print(json.dumps({"env": env, "rows": rows}))
         return
-    print(f"threads={a.threads} torch={torch.__version__}")
-    print(f"{'config':8} {'params (M)':>10} {'GMAC':>8} {'GFLOPs':>8} {'scan GFLOPs':>12} {'CPU s/slice':>12}")
+    print(f"threads={a.threads} torch={torch.__version__} size={a.size}")
     for r in rows:
-        print(f"{r['config']:8} {r['params_m']:>10} {r['gmacs_256']:>8} {r['gflops_256']:>8} "
-              f"{r['scan_gflops_256']:>12} {r['latency_s_median']:>12}")
+        cells = "  ".join(f"{pr}: {r[pr]['latency_s_median']:.3f} s = {r[pr]['ratio']:.1f}x floor "
+                          f"({r[pr]['floor_s']:.3f} s at {r[pr]['sgemm_gmacs_per_s']} GMAC/s)" for pr in a.precisions)
+        print(f"{r['config']:8} {r['params_m']:>6} M  {r['flop_counter_gmacs']:>7} GMAC  {cells}")
 
 
 if __name__ == "__main__":

@@ -312,9 +312,9 @@ def match_folders(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[
 
 def load_folder_pairs(images_dir: str | Path, labels_dir: str | Path) -> tuple[list[Pair], list[str]]:
     """Read the :func:`match_folders` pairs with :mod:`napari_vldun.io` (images mapped to [0, 1] by
-    :func:`~napari_vldun.pipeline.to_unit_range`); returns ``(pairs, names)``, names = image file stems."""
+    :func:`~napari_vldun.io.normalize.to_unit_range`); returns ``(pairs, names)``, names = image file stems."""
     from ..io import file_stem, read_image, read_label
-    from ..pipeline import to_unit_range
+    from ..io.normalize import to_unit_range
 
     pairs, names = [], []
     for ip, lp in match_folders(images_dir, labels_dir):

@@ -110,7 +110,7 @@ def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int 
     from ..io import ImageReadError, SUPPORTED_SUFFIXES, read_image, read_label
     from ..io import file_stem as stem
     from ..io.readers import suffix_of
-    from ..pipeline import to_unit_range
+    from ..io.normalize import to_unit_range
 
     images = _check_folder(images, "--images")
     label_files = {stem(p): p for p in _check_folder(labels, "--labels").iterdir()} if labels else {}
@@ -300,7 +300,7 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     from ..data.sources import SOURCES
     from ..inference import load_model
     from ..io.atomic import atomic_outputs, check_outputs, dumps_json
-    from ..pipeline import check_out_dir
+    from ..io.atomic import check_out_dir
     from .figures import overview_figure
 
     if args.threads:

@@ -224,3 +224,13 @@ def dumps_json(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] |
 def write_json(path: str | Path, obj: Any, overwrite: bool = False, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON (:func:`dumps_json`) to ``path`` atomically."""
     return write_text(path, dumps_json(obj, indent) + "\n", overwrite)
+
+
+def check_out_dir(out: str | Path, what: str = "--out") -> Path:
+    """An output folder: absent (it will be made) or a folder, not a file nor a dangling link."""
+    out = Path(out).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise OutputPathError(f"{what} {out} is a dangling symbolic link; remove it or choose another folder")
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{what} {out} is a file; give a folder for the outputs")
+    return out

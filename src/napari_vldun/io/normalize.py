@@ -176,3 +176,50 @@ def normalize(
         params["note"] = "constant image (windowed in HU, not zeroed)"
     params["reason"] = reason
     return out, params
+
+
+#: Largest value still taken as "already in [0, 1]" (zero-filled overshoot).
+UNIT_RANGE_MAX = 1.5
+
+
+def to_unit_range(volume) -> tuple[np.ndarray, dict]:
+    """Volume data -> float32 in [0, 1] (CT window / MRI percentiles, see :func:`io.normalize`).
+
+    Floating-point data already in ``[0, UNIT_RANGE_MAX]`` is kept as is: a zero-filled magnitude of
+    a [0, 1] image overshoots 1 by Gibbs ringing (ACDC at 4x: up to ~1.1), and rescaling it would
+    change the intensity scale the model was trained on.
+    """
+    data = np.asarray(volume.data, dtype=np.float32)
+    raw_float = str(getattr(volume, "meta", {}).get("original_dtype", "float32")).startswith("float")
+    if data.size and np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= UNIT_RANGE_MAX and raw_float:
+        return data, {"method": "none", "lo": 0.0, "hi": 1.0}
+    return normalize(volume)
+
+
+def from_unit_range(x: np.ndarray, params: dict) -> np.ndarray:
+    """Map [0, 1] values back to the input's intensity units (inverse of the linear rescale).
+
+    ``params`` from :func:`to_unit_range`; missing or ``None`` bounds (a constant image) map as identity."""
+    lo, hi = unit_bounds(params)
+    return (x * (hi - lo) + lo).astype(np.float32)
+
+
+def restore_units(restored: np.ndarray, params: dict, original: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+    """The network's [0, 1] output in the input's units, not clipped at the normalisation window.
+
+    ``from_unit_range(restored) + (original - from_unit_range(seen))``: ``seen`` is what the network was given
+    for ``original`` (same shape; default: the clipped rescale of ``original``, or ``original`` itself for
+    ``method="none"``), so where the window clipped the input (bright enhancement above the 99.5th
+    percentile, bone above a CT window) the part outside the window comes back from the input."""
+    orig = np.asarray(original, np.float32)
+    if seen is None:
+        lo, hi = unit_bounds(params)
+        seen = orig if params.get("method") == "none" or not hi > lo else np.clip((orig - lo) / (hi - lo), 0.0, 1.0)
+    outside = orig - from_unit_range(np.asarray(seen, np.float32), params)
+    return (from_unit_range(np.asarray(restored, np.float32), params) + outside).astype(np.float32)
+
+
+def unit_bounds(params: dict) -> tuple[float, float]:
+    """``(lo, hi)`` of the linear map behind a normalisation; ``(0, 1)`` when it has none."""
+    lo, hi = params.get("lo"), params.get("hi")
+    return (0.0, 1.0) if lo is None or hi is None else (float(lo), float(hi))
