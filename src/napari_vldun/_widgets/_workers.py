@@ -64,11 +64,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
                 slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
-                mask: np.ndarray | None = None, cascades: int | None = None) -> Iterator[Status | Progress]:
+                mask: np.ndarray | None = None, cascades: int | None = None,
+                precision: str = "fp32") -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
-    ``cascades`` passes (``None``: the checkpoint's). Yields ``Status`` then one ``Progress`` per slice; returns a
+    ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16". Yields ``Status`` then one ``Progress`` per slice; returns a
     :class:`PredictResult` or a :class:`Failure`.
     """
     from ..inference import iter_predict, passes
@@ -81,7 +82,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
-                                 kspace=kspace, mask=mask, cascades=cascades):
+                                 kspace=kspace, mask=mask, cascades=cascades, precision=precision):
             if isinstance(item, Prediction):
                 pred = item
             else:

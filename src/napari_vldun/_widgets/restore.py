@@ -90,19 +90,25 @@ class MeasurementChooser:
         self.passes.setToolTip("with the recorded k-space: passes of the network, each made consistent with the "
                                "measurement (fewer is faster; 'checkpoint's' uses the number it was tuned for)")
         self.use_kspace.toggled.connect(self.passes.setEnabled)
+        self.precision = QComboBox()
+        self.precision.addItems(["fp32", "bf16"])
+        self.precision.setToolTip("bf16: convolutions and matrix products in bfloat16 (faster on CPUs with "
+                                  "AVX512-bf16 and on GPUs; within 0.1 dB of fp32 for the shipped model)")
         form.addRow("", self.use_kspace)
         form.addRow("passes", self.passes)
+        form.addRow("precision", self.precision)
 
     def inputs(self, layer, data: np.ndarray) -> tuple[np.ndarray, dict, dict]:
         """``(unit, params, dc)`` for ``layer`` (its array ``data``): the ``(Z, H, W)`` stack in [0, 1] the
         network gets, its normalisation and the :func:`._workers.predict_job` keywords of the recorded
         measurement (:func:`._layers.layer_measurement`; empty when unused or there is none)."""
         meas = layer_measurement(layer, data) if self.use_kspace.isChecked() else None
+        prec = {"precision": self.precision.currentText()}
         if meas is None:
             unit, params = unit_stack(layer, data)
-            return unit, params, {}
+            return unit, params, prec
         return meas["unit"], meas["params"], {"kspace": meas["kspace"], "mask": meas["mask"],
-                                              "cascades": self.passes.value() or None}
+                                              "cascades": self.passes.value() or None, **prec}
 
 
 class RestoreSegmentWidget(JobDock):
@@ -226,7 +232,7 @@ class RestoreSegmentWidget(JobDock):
             self._error(error_text(exc))
             return None
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": bool(dc),
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": "kspace" in dc,
                      "input": data.reshape(unit.shape), "unit": unit}
         self._outcome = ""
         n = unit.shape[0] if slices is None else len(slices)

@@ -101,7 +101,7 @@ class StageExplorerWidget(JobDock):
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
-        self._job = {"layer": layer, "z": z, "data_consistency": bool(dc)}
+        self._job = {"layer": layer, "z": z, "data_consistency": "kspace" in dc}
         self._outcome = ""
         self.progress.setRange(0, 0)  # busy
         set_status(self.status, f"computing the stages of slice {z} ...")
