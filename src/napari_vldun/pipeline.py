@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model, passes
+from .io.lock import locks_output
 
 
 #: Largest value still taken as "already in [0, 1]" (zero-filled overshoot).
@@ -181,6 +182,7 @@ def _show_slice(labels: np.ndarray | None, n: int) -> int:
     return n // 2
 
 
+@locks_output("out_dir", "predict")  # one run per output folder (io.lock)
 def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | Path | None = None,
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,

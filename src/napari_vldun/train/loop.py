@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
 from .losses import JointLoss, PriorLoss
-from .setup import RunExistsError, build_run, checkpoint_meta
+from .setup import RunExistsError, build_run, checkpoint_meta, run_lock
 from .state import (load_optimizer_state, optimizer_state, rng_state, save_state, write_checkpoint_set)
 from .validate import measured, validate_joint, validate_prior
 
@@ -400,7 +400,7 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
     (same next losses as an uninterrupted run). Setting ``stop`` (or closing the generator) ends
     training after the current step and writes ``last`` ("stopped" is yielded for ``stop``).
     Raises :class:`RunExistsError` when ``out_dir`` holds a checkpoint and neither ``resume`` nor
-    ``cfg.overwrite`` is set. Under ``torchrun`` every rank runs this generator (data-parallel).
+    ``cfg.overwrite`` is set, :class:`~napari_vldun.io.lock.OutputLockedError` when another run writes there. Under ``torchrun`` every rank runs this generator (data-parallel).
 
     ``run_builder(cfg, ctx, resume) -> setup.Run`` replaces :func:`~.setup.build_run` to train on
     other data: :func:`~.setup.make_run_builder` ``(train_ds, val_ds)`` makes one for ready-made
@@ -415,7 +415,8 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
         torch.set_num_threads(int(cfg.num_threads))
     ctx = setup(cfg.device)
     try:
-        trainer = Trainer(cfg, ctx, resume, stop, run_builder)
-        yield from trainer.run()
+        with run_lock(cfg, ctx):  # one run per out_dir: a second one is refused naming this one's pid
+            trainer = Trainer(cfg, ctx, resume, stop, run_builder)
+            yield from trainer.run()
     finally:
         teardown(ctx)

@@ -13,12 +13,14 @@ empty); :func:`make_run_builder` wraps it for ``iter_train(cfg, run_builder=...)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from .distributed import DistContext
 
 __all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_datasets", "make_run_builder",
            "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "validation_dataset",
-           "CHECKPOINT_NAMES"]
+           "CHECKPOINT_NAMES", "run_lock"]
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
@@ -82,6 +84,25 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- out_dir
+@contextlib.contextmanager
+def run_lock(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds :func:`~napari_vldun.io.lock.output_lock` of ``cfg.out_dir`` for the run; when it
+    is refused (another run writes there) every rank raises :class:`~napari_vldun.io.lock.OutputLockedError`."""
+    from ..io.lock import OutputLockedError, output_lock
+    from .distributed import any_rank
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(output_lock(cfg.out_dir, "training"))
+            except OutputLockedError as exc:
+                error = exc
+        if any_rank(error is not None, ctx):
+            raise error or OutputLockedError(f"out_dir {cfg.out_dir} is in use by another run (see rank 0)")
+        yield
+
+
 def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
     from .state import SETS_DIR
 
