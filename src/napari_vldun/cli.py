@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 
+#: Exit status of a training stopped by Ctrl-C (128 + SIGINT, as shells report it).
+STOPPED_EXIT = 130
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -61,6 +65,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = json.loads(args.set) if args.set else None
     summary = train_from_file(args.config, resume=args.resume, out_dir=args.out, overrides=overrides)
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("stopped"):  # Ctrl-C: not a finished run
+        print("stopped; resume with --resume", file=sys.stderr)
+        return STOPPED_EXIT
     return 0
 
 
