@@ -309,8 +309,8 @@ def test_torchrun_two_processes(tmp_path):
     assert (out / "metrics_rank0.txt").read_text() == (out / "metrics_rank1.txt").read_text()
     # one checkpoint set, written by rank 0 only, equal to the ranks' parameters
     files = sorted(p.name for p in out.iterdir() if not p.name.endswith(".txt"))
-    assert files == ["best.json", "best.safetensors", "last.json", "last.safetensors", "last.state.json",
-                     "last.state.safetensors"]
+    assert files == ["best.json", "best.manifest.json", "best.safetensors", "last.json", "last.manifest.json",
+                     "last.safetensors", "last.state.json", "last.state.safetensors"]
     sys.path.insert(0, str(REPO / "tests"))
     try:
         from _ddp_worker import checksum

@@ -16,6 +16,10 @@ from pathlib import Path
 from .io.atomic import dumps_json
 
 
+#: Exit status of a training stopped by Ctrl-C (128 + SIGINT, as shells report it).
+STOPPED_EXIT = 130
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -79,6 +83,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = {**(overrides or {}), "precision": args.precision}
     summary = train_from_file(args.config, resume=args.resume, out_dir=args.out, overrides=overrides)
     print(dumps_json(summary, default=str))
+    if summary.get("stopped"):  # Ctrl-C: not a finished run
+        print("stopped; resume with --resume", file=sys.stderr)
+        return STOPPED_EXIT
     return 0
 
 

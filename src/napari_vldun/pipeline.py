@@ -20,6 +20,7 @@ import numpy as np
 from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model, passes
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
 from .io.normalize import UNIT_RANGE_MAX, from_unit_range, restore_units, to_unit_range, unit_bounds
+from .io.lock import locks_output
 
 __all__ = ["UNIT_RANGE_MAX", "to_unit_range", "from_unit_range", "restore_units", "unit_bounds", "check_out_dir",
            "check_inputs", "degrade_file", "predict_file", "run_demo", "list_samples", "sample_measurement",
@@ -222,6 +223,7 @@ def _check_finite(pred: Prediction, source: str) -> None:
                 f"{name}; nothing was written. Check the checkpoint (--weights) or try --device cpu")
 
 
+@locks_output("out_dir", "predict")  # one run per output folder (io.lock)
 def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | Path | None = None,
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..degradation import acquire
+from ..io.lock import locks_output
 from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
 VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
@@ -293,6 +294,7 @@ def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], s
     return rows, evaluators
 
 
+@locks_output("args.out", "evaluate")  # one run per --out folder (io.lock)
 def evaluate_from_args(args: argparse.Namespace) -> int:
     """The body of ``vldun evaluate``."""
     import torch

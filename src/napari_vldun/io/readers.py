@@ -277,8 +277,12 @@ def _read_raw(path: str | Path, label: bool) -> Raw:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
         return reader(path, label)
-    except (ImageReadError, MemoryError):
+    except ImageReadError:
         raise
+    except MemoryError as exc:  # e.g. a damaged length field asks for gigabytes
+        raise ImageReadError(
+            path, "could not be read: not enough memory for what its header declares (a corrupt size "
+            "field, or an image too large for this machine)") from exc
     except Exception as exc:  # library-specific errors -> one error type naming the file
         raise ImageReadError(
             path, "could not be read: corrupt, truncated or unsupported file "

@@ -11,7 +11,9 @@ Files in ``out_dir`` (no pickle): ``last.safetensors`` + ``last.json`` (model ch
 by :func:`~napari_vldun.model.checkpoint.load_checkpoint`), ``last.state.safetensors`` +
 ``last.state.json`` (optimizer moments, RNG states, position, best score: what ``resume=True``
 needs to continue exactly), and ``best.safetensors`` + ``best.json`` whenever the best metric of
-the joint phase improves. Under ``torchrun`` the loop is data-parallel (see
+the joint phase improves. Each set is written as one unit with a ``NAME.manifest.json`` of checksums
+(:func:`~napari_vldun.train.state.write_checkpoint_set`); ``resume`` takes the newest complete set.
+Under ``torchrun`` the loop is data-parallel (see
 :mod:`~napari_vldun.train.distributed`); only rank 0 writes files.
 """
 
@@ -32,8 +34,8 @@ from ..model.precision import autocast
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
 from .losses import JointLoss, PriorLoss
-from .setup import RunExistsError, build_run, checkpoint_meta
-from .state import (load_optimizer_state, optimizer_state, rng_state, save_state)
+from .setup import RunExistsError, build_run, checkpoint_meta, run_lock
+from .state import (load_optimizer_state, optimizer_state, rng_state, save_state, write_checkpoint_set)
 from .validate import measured, validate_joint, validate_prior
 
 __all__ = ["TrainEvent", "EVENT_KINDS", "iter_train", "fit_batch", "RunExistsError"]
@@ -236,19 +238,22 @@ class Trainer:
         path = self.out_dir / name
         if not self.ctx.is_main:
             return path
-        if name == "last":
-            tensors, rng_doc = rng_state()
-            doc = {"position": dataclasses.asdict(self.pos), "opt_phase": self.opt_phase,
-                   "best_score": self.best_score if math.isfinite(self.best_score) else None,
-                   "best_metrics": self.best_metrics, "last_val": self.last_val, "history": self.history,
-                   "wall_s": self.wall_s, "rng": rng_doc, "train_config": self.cfg.to_dict()}
-            if self.opt is not None:
-                opt_t, opt_doc = optimizer_state(self.opt)
-                tensors.update(opt_t)
-                doc["optimizer"] = opt_doc
-            save_state(path, tensors, doc)
-        meta = checkpoint_meta(self, name)
-        save_checkpoint(self.model, path, meta)
+
+        def write(prefix: Path) -> None:  # the files of the set, into its staging folder
+            if name == "last":
+                tensors, rng_doc = rng_state()
+                doc = {"position": dataclasses.asdict(self.pos), "opt_phase": self.opt_phase,
+                       "best_score": self.best_score if math.isfinite(self.best_score) else None,
+                       "best_metrics": self.best_metrics, "last_val": self.last_val, "history": self.history,
+                       "wall_s": self.wall_s, "rng": rng_doc, "train_config": self.cfg.to_dict()}
+                if self.opt is not None:
+                    opt_t, opt_doc = optimizer_state(self.opt)
+                    tensors.update(opt_t)
+                    doc["optimizer"] = opt_doc
+                save_state(prefix, tensors, doc)
+            save_checkpoint(self.model, prefix, checkpoint_meta(self, name))
+
+        write_checkpoint_set(path, self.pos.global_step, write)  # one unit: see state.write_checkpoint_set
         if name == "last":
             self.unsaved = False
         return path
@@ -366,7 +371,8 @@ class Trainer:
                 self.best_metrics = dict(val)
             # write the files before yielding, so a consumer that closes the generator at any event
             # leaves `last` (and `best`) consistent with the state saved beside them
-            written = [(name, self._save(name)) for name in (("last", "best") if improved else ("last",))]
+            # `best` first: a kill between the two leaves `last` older, and redoing the epoch rewrites `best`
+            written = [(name, self._save(name)) for name in (("best", "last") if improved else ("last",))][::-1]
             yield self._event("epoch", spec.name, metrics, epochs=spec.epochs, epoch_steps=spec.steps)
             for name, path in written:
                 yield self._event("checkpoint", spec.name, {"name": name, "score": val.get("score")}, path,
@@ -398,7 +404,7 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
     (same next losses as an uninterrupted run). Setting ``stop`` (or closing the generator) ends
     training after the current step and writes ``last`` ("stopped" is yielded for ``stop``).
     Raises :class:`RunExistsError` when ``out_dir`` holds a checkpoint and neither ``resume`` nor
-    ``cfg.overwrite`` is set. Under ``torchrun`` every rank runs this generator (data-parallel).
+    ``cfg.overwrite`` is set, :class:`~napari_vldun.io.lock.OutputLockedError` when another run writes there. Under ``torchrun`` every rank runs this generator (data-parallel).
 
     ``run_builder(cfg, ctx, resume) -> setup.Run`` replaces :func:`~.setup.build_run` to train on
     other data: :func:`~.setup.make_run_builder` ``(train_ds, val_ds)`` makes one for ready-made
@@ -413,7 +419,8 @@ def iter_train(cfg: TrainConfig | str | Path, *, resume: bool = False,
         torch.set_num_threads(int(cfg.num_threads))
     ctx = setup(cfg.device)
     try:
-        trainer = Trainer(cfg, ctx, resume, stop, run_builder)
-        yield from trainer.run()
+        with run_lock(cfg, ctx):  # one run per out_dir: a second one is refused naming this one's pid
+            trainer = Trainer(cfg, ctx, resume, stop, run_builder)
+            yield from trainer.run()
     finally:
         teardown(ctx)

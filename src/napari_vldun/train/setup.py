@@ -13,12 +13,14 @@ empty); :func:`make_run_builder` wraps it for ``iter_train(cfg, run_builder=...)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,12 +30,12 @@ from .distributed import DistContext
 
 __all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_datasets", "make_run_builder",
            "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "validation_dataset",
-           "CHECKPOINT_NAMES"]
+           "CHECKPOINT_NAMES", "run_lock"]
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
-_RUN_FILES = ("last.safetensors", "last.json", "last.state.safetensors", "last.state.json",
-              "best.safetensors", "best.json")
+_RUN_FILES = ("last.safetensors", "last.json", "last.state.safetensors", "last.state.json", "last.manifest.json",
+              "best.safetensors", "best.json", "best.manifest.json")
 
 
 class RunExistsError(FileExistsError):
@@ -82,11 +84,32 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- out_dir
+@contextlib.contextmanager
+def run_lock(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds :func:`~napari_vldun.io.lock.output_lock` of ``cfg.out_dir`` for the run; when it
+    is refused (another run writes there) every rank raises :class:`~napari_vldun.io.lock.OutputLockedError`."""
+    from ..io.lock import OutputLockedError, output_lock
+    from .distributed import any_rank
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(output_lock(cfg.out_dir, "training"))
+            except OutputLockedError as exc:
+                error = exc
+        if any_rank(error is not None, ctx):
+            raise error or OutputLockedError(f"out_dir {cfg.out_dir} is in use by another run (see rank 0)")
+        yield
+
+
 def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
+    from .state import SETS_DIR
+
     out = Path(cfg.out_dir)
-    present = [f for f in _RUN_FILES if (out / f).exists()]
+    present = [f for f in (*_RUN_FILES, SETS_DIR) if (out / f).exists()]
     if resume:
-        if not (out / "last.json").is_file() or not (out / "last.state.json").is_file():
+        if not present:
             raise FileNotFoundError(f"cannot resume: {out} holds no 'last' checkpoint with its training state "
                                     "(last.json + last.state.json); start without resume")
         return
@@ -96,8 +119,13 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
             "--resume), set overwrite=true to replace it, or choose another out_dir")
     ctx.barrier()  # every rank has checked before rank 0 deletes
     if present and ctx.is_main:
+        import shutil
+
         for f in present:
-            (out / f).unlink(missing_ok=True)
+            if (out / f).is_dir():
+                shutil.rmtree(out / f)
+            else:
+                (out / f).unlink(missing_ok=True)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     ctx.barrier()
@@ -213,18 +241,22 @@ def _seed_everything(seed: int) -> None:
 
 
 def _resume_model(cfg: TrainConfig, out: Path):
-    """(state tensors, state doc, model) of the run saved in ``out/last``, checked against ``cfg``."""
+    """(state tensors, state doc, model, notes) of the newest complete 'last' set of ``out``
+    (:func:`~.state.find_resume_set`), checked against ``cfg``; ``notes`` says when that set is not
+    ``out/last.*`` (an interrupted save)."""
     from ..model.checkpoint import load_checkpoint, read_checkpoint_config
-    from .state import load_state
+    from .state import find_resume_set, load_state, state_paths
 
-    tensors, state = load_state(out / "last")
-    _check_resume_config(cfg, state.get("train_config", {}), out / "last.state.json")
-    _, meta = read_checkpoint_config(out / "last")
+    prefix, note = find_resume_set(out, "last")
+    tensors, state = load_state(prefix)
+    _check_resume_config(cfg, state.get("train_config", {}), state_paths(prefix)[1])
+    _, meta = read_checkpoint_config(prefix)
     if meta.get("global_step") != state["position"]["global_step"]:
         raise ValueError(f"{out}: last checkpoint (step {meta.get('global_step')}) and its training state "
-                         f"(step {state['position']['global_step']}) disagree (interrupted write?)")
-    model, _ = load_checkpoint(out / "last", "cpu")
-    return tensors, state, model
+                         f"(step {state['position']['global_step']}) disagree (interrupted write?); no complete "
+                         "set to resume from: start a new run (overwrite=true / a new --out)")
+    model, _ = load_checkpoint(prefix, "cpu")
+    return tensors, state, model, [note] if note else []
 
 
 # ----------------------------------------------------------------------------- data
@@ -303,8 +335,9 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
                               + (cfg.resolved_prior_sources() if cfg.prior_epochs > 0 else [])))
     label_sets = sorted({SOURCES[s].label_set for s in cfg.sources} - {None},
                         key=lambda k: (k not in ("acdc", "brats2015", "covid_ct"), k))
+    notes = []
     if resume:
-        tensors, state, model = _resume_model(cfg, out)
+        tensors, state, model, notes = _resume_model(cfg, out)
     elif cfg.model in CONFIGS:
         model = _named_model(cfg, _modalities_of(used), *_known_heads(label_sets))
     else:
@@ -315,7 +348,6 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     missing = [m for m in _modalities_of(used) if m not in modalities]
     if missing:
         raise ValueError(f"the model knows the modalities {modalities}; the sources add {missing}")
-    notes = []
     with_prior = cfg.prior_epochs > 0 and model.cfg.use_priors
     if cfg.prior_epochs > 0 and not with_prior:
         notes.append("prior phase skipped: the model has no CLIP priors (use_priors=false)")
@@ -392,8 +424,9 @@ def build_run_from_datasets(cfg: TrainConfig, ctx: DistContext, resume: bool, tr
     _seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     state, tensors = None, {}
+    resume_notes = []
     if resume:
-        tensors, state, model = _resume_model(cfg, out)
+        tensors, state, model, resume_notes = _resume_model(cfg, out)
         missing = [s for s in heads if s not in model.cfg.label_sets]
         if missing:
             raise ValueError(f"cannot resume {out}: it was trained on label set(s) {sorted(model.cfg.label_sets)}, "
@@ -409,7 +442,7 @@ def build_run_from_datasets(cfg: TrainConfig, ctx: DistContext, resume: bool, tr
         raise ValueError(f"the model knows the modalities {modalities}; the data adds {missing}")
     for ds in (train_ds, val_ds):
         ds.modalities = list(modalities)
-    run_notes = [_describe(prov, train_ds, val_ds), *notes]
+    run_notes = [_describe(prov, train_ds, val_ds), *resume_notes, *notes]
     if cfg.prior_epochs > 0:
         run_notes.append("prior phase skipped: ready-made datasets train the joint phase only")
     phases = [_phase("joint", cfg.epochs, train_ds, cfg, ctx, cfg.steps_per_epoch)]
