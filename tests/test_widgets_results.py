@@ -158,3 +158,75 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir()) and "saved" in w.status.text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scan.nii.gz"]  # nothing else touched
     assert not errors
+
+
+def test_compare_dice_and_measurement_tables(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
+    """Compare shows Dice per class (all computed slices, then per slice) and the measurements of the result
+    and reference labels over the result's computed slices; Export CSV writes them (never silently over a
+    file); a failed Compare empties the tables."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_vldun._widgets._messages import read_table
+    from napari_vldun._widgets.degrade import DegradeWidget
+    from napari_vldun.evaluate.metrics import dice_per_class
+    from napari_vldun.model.config import LABEL_SETS
+
+    names = list(LABEL_SETS["acdc"])
+    viewer = make_napari_viewer()
+    layers = sample_crop("acdc", 2, 32, scale=(10.0, 1.5, 1.5))
+    clean, ref = viewer.add_layer(layers["clean"]), viewer.add_layer(layers["labels"])
+    t = np.asarray(ref.data)
+    assert t[1].any()
+    pred = t.copy()
+    pred[1, :, :16] = 0
+    pred[0] = 0  # not computed
+    res_data = np.asarray(clean.data, np.float32).copy()
+    res_data[0] = np.nan
+    prov = {"widget": "restore", "source": "x", "slices_done": [1], "label_names": names}
+    res = viewer.add_image(res_data, name="res", scale=clean.scale,
+                           metadata={"vldun": {**prov, "labels_layer": "res labels"}})
+    lab = viewer.add_labels(pred, name="res labels", scale=clean.scale,
+                            metadata={"vldun": {**prov, "restored_layer": "res"}})
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.ref_picker.set_layer(clean)
+    w.result_picker.set_layer(res)
+    w.ref_labels_picker.set_layer(ref)
+    assert w.pred_labels_picker.current_layer() is lab
+    assert not w.export_button.isEnabled()
+    m = w.run_compare()
+    assert m is not None, w.last_message
+    expect = dice_per_class(pred[[1]], t[[1]], len(names))
+    cells = read_table(w.dice_table)
+    assert [r[0] for r in cells] == ["all computed", "slice 1"]
+    assert [w.dice_table.horizontalHeaderItem(j).text() for j in range(w.dice_table.columnCount())] == \
+        ["slices", *names[1:]]
+    assert cells[0][1:] == ["n/a" if expect[k] is None else f"{expect[k]:.3f}" for k in range(1, len(names))]
+    assert cells[1] == ["slice 1", *cells[0][1:]]  # one computed slice: the same
+    rows = w.last_measurements
+    assert [r["source"] for r in rows] == ["result"] * (len(names) - 1) + ["reference"] * (len(names) - 1)
+    vox = 10.0 * 1.5 * 1.5
+    for r in rows:
+        labels = pred if r["source"] == "result" else t
+        n = int((labels[1] == r["label"]).sum())
+        assert r["slices"] == [1] and r["voxels"] == n
+        assert r["volume_ml"] == pytest.approx(n * vox / 1000) and r["area_mm2"] == [pytest.approx(n * 1.5 * 1.5)]
+        if n:
+            assert r["mean_intensity"] == pytest.approx(float(clean.data[1][labels[1] == r["label"]].mean()), rel=1e-5)
+    shown = read_table(w.measure_table)
+    assert len(shown) == len(rows) and shown[0][:4] == ["result", "1", names[1], str(rows[0]["voxels"])]
+    # export: a CSV with the slice-1 areas; refused over an existing file unless overwrite; the button path
+    assert w.export_button.isEnabled()
+    out = w.export_measurements(tmp_path / "m.csv")
+    table = list(csv.DictReader(out.open()))
+    assert len(table) == len(rows) and "area_mm2_slice_1" in table[0] and "area_mm2_slice_0" not in table[0]
+    assert w.export_measurements(out) is None and "would overwrite" in errors.pop()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "CSV (*.csv)")))
+    out.write_text("old")
+    w.export_button.click()
+    assert out.read_text().startswith("source,label,name,voxels")
+    # a failed Compare: no stale tables
+    w.ref_labels_picker.set_layer(viewer.add_labels(np.zeros((2, 16, 16), np.uint8), name="bad"))
+    assert w.run_compare() is None and "shape" in errors.pop()
+    assert w.measure_table.rowCount() == w.dice_table.rowCount() == 0 and not w.export_button.isEnabled()
+    assert not errors

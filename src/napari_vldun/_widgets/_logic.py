@@ -91,3 +91,27 @@ def device_hint(chosen: str, cuda_available: bool) -> str:
     if str(chosen).lower() == "cpu" and cuda_available:
         return "a CUDA GPU is available: choose device 'auto' or 'cuda' for a faster run"
     return ""
+
+
+def _num(v, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+
+#: Columns of the measurements table of the Compare dock (the CSV has the areas per slice too).
+MEASUREMENT_COLUMNS = ("source", "label", "name", "voxels", "volume (mL)", "mean intensity")
+
+
+def measurement_cells(rows: list[dict]) -> list[list[str]]:
+    """Cells of :data:`MEASUREMENT_COLUMNS` for :func:`napari_vldun.measure.label_measurements` rows."""
+    return [[str(r.get("source", "")), str(r["label"]), str(r["name"]), str(r["voxels"]),
+             _num(r["volume_ml"], ".4g"), _num(r["mean_intensity"], ".4g")] for r in rows]
+
+
+def dice_cells(table: dict) -> tuple[list[str], list[list[str]]]:
+    """``(columns, rows)`` of a :func:`napari_vldun.measure.dice_table`: a row "all computed slices" and one
+    per slice, a column per class (Dice to 3 decimals; "n/a" where the class is in neither)."""
+    cols = ["slices", *table["classes"]]
+    rows = [["all computed", *(_num(table["per_class"][c], ".3f") for c in table["classes"])]]
+    rows += [[f"slice {s['slice']}", *(_num(s["dice"][c], ".3f") for c in table["classes"])]
+             for s in table["per_slice"]]
+    return cols, rows
