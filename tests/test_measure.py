@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_vldun.measure import (dice_table, label_measurements, measurements_csv, normalised_entropy,
-                                  result_file_names, save_results, write_measurements_csv)
+from napari_vldun.measure import (dice_table, iter_save_results, label_measurements, measurements_csv,
+                                  normalised_entropy, result_file_names, save_results, write_measurements_csv)
 
 
 def _labels() -> np.ndarray:
@@ -142,5 +142,11 @@ def test_save_results_atomic_set(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "write_json", full_disk)
     with pytest.raises(OSError, match="space"):
         save_results(other, "s", summary={}, restored=img, labels=lab, like=like)
+    assert not other.exists() and sorted(tmp_path.iterdir()) == [out]
+    monkeypatch.undo()
+    # cancelled after the first file: closing the generator leaves nothing
+    gen = iter_save_results(other, "s", summary={}, restored=img, labels=lab, like=like)
+    assert next(gen)[::2] == (0, other / "s_restored.nii.gz") and next(gen) == (1, 3, other / "s_labels.nii.gz")
+    gen.close()
     assert not other.exists() and sorted(tmp_path.iterdir()) == [out]
     assert set(result_file_names(other, "s", ["labels"])) == {"labels"}

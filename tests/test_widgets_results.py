@@ -120,8 +120,8 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     assert wait_job(qtbot, w) == "done", w.last_message
     assert w.save_button.isEnabled()
     out = tmp_path / "out"
-    paths = w.save_results(out)
-    assert paths is not None, w.last_message
+    assert wait_job(qtbot, w, lambda: w.save_results(out)) == "done", w.last_message
+    paths = w.last_saved
     assert sorted(p.name for p in out.iterdir()) == [f"scan_{n}" for n in (
         "labels.nii.gz", "measurements.csv", "restored.nii.gz", "results.json", "uncertainty.nii.gz")]
     restored, labels, unc = (viewer.layers[f"scan {k}"] for k in ("restored", "labels", "uncertainty"))
@@ -146,7 +146,7 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert w.save_results(out) is None and "would overwrite" in errors.pop()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
-    assert w.save_results(out, overwrite=True) is not None
+    assert wait_job(qtbot, w, lambda: w.save_results(out, overwrite=True)) == "done"
     # the button: a folder dialog, then a question before replacing
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(out)))
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -154,9 +154,20 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
     w.save_button.click()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps and "not saved" in w.status.text()
     monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
-    w.save_button.click()
+    with qtbot.waitSignal(w.job_finished, timeout=60_000):
+        w.save_button.click()
     assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir()) and "saved" in w.status.text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scan.nii.gz"]  # nothing else touched
+    # cancelled while writing: nothing is left, not even the new folder
+    gone = tmp_path / "gone"
+
+    def save_and_cancel():
+        worker = w.save_results(gone)
+        w.cancel()
+        return worker
+
+    assert wait_job(qtbot, w, save_and_cancel) == "cancelled"
+    assert not gone.exists() and "no file was written" in w.status.text()
     assert not errors
 
 

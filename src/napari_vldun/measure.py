@@ -15,12 +15,12 @@ import math
 import platform
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Generator, Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["label_measurements", "measurements_csv", "write_measurements_csv", "dice_table",
-           "normalised_entropy", "versions", "result_file_names", "save_results", "safe_stem"]
+           "normalised_entropy", "versions", "result_file_names", "save_results", "iter_save_results", "safe_stem"]
 
 
 # ------------------------------------------------------------------------- label measurements
@@ -199,19 +199,32 @@ def result_file_names(folder: str | Path, stem: str, parts: Iterable[str]) -> di
     return {p: folder / f"{safe_stem(stem)}_{RESULT_FILES[p]}" for p in parts}
 
 
-def save_results(folder: str | Path, stem: str, *, summary: dict, restored: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, uncertainty: np.ndarray | None = None, like=None,
-                 measurements: Sequence[dict] | None = None, overwrite: bool = False) -> dict[str, Path]:
+def save_results(folder: str | Path, stem: str, **kwargs) -> dict[str, Path]:
+    """Write a result set at once (:func:`iter_save_results` run to the end); returns ``{part: path}``."""
+    gen = iter_save_results(folder, stem, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_save_results(folder: str | Path, stem: str, *, summary: dict, restored: np.ndarray | None = None,
+                      labels: np.ndarray | None = None, uncertainty: np.ndarray | None = None, like=None,
+                      measurements: Sequence[dict] | None = None, overwrite: bool = False
+                      ) -> Generator[tuple[int, int, Path], None, dict[str, Path]]:
     """Write a result set into ``folder`` as ``<stem>_restored.nii.gz`` (float32), ``<stem>_labels.nii.gz``
     (uint8 / int16), ``<stem>_uncertainty.nii.gz`` (float32), ``<stem>_measurements.csv`` and
     ``<stem>_results.json`` (``summary`` plus ``files`` and ``versions``; strict JSON, NaN -> null); parts
     that are None are left out. Arrays are (Z, H, W) or (H, W) with the geometry of ``like`` (a
     :class:`~napari_vldun.io.Volume`, e.g. from :func:`napari_vldun._writer.layer_volume`; None: 1 mm).
 
-    All files are written together (:func:`napari_vldun.io.atomic.atomic_outputs`: temporary files in
-    ``folder``, renamed at the end; on any error nothing is left and no file outside ``folder`` is
-    touched). An existing file is refused (``FileExistsError`` naming every one) unless ``overwrite``.
-    Returns ``{part: path}``."""
+    A generator: yields ``(files written, files in all, next path)`` before each file and returns
+    ``{part: path}``. All files are
+    placed together at the end (:func:`napari_vldun.io.atomic.atomic_outputs`: temporary files in
+    ``folder``, renamed once all are written); an error, or closing the generator early (cancel), leaves
+    nothing behind, and no file outside ``folder`` is touched. Existing files are refused before any
+    work (``FileExistsError`` naming every one) unless ``overwrite``."""
     from .io import write_nifti
     from .io.atomic import atomic_outputs, check_out_dir, write_json
 
@@ -228,13 +241,15 @@ def save_results(folder: str | Path, stem: str, *, summary: dict, restored: np.n
     if measurements is not None:
         doc.setdefault("measurements", list(measurements))
     with atomic_outputs(paths.values(), overwrite, "save results") as tmp:
-        for p in ("restored", "uncertainty"):
-            if arrays[p] is not None:
+        for i, p in enumerate(parts):
+            yield i, len(parts), paths[p]
+            if p in ("restored", "uncertainty"):
                 write_nifti(np.asarray(arrays[p], np.float32), tmp[paths[p]], like=like, overwrite=True,
                             dtype=np.float32)
-        if labels is not None:
-            write_nifti(np.asarray(labels), tmp[paths["labels"]], like=like, overwrite=True)
-        if measurements is not None:
-            write_measurements_csv(tmp[paths["measurements"]], measurements, overwrite=True)
-        write_json(tmp[paths["summary"]], doc, overwrite=True)
+            elif p == "labels":
+                write_nifti(np.asarray(labels), tmp[paths[p]], like=like, overwrite=True)
+            elif p == "measurements":
+                write_measurements_csv(tmp[paths[p]], measurements, overwrite=True)
+            else:
+                write_json(tmp[paths[p]], doc, overwrite=True)
     return paths

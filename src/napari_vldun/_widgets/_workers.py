@@ -108,6 +108,31 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     )
 
 
+@dataclass
+class SavedResults:
+    """Files a :func:`save_job` wrote: ``{part: path}``."""
+
+    paths: dict
+
+
+def save_job(steps: Iterator, first: tuple[int, int, Any]) -> Iterator[Progress]:
+    """Run a started :func:`napari_vldun.measure.iter_save_results` (``first``: what it yielded first) to
+    the end in a worker: yields ``Progress`` (files written, of all) and returns :class:`SavedResults` or
+    a :class:`Failure`. Stopping the worker (cancel) between two files closes ``steps``: nothing is written."""
+    try:
+        item = first
+        while True:
+            yield Progress(item[0], item[1])
+            try:
+                item = next(steps)
+            except StopIteration as stop:
+                return SavedResults(dict(stop.value))
+    except _expected_errors() as exc:
+        return Failure(error_text(exc))
+    finally:
+        steps.close()  # cancelled: the staged files are removed now
+
+
 # ----------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:

@@ -17,7 +17,8 @@ While running, the status shows the slice, the device, the time elapsed and an e
 
 "Save results ..." writes the last result of the picked input (restored image, labels, uncertainty, a
 measurements CSV and a provenance JSON) into a folder, with the input's geometry, as one atomic set
-(:func:`napari_vldun.measure.save_results`); existing files are replaced only after the user confirms.
+(:func:`napari_vldun.measure.iter_save_results`, in a worker: Cancel between files leaves nothing);
+existing files are replaced only after the user confirms.
 
 Slices not computed (yet) are NaN in the restored image and 0 in the labels, both drawn transparent, so
 the input shows through; ``metadata["vldun"]["slices_done"]`` of both layers lists the computed ones
@@ -47,7 +48,7 @@ from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, f
                      progress_text)
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
 from ._models import ModelChooser, checkpoint_label_sets
-from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
+from ._workers import JobDock, PredictResult, SavedResults, Status, predict_job, save_job, toggle_run_cancel
 
 WIDGET = "restore"
 STAGES_WIDGET = "stages"
@@ -144,6 +145,8 @@ class RestoreSegmentWidget(JobDock):
         self._t0 = self._t_slices = 0.0
         self._hint = ""
         self._save_dir = ""
+        self._kind = "predict"  # the running job: "predict" or "save"
+        self._steps = None  # the save generator a "save" job runs
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
         self.slice_mode = QComboBox()
@@ -275,7 +278,7 @@ class RestoreSegmentWidget(JobDock):
                      "input": data.reshape(unit.shape), "unit": unit, "precision": dc["precision"], "mask": mask}
         self._t0 = self._t_slices = time.perf_counter()
         self._hint = device_hint(device, cuda_available())
-        self._outcome = ""
+        self._kind, self._outcome = "predict", ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
@@ -290,9 +293,10 @@ class RestoreSegmentWidget(JobDock):
         self.save_button.setEnabled(self.worker is None and bool(self._results))
 
     def cancel(self) -> None:
-        """Stop after the slice in progress; nothing is added."""
+        """Stop after the slice (file) in progress; nothing is added (written)."""
         if self.worker is not None:
-            set_status(self.status, "cancelling after the current slice ...")
+            what = "file" if self._kind == "save" else "slice"
+            set_status(self.status, f"cancelling after the current {what} ...")
             self.worker.quit()
 
     def _on_yielded(self, item) -> None:
@@ -301,9 +305,12 @@ class RestoreSegmentWidget(JobDock):
                 self._job["run_device"] = item.device
                 self._t_slices = time.perf_counter()
             set_status(self.status, self._with_hint(item.text))
-        else:  # inference Progress
+        else:  # inference Progress (save: files written)
             self.progress.setRange(0, item.total)
             self.progress.setValue(item.done)
+            if self._kind == "save":
+                set_status(self.status, f"writing file {item.done + 1} / {item.total} ...")
+                return
             t = time.perf_counter()
             set_status(self.status, self._with_hint(progress_text(
                 item.done, item.total, t - self._t0, t - self._t_slices, self._job.get("run_device"))))
@@ -314,9 +321,21 @@ class RestoreSegmentWidget(JobDock):
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
         self.progress.setValue(0)
-        set_status(self.status, "cancelled: no layer was added or changed", "warning")
+        if self._steps is not None:  # the worker has left it: remove the staged files now
+            self._steps.close()
+            self._steps = None
+        what = "no file was written" if self._kind == "save" else "no layer was added or changed"
+        set_status(self.status, f"cancelled: {what}", "warning")
 
-    def _on_result(self, result: PredictResult) -> None:
+    def _on_result(self, result: PredictResult | SavedResults) -> None:
+        if isinstance(result, SavedResults):
+            self.last_saved = {k: Path(v) for k, v in result.paths.items()}
+            self._steps = None
+            self._outcome = "done"
+            self.progress.setValue(self.progress.maximum())
+            folder = next(iter(self.last_saved.values())).parent
+            set_status(self.status, f"saved {', '.join(p.name for p in self.last_saved.values())} into {folder}")
+            return
         try:
             self.last_outputs = self._publish(result)
         except USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
@@ -435,30 +454,39 @@ class RestoreSegmentWidget(JobDock):
         return {k: lay for k, lay in self._results.items() if lay in self.viewer.layers}
 
     def save_results(self, folder: str | Path, overwrite: bool = False,
-                     confirm: Callable[[str], bool] | None = None) -> dict[str, Path] | None:
-        """Write the last result into ``folder`` (:func:`napari_vldun.measure.save_results`): NIfTI files
-        with the input layer's geometry, the measurements CSV and a provenance JSON. Existing files are
-        replaced when ``overwrite``, or when ``confirm(message)`` says yes (the button asks in a dialog);
-        else nothing is written. Returns ``{part: path}``, None when nothing was written."""
+                     confirm: Callable[[str], bool] | None = None):
+        """Write the last result into ``folder`` in a worker (:func:`napari_vldun.measure.iter_save_results`):
+        NIfTI files with the input layer's geometry, the measurements CSV and a provenance JSON, placed
+        together at the end (Cancel or an error leaves nothing). Existing files are replaced when
+        ``overwrite``, or when ``confirm(message)`` says yes (the button asks in a dialog). Returns the
+        worker; None when refused (nothing written; the reason is shown). ``last_saved``: ``{part: path}``."""
+        if self.worker is not None:
+            return None
         try:
             try:
-                paths = self._write_results(folder, overwrite)
+                steps = self._save_steps(folder, overwrite)
+                first = next(steps)  # checks the targets and stages the files: fast, here
             except FileExistsError as exc:
                 if confirm is None:
                     raise
                 if not confirm(error_text(exc)):
                     set_status(self.status, "not saved: those files exist", "warning")
                     return None
-                paths = self._write_results(folder, True)
+                steps = self._save_steps(folder, True)
+                first = next(steps)
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
-        self.last_saved = paths
-        set_status(self.status, f"saved {', '.join(p.name for p in paths.values())} into {Path(folder)}")
-        return paths
+        self._kind, self._outcome, self.last_message = "save", "", ""
+        self._steps = steps
+        self.progress.setRange(0, first[1])
+        self.progress.setValue(0)
+        set_status(self.status, f"writing {first[1]} file(s) into {Path(folder)} ...")
+        return self._launch(save_job, steps, first)
 
-    def _write_results(self, folder: str | Path, overwrite: bool) -> dict[str, Path]:
-        from ..measure import label_measurements, safe_stem, save_results
+    def _save_steps(self, folder: str | Path, overwrite: bool):
+        """:func:`napari_vldun.measure.iter_save_results` (not started) for the last result's layers."""
+        from ..measure import iter_save_results, label_measurements, safe_stem
 
         layers = self.result_layers()
         src = layers.get("source")
@@ -492,8 +520,8 @@ class RestoreSegmentWidget(JobDock):
                                if mods.ndim == 2 and mods.size and np.isfinite(mods).any() else None),
         }
         arrays = {k: None if v is None else np.asarray(v.data) for k, v in parts.items()}
-        return save_results(folder, safe_stem(src.name), summary=summary, like=layer_like(src),
-                            measurements=rows, overwrite=overwrite, **arrays)
+        return iter_save_results(folder, safe_stem(src.name), summary=summary, like=layer_like(src),
+                                 measurements=rows, overwrite=overwrite, **arrays)
 
     def _confirm_overwrite(self, message: str) -> bool:
         answer = QMessageBox.question(self, "Replace files?", f"{message}\n\nReplace them?",
