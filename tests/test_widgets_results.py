@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 
 from napari.layers import Image, Layer  # noqa: E402
 
-from test_widgets import errors, sample_crop, wait_job  # noqa: E402,F401  (errors: a fixture)
+from test_widgets import compare_dock, errors, sample_crop, wait_job  # noqa: E402,F401  (errors: a fixture)
 
 pytestmark = pytest.mark.gui
 
@@ -178,7 +178,6 @@ def test_compare_dice_and_measurement_tables(make_napari_viewer, qtbot, errors, 
     from qtpy.QtWidgets import QFileDialog
 
     from napari_vldun._widgets._messages import read_table
-    from napari_vldun._widgets.degrade import DegradeWidget
     from napari_vldun.evaluate.metrics import dice_per_class
     from napari_vldun.model.config import LABEL_SETS
 
@@ -198,11 +197,7 @@ def test_compare_dice_and_measurement_tables(make_napari_viewer, qtbot, errors, 
                            metadata={"vldun": {**prov, "labels_layer": "res labels"}})
     lab = viewer.add_labels(pred, name="res labels", scale=clean.scale,
                             metadata={"vldun": {**prov, "restored_layer": "res"}})
-    w = DegradeWidget(viewer)
-    qtbot.addWidget(w)
-    w.ref_picker.set_layer(clean)
-    w.result_picker.set_layer(res)
-    w.ref_labels_picker.set_layer(ref)
+    w = compare_dock(viewer, qtbot, clean, ref, res)
     assert w.pred_labels_picker.current_layer() is lab
     assert not w.export_button.isEnabled()
     m = w.run_compare()
