@@ -231,6 +231,13 @@ def test_compare_dice_and_measurement_tables(make_napari_viewer, qtbot, errors, 
     out.write_text("old")
     w.export_button.click()
     assert out.read_text().startswith("source,label,name,voxels")
+    # result labels alone: their measurements over their computed slices, no Dice
+    w.ref_labels_picker.set_layer(None)
+    assert w.run_compare() is not None
+    assert {r["source"] for r in w.last_measurements} == {"result"} and w.last_measurements[0]["slices"] == [1]
+    assert [(r["label"], r["voxels"]) for r in w.last_measurements] == \
+        [(r["label"], r["voxels"]) for r in rows if r["source"] == "result"]
+    assert w.dice_table.rowCount() == 0 and w.measure_table.rowCount() == len(names) - 1
     # a failed Compare: no stale tables
     w.ref_labels_picker.set_layer(viewer.add_labels(np.zeros((2, 16, 16), np.uint8), name="bad"))
     assert w.run_compare() is None and "shape" in errors.pop()

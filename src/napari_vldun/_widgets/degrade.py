@@ -207,7 +207,10 @@ class DegradeWidget(QWidget):
             result_u = apply_unit(result.reshape(vol_shape), params)
             m: dict = {"slices": len(idx), "of": n_z}
             rows: list[dict] = []
-            spacing = layer_spacing(ref)
+
+            def measure(source: str, labels: np.ndarray, image: np.ndarray, names: list, slices: list[int]):
+                rows.extend({"source": source, **r} for r in label_measurements(
+                    labels, image, layer_spacing(ref), names, slices=slices))
             if res is not ref:
                 m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
                 m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
@@ -224,16 +227,16 @@ class DegradeWidget(QWidget):
                 m["classes"] = n
                 m["label_slices"] = len(lidx)
                 m["dice_table"] = dice_table(p, t, n, names, lidx)
-                rows = [{"source": "result", **r} for r in label_measurements(p, result, spacing, names, slices=lidx)]
-                rows += [{"source": "reference", **r} for r in label_measurements(t, clean, spacing, names, slices=lidx)]
+                measure("result", p, result, names, lidx)
+                measure("reference", t, clean, names, lidx)  # over the same slices
             elif (ref_lab is None) != (pred_lab is None):
                 m["note"] = "pick both reference and result labels for Dice"
-                one = ref_lab if pred_lab is None else pred_lab
-                lab = labels_data(one, clean.shape, "labels").reshape(vol_shape)
-                lidx = idx if one is pred_lab else list(range(n_z))
-                rows = [{"source": "reference" if one is ref_lab else "result", **r} for r in label_measurements(
-                    lab, clean if one is ref_lab else result, spacing, provenance(one).get("label_names") or [],
-                    slices=lidx)]
+                if pred_lab is not None:
+                    measure("result", labels_data(pred_lab, clean.shape, "result labels"), result,
+                            provenance(pred_lab).get("label_names") or [], computed_slices(provenance(pred_lab), n_z))
+                else:
+                    measure("reference", labels_data(ref_lab, clean.shape, "reference labels"), clean, [],
+                            list(range(n_z)))
         except USER_ERRORS as exc:
             report_error(self, error_text(exc), self.compare_result)
             self._show_tables({}, [])

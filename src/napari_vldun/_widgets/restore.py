@@ -42,8 +42,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 from ..inference import InferenceError
 from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
-from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement, layer_spacing,
-                      now, output_slot, provenance, put_layer, unit_stack)
+from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement,
+                      layer_spacing, now, output_slot, provenance, put_layer, unit_stack)
 from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
                      progress_text)
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
@@ -492,7 +492,8 @@ class RestoreSegmentWidget(JobDock):
         src = layers.get("source")
         parts = {k: layers.get(k) for k in ("restored", "labels", "uncertainty")}
         if src is None or not any(v is not None for v in parts.values()):
-            raise InferenceError("no result to save: run Restore & Segment first (and keep its input and output layers)")
+            raise InferenceError("no result to save: run Restore & Segment first (and keep its input and output "
+                                 "layers)")
         shape = tuple(np.shape(src.data))
         for lay in parts.values():
             if lay is not None and tuple(np.shape(lay.data)) != shape:
