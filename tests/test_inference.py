@@ -46,6 +46,22 @@ def test_iter_predict_progress_and_outputs(tiny_loaded: LoadedModel, acdc_slice:
     np.testing.assert_allclose(pred.modality_probs.sum(1), 1.0, rtol=1e-5)
 
 
+def test_uncertainty_is_the_normalised_entropy_of_the_chosen_softmax(tiny_loaded: LoadedModel,
+                                                                      acdc_slice: np.ndarray) -> None:
+    """return_uncertainty gives (Z, H, W) float32 in [0, 1]: the entropy of the chosen label set's softmax
+    over log(C), slice by slice as the model computes it; off by default."""
+    vol = np.stack([acdc_slice[:48, :40], acdc_slice[48:96, :40]])
+    assert predict(tiny_loaded, vol[:1], label_set="acdc").uncertainty is None
+    pred = predict(tiny_loaded, vol, label_set="acdc", slices=[1, 0], return_uncertainty=True)
+    u = pred.uncertainty
+    assert u.shape == (2, 48, 40) and u.dtype == np.float32 and 0.0 <= u.min() and u.max() <= 1.0
+    with torch.no_grad():
+        logits = tiny_loaded.model(torch.from_numpy(vol[1])[None, None]).seg_logits["acdc"][0]
+    p = torch.softmax(logits.double(), 0)
+    expect = (-(p * p.clamp_min(1e-300).log()).sum(0) / np.log(p.shape[0])).numpy()
+    np.testing.assert_allclose(u[0], expect, atol=1e-5)  # slice order as asked
+
+
 def test_label_set_choice(tiny_loaded: LoadedModel, acdc_slice: np.ndarray) -> None:
     img = acdc_slice[:64, :64]
     assert predict(tiny_loaded, img, label_set="covid_ct").label_set == "covid_ct"

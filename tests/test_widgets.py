@@ -88,6 +88,19 @@ def degrade_4x(viewer, qtbot, clean):
     return w, new
 
 
+def compare_dock(viewer, qtbot, clean, ref_labels, result):
+    """A Degrade dock whose Compare has ``clean`` and ``ref_labels`` as references and ``result`` (whose
+    labels it picks itself) as the result image."""
+    from napari_vldun._widgets.degrade import DegradeWidget
+
+    w = DegradeWidget(viewer)
+    qtbot.addWidget(w)
+    w.ref_picker.set_layer(clean)
+    w.ref_labels_picker.set_layer(ref_labels)
+    w.result_picker.set_layer(result)
+    return w
+
+
 def hex_rgba(colour: str) -> np.ndarray:
     c = colour.lstrip("#")
     return np.array([int(c[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0])
@@ -663,7 +676,6 @@ def test_compare_restored_result(make_napari_viewer, qtbot, errors):
 def test_compare_scores_computed_slices_only(make_napari_viewer, qtbot, errors):
     """A result that computed 1 of 3 slices is scored over that slice (and says so); the result-labels
     picker follows the result image and never keeps labels of another result."""
-    from napari_vldun._widgets.degrade import DegradeWidget
     from napari_vldun._widgets.restore import RestoreSegmentWidget
     from napari_vldun.evaluate.metrics import dice, psnr
 
@@ -682,11 +694,7 @@ def test_compare_scores_computed_slices_only(make_napari_viewer, qtbot, errors):
     assert wait_job(qtbot, r) == "done", r.last_message
     part_img, part_lab = viewer.layers[f"{deg.name} restored"], viewer.layers[f"{deg.name} labels"]
     full_img, full_lab = viewer.layers[f"{clean.name} restored"], viewer.layers[f"{clean.name} labels"]
-    w = DegradeWidget(viewer)
-    qtbot.addWidget(w)
-    w.ref_picker.set_layer(clean)
-    w.ref_labels_picker.set_layer(ref)
-    w.result_picker.set_layer(part_img)
+    w = compare_dock(viewer, qtbot, clean, ref, part_img)
     assert w.pred_labels_picker.current_layer() is part_lab
     m = w.run_compare()
     assert m is not None, w.last_message

@@ -136,3 +136,17 @@ def test_measurement_text():
     assert measurement_text(True, 3) == "with recorded k-space, 3 passes"
     assert measurement_text(True, 1) == "with recorded k-space, 1 pass"
     assert measurement_text(False, 1) == "image only"
+
+
+def test_progress_text_elapsed_and_time_left():
+    from napari_vldun._widgets._logic import device_hint, duration_text, progress_text, time_left
+
+    assert time_left(0, 5, 3.0) is None
+    assert time_left(2, 5, 4.0) == pytest.approx(6.0)
+    assert time_left(5, 5, 9.0) == 0.0
+    assert [duration_text(s) for s in (4.25, 42.4, 185, 3725)] == ["4.2 s", "42 s", "3 min 05 s", "1 h 02 min"]
+    # the rate comes from the slices alone (model loading is not a slice)
+    assert progress_text(2, 5, 10.0, 4.0, "cpu") == "slice 2 / 5 on cpu: 10 s elapsed, about 6.0 s left"
+    assert progress_text(5, 5, 10.0) == "slice 5 / 5: 10 s elapsed"
+    assert "CUDA GPU is available" in device_hint("cpu", True)
+    assert device_hint("cpu", False) == device_hint("auto", True) == device_hint("cuda", True) == ""

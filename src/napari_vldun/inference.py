@@ -92,7 +92,9 @@ class Prediction:
 
     ``restored`` float32 (Z, H, W) in the input's [0, 1] scale; ``labels`` int (Z, H, W);
     ``modality_probs`` (Z, M) and ``degradation_probs`` (Z, K) (``None`` without priors);
-    ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked.
+    ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked; ``uncertainty``
+    (Z, H, W) float32 in [0, 1], the normalised entropy of the chosen label set's softmax
+    (:func:`napari_vldun.measure.normalised_entropy`), only when asked.
     """
 
     restored: np.ndarray | None
@@ -102,6 +104,7 @@ class Prediction:
     degradation_probs: np.ndarray | None
     stages: np.ndarray | None = None
     stage_levels: list[int] = field(default_factory=list)
+    uncertainty: np.ndarray | None = None
 
 
 def validate_image(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -208,7 +211,8 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False, kspace=None,
-                 mask=None, cascades: int | None = None, precision: str = "fp32") -> Iterator[Progress | Prediction]:
+                 mask=None, cascades: int | None = None, precision: str = "fp32",
+                 return_uncertainty: bool = False) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
@@ -218,6 +222,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     for the mask's kind).
 
     ``precision``: "fp32" or "bf16" (autocast; see :mod:`~napari_vldun.model.precision`).
+    ``return_uncertainty``: also give :attr:`Prediction.uncertainty` (per-pixel normalised entropy).
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.
@@ -258,6 +263,11 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     mod_a = np.stack(mod) if mod else None
     chosen = choose_label_set(model, mod_a, label_set) if seg_logits and seg_logits[0] else None
     labels = np.stack([s[chosen].argmax(0).numpy() for s in seg_logits]).astype(np.uint8) if chosen else None
+    uncertainty = None
+    if return_uncertainty and chosen:
+        from .measure import normalised_entropy
+
+        uncertainty = np.stack([normalised_entropy(s[chosen].numpy()) for s in seg_logits])
     yield Prediction(
         restored=np.stack(restored) if restored else None,
         labels=labels,
@@ -266,6 +276,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         degradation_probs=np.stack(deg) if deg else None,
         stages=np.stack(stages).astype(np.float32) if stages else None,
         stage_levels=levels,
+        uncertainty=uncertainty,
     )
 
 

@@ -272,6 +272,22 @@ def apply_geometry(layer, geom: dict) -> None:
                 pass
 
 
+def layer_spacing(layer) -> tuple[float, ...]:
+    """Voxel size of ``layer`` per data axis: its scale (the reader sets it to the file's spacing in mm)."""
+    return tuple(abs(float(v)) for v in layer.scale)
+
+
+def layer_like(layer):
+    """The :class:`~napari_vldun.io.Volume` to write arrays of ``layer``'s shape with its geometry
+    (``write_nifti(like=)``): the file's own affine and header when the reader's geometry is unchanged,
+    else the layer transform (:func:`napari_vldun._writer.layer_volume`)."""
+    from .._writer import layer_volume
+
+    state = {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear,
+             "affine": layer.affine.affine_matrix, "metadata": layer.metadata}
+    return layer_volume(np.asarray(layer.data), state)
+
+
 def inherited_metadata(layer) -> dict:
     """The input layer's metadata without our provenance and acquisition (file geometry and the like stay)."""
     meta = dict(layer.metadata or {})

@@ -51,3 +51,67 @@ def measurement_text(data_consistency: bool, passes: int) -> str:
     if not data_consistency:
         return "image only"
     return f"with recorded k-space, {passes} pass{'' if passes == 1 else 'es'}"
+
+
+def duration_text(seconds: float) -> str:
+    """``"4.2 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"`` for a duration in seconds."""
+    s = max(float(seconds), 0.0)
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def time_left(done: int, total: int, elapsed: float) -> float | None:
+    """Seconds left after ``done`` of ``total`` slices took ``elapsed`` seconds (their mean rate);
+    None before the first slice."""
+    if done <= 0 or total <= 0:
+        return None
+    return max(total - done, 0) * float(elapsed) / done
+
+
+def progress_text(done: int, total: int, elapsed: float, slice_elapsed: float | None = None,
+                  device: str | None = None) -> str:
+    """Status while running: ``"slice 2 / 5 on cpu: 3.1 s elapsed, about 4.6 s left"``. ``elapsed``: since
+    the start (model loading included); ``slice_elapsed``: since the first slice started, the ETA's rate
+    (default ``elapsed``)."""
+    where = f" on {device}" if device else ""
+    text = f"slice {done} / {total}{where}: {duration_text(elapsed)} elapsed"
+    left = time_left(done, total, elapsed if slice_elapsed is None else slice_elapsed)
+    if left is not None and done < total:
+        text += f", about {duration_text(left)} left"
+    return text
+
+
+def device_hint(chosen: str, cuda_available: bool) -> str:
+    """A hint when the user chose the CPU though a CUDA GPU is available (else "")."""
+    if str(chosen).lower() == "cpu" and cuda_available:
+        return "a CUDA GPU is available: choose device 'auto' or 'cuda' for a faster run"
+    return ""
+
+
+def _num(v, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+
+#: Columns of the measurements table of the Compare dock (the CSV has the areas per slice too).
+MEASUREMENT_COLUMNS = ("source", "label", "name", "voxels", "volume (mL)", "mean intensity")
+
+
+def measurement_cells(rows: list[dict]) -> list[list[str]]:
+    """Cells of :data:`MEASUREMENT_COLUMNS` for :func:`napari_vldun.measure.label_measurements` rows."""
+    return [[str(r.get("source", "")), str(r["label"]), str(r["name"]), str(r["voxels"]),
+             _num(r["volume_ml"], ".4g"), _num(r["mean_intensity"], ".4g")] for r in rows]
+
+
+def dice_cells(table: dict) -> tuple[list[str], list[list[str]]]:
+    """``(columns, rows)`` of a :func:`napari_vldun.measure.dice_table`: a row "all computed slices" and one
+    per slice, a column per class (Dice to 3 decimals; "n/a" where the class is in neither)."""
+    cols = ["slices", *table["classes"]]
+    rows = [["all computed", *(_num(table["per_class"][c], ".3f") for c in table["classes"])]]
+    rows += [[f"slice {s['slice']}", *(_num(s["dice"][c], ".3f") for c in table["classes"])]
+             for s in table["per_slice"]]
+    return cols, rows

@@ -105,3 +105,26 @@ def results_hub() -> _ResultsHub:
     if _HUB is None:
         _HUB = _ResultsHub()
     return _HUB
+
+
+def fill_table(table, columns, rows) -> None:
+    """Put ``rows`` (lists of strings under ``columns``) into a ``QTableWidget`` (read-only cells)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QTableWidgetItem
+
+    table.clear()
+    table.setColumnCount(len(columns))
+    table.setRowCount(len(rows))
+    table.setHorizontalHeaderLabels([str(c) for c in columns])
+    for i, row in enumerate(rows):
+        for j, text in enumerate(row):
+            item = QTableWidgetItem(str(text))
+            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+            table.setItem(i, j, item)
+    table.resizeColumnsToContents()
+
+
+def read_table(table) -> list[list[str]]:
+    """The cell texts of a ``QTableWidget``, row by row (for tests and copying)."""
+    return [[table.item(i, j).text() if table.item(i, j) else "" for j in range(table.columnCount())]
+            for i in range(table.rowCount())]

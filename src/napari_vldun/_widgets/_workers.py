@@ -27,9 +27,11 @@ from ._models import avoid_llvm_clash, free_memory, get_model
 
 @dataclass
 class Status:
-    """A line of text for the dock's status label."""
+    """A line of text for the dock's status label; ``device``: set once the model is on it and the
+    slices start."""
 
     text: str
+    device: str | None = None
 
 
 @dataclass
@@ -65,12 +67,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
                 slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
                 mask: np.ndarray | None = None, cascades: int | None = None,
-                precision: str = "fp32") -> Iterator[Status | Progress]:
+                precision: str = "fp32", return_uncertainty: bool = False) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
-    ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16". Yields ``Status`` then one ``Progress`` per slice; returns a
-    :class:`PredictResult` or a :class:`Failure`.
+    ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16"; ``return_uncertainty``:
+    the per-pixel normalised entropy too (``Prediction.uncertainty``). Yields ``Status`` (the last one, as the
+    slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
+    :class:`Failure`.
     """
     from ..inference import iter_predict, passes
 
@@ -79,10 +83,11 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         yield Status("loading the model ...")
         loaded = get_model(weights, device)
         idx = list(range(image.shape[0])) if slices is None else [int(z) for z in slices]
-        yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...")
+        yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...", str(loaded.device))
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
-                                 kspace=kspace, mask=mask, cascades=cascades, precision=precision):
+                                 kspace=kspace, mask=mask, cascades=cascades, precision=precision,
+                                 return_uncertainty=return_uncertainty):
             if isinstance(item, Prediction):
                 pred = item
             else:
@@ -101,6 +106,31 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         seconds=time.perf_counter() - t0,
         cascades=passes(loaded, kspace is not None, cascades, mask),
     )
+
+
+@dataclass
+class SavedResults:
+    """Files a :func:`save_job` wrote: ``{part: path}``."""
+
+    paths: dict
+
+
+def save_job(steps: Iterator, first: tuple[int, int, Any]) -> Iterator[Progress]:
+    """Run a started :func:`napari_vldun.measure.iter_save_results` (``first``: what it yielded first) to
+    the end in a worker: yields ``Progress`` (files written, of all) and returns :class:`SavedResults` or
+    a :class:`Failure`. Stopping the worker (cancel) between two files closes ``steps``: nothing is written."""
+    try:
+        item = first
+        while True:
+            yield Progress(item[0], item[1])
+            try:
+                item = next(steps)
+            except StopIteration as stop:
+                return SavedResults(dict(stop.value))
+    except _expected_errors() as exc:
+        return Failure(error_text(exc))
+    finally:
+        steps.close()  # cancelled: the staged files are removed now
 
 
 # ----------------------------------------------------------------------------- training

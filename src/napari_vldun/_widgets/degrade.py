@@ -13,19 +13,28 @@ labels layer against reference labels, each only over the slices that result com
 (``metadata["vldun"]["slices_done"]``), and the status says over how many. Picking a result image picks the
 labels made with it (and drops labels that belong to another result); picking a result's labels picks
 its image.
+
+Compare also fills two tables: the Dice of every class over the computed slices together and slice by
+slice (:func:`napari_vldun.measure.dice_table`), and the measurements of the result and reference labels
+(voxels, volume in mL, mean intensity of the result / reference image, areas per slice in the CSV;
+:func:`napari_vldun.measure.label_measurements`, spacing from the reference layer's scale in mm) over
+the same slices; "Export CSV ..." writes the measurements (:func:`napari_vldun.measure.measurements_csv`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QComboBox, QGroupBox, QPushButton, QVBoxLayout, QWidget
+from pathlib import Path
+
+from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTableWidget, QVBoxLayout, QWidget
 
 from ..inference import InferenceError
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
-                      labels_data, now, provenance, put_layer, unit_stack)
-from ._logic import computed_slices
-from ._messages import USER_ERRORS, error_text, form_group, report_error, set_status, spin_box, status_label
+                      labels_data, layer_spacing, now, provenance, put_layer, unit_stack)
+from ._logic import MEASUREMENT_COLUMNS, computed_slices, dice_cells, measurement_cells
+from ._messages import (USER_ERRORS, error_text, fill_table, form_group, report_error, set_status, spin_box,
+                        status_label)
 from ._models import avoid_llvm_clash
 
 WIDGET = "degrade"
@@ -45,6 +54,7 @@ class DegradeWidget(QWidget):
         self.last_message = ""
         self.last_metrics: dict = {}
         self.last_compare: dict = {}
+        self.last_measurements: list[dict] = []
         self.last_layer = None
         lay = QVBoxLayout(self)
         lay.addWidget(self._degrade_box())
@@ -54,6 +64,7 @@ class DegradeWidget(QWidget):
         self.kind.currentIndexChanged.connect(lambda *_: self.center.setEnabled(self.kind.currentText() == "cartesian"))
         self.degrade_button.clicked.connect(self.run_degrade)
         self.compare_button.clicked.connect(self.run_compare)
+        self.export_button.clicked.connect(self._export_clicked)
         self.result_picker.currentIndexChanged.connect(self._follow_result)
         self.pred_labels_picker.currentIndexChanged.connect(self._follow_labels)
         self._follow_result()
@@ -85,10 +96,20 @@ class DegradeWidget(QWidget):
         self.pred_labels_picker = LayerPicker(self.viewer, (Labels,), none_text="(none)")
         self.compare_button = QPushButton("Compare")
         self.compare_result = status_label()
+        self.dice_table = QTableWidget(0, 0)
+        self.dice_table.setToolTip("Dice per class: over all computed slices, then slice by slice")
+        self.measure_table = QTableWidget(0, 0)
+        self.measure_table.setToolTip("per label of the result and reference labels, over the same slices")
+        for t in (self.dice_table, self.measure_table):
+            t.setMinimumHeight(90)
+        self.export_button = QPushButton("Export CSV ...")
+        self.export_button.setToolTip("the measurements with the area of every label on every slice (mm^2)")
+        self.export_button.setEnabled(False)
         return form_group("Compare", [
             ("clean reference", self.ref_picker), ("result image", self.result_picker),
             ("reference labels", self.ref_labels_picker), ("result labels", self.pred_labels_picker),
-            self.compare_button, self.compare_result])
+            self.compare_button, self.compare_result, ("Dice", self.dice_table),
+            ("measurements", self.measure_table), self.export_button])
 
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
@@ -167,6 +188,7 @@ class DegradeWidget(QWidget):
     def run_compare(self) -> dict | None:
         """PSNR / SSIM (and Dice / IoU when labels are picked) of the result; returns the metrics."""
         from ..evaluate.metrics import dice, iou, psnr, ssim
+        from ..measure import dice_table, label_measurements
 
         ref, res = self.ref_picker.current_layer(), self.result_picker.current_layer()
         ref_lab, pred_lab = self.ref_labels_picker.current_layer(), self.pred_labels_picker.current_layer()
@@ -184,6 +206,11 @@ class DegradeWidget(QWidget):
             vol_shape = clean_u.shape
             result_u = apply_unit(result.reshape(vol_shape), params)
             m: dict = {"slices": len(idx), "of": n_z}
+            rows: list[dict] = []
+
+            def measure(source: str, labels: np.ndarray, image: np.ndarray, names: list, slices: list[int]):
+                rows.extend({"source": source, **r} for r in label_measurements(
+                    labels, image, layer_spacing(ref), names, slices=slices))
             if res is not ref:
                 m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
                 m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
@@ -199,12 +226,23 @@ class DegradeWidget(QWidget):
                 m["iou"] = float(iou(p[lidx], t[lidx], n))
                 m["classes"] = n
                 m["label_slices"] = len(lidx)
+                m["dice_table"] = dice_table(p, t, n, names, lidx)
+                measure("result", p, result, names, lidx)
+                measure("reference", t, clean, names, lidx)  # over the same slices
             elif (ref_lab is None) != (pred_lab is None):
                 m["note"] = "pick both reference and result labels for Dice"
+                if pred_lab is not None:
+                    measure("result", labels_data(pred_lab, clean.shape, "result labels"), result,
+                            provenance(pred_lab).get("label_names") or [], computed_slices(provenance(pred_lab), n_z))
+                else:
+                    measure("reference", labels_data(ref_lab, clean.shape, "reference labels"), clean, [],
+                            list(range(n_z)))
         except USER_ERRORS as exc:
             report_error(self, error_text(exc), self.compare_result)
+            self._show_tables({}, [])
             return None
         self.last_compare = m
+        self._show_tables(m, rows)
         parts = []
         if "psnr" in m:
             parts.append(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f} over {m['slices']} of {n_z} slice(s)")
@@ -216,3 +254,31 @@ class DegradeWidget(QWidget):
             parts.append(m["note"])
         set_status(self.compare_result, f"'{res.name}' vs '{ref.name}': " + "; ".join(parts or ["nothing to compare"]))
         return m
+
+    # ------------------------------------------------------------------ measurements CSV
+    def _show_tables(self, m: dict, rows: list[dict]) -> None:
+        """The Dice and measurements tables of a Compare (empty after an error)."""
+        self.last_measurements = rows
+        fill_table(self.measure_table, MEASUREMENT_COLUMNS, measurement_cells(rows))
+        fill_table(self.dice_table, *(dice_cells(m["dice_table"]) if "dice_table" in m else ([], [])))
+        self.export_button.setEnabled(bool(rows))
+
+    def export_measurements(self, path: str | Path, overwrite: bool = False) -> Path | None:
+        """Write the last Compare's measurements as CSV (:func:`napari_vldun.measure.write_measurements_csv`,
+        atomic); an existing file only with ``overwrite``. Returns the path, None when refused."""
+        from ..measure import write_measurements_csv
+
+        try:
+            if not self.last_measurements:
+                raise InferenceError("no measurements yet: pick labels and press Compare")
+            out = write_measurements_csv(path, self.last_measurements, overwrite)
+        except USER_ERRORS as exc:
+            report_error(self, error_text(exc), self.compare_result)
+            return None
+        set_status(self.compare_result, f"{self.compare_result.text()}\nmeasurements written to {out}")
+        return out
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export measurements", "measurements.csv", "CSV (*.csv)")
+        if path:  # the dialog has asked before replacing a file
+            self.export_measurements(path, overwrite=True)

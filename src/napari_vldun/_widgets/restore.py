@@ -8,7 +8,17 @@ prediction has arrived, so a cancelled or failed run leaves the layer list untou
 * ``<name> restored`` (Image, the input's units via :func:`napari_vldun.pipeline.restore_units`: what the
   normalisation window clipped comes back from the input; scale / translate / affine / metadata copied),
 * ``<name> labels`` (Labels, the checkpoint's class colours; class names in ``features``),
-* with "keep stage maps": hidden ``<name> stages full|low|high`` Images with a leading stage axis.
+* with "keep stage maps": hidden ``<name> stages full|low|high`` Images with a leading stage axis,
+* with "uncertainty layer": ``<name> uncertainty`` (Image, 'magma', additive): the per-pixel normalised
+  entropy of the segmentation softmax, in [0, 1] (:func:`napari_vldun.measure.normalised_entropy`).
+
+While running, the status shows the slice, the device, the time elapsed and an estimate of the time left
+(from the mean time per slice so far), and a hint when the CPU was chosen though a CUDA GPU is there.
+
+"Save results ..." writes the last result of the picked input (restored image, labels, uncertainty, a
+measurements CSV and a provenance JSON) into a folder, with the input's geometry, as one atomic set
+(:func:`napari_vldun.measure.iter_save_results`, in a worker: Cancel between files leaves nothing);
+existing files are replaced only after the user confirms.
 
 Slices not computed (yet) are NaN in the restored image and 0 in the labels, both drawn transparent, so
 the input shows through; ``metadata["vldun"]["slices_done"]`` of both layers lists the computed ones
@@ -20,26 +30,36 @@ are stored in ``metadata["vldun"]`` of the restored layer; the Priors dock reads
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton, QSpinBox,
-                            QVBoxLayout)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QMessageBox, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout)
 
 from ..inference import InferenceError
 from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
-from ._layers import (LayerPicker, current_index, geometry, image_data, layer_measurement, now, output_slot,
-                      provenance, put_layer, unit_stack)
-from ._logic import SLICE_MODES, chosen_slices, computed_slices, fill_slices, measurement_text
+from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement,
+                      layer_spacing, now, output_slot, provenance, put_layer, unit_stack)
+from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
+                     progress_text)
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
 from ._models import ModelChooser, checkpoint_label_sets
-from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
+from ._workers import JobDock, PredictResult, SavedResults, Status, predict_job, save_job, toggle_run_cancel
 
 WIDGET = "restore"
 STAGES_WIDGET = "stages"
 BANDS = ("full", "low", "high")
+
+
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA GPU (for the "you chose the CPU" hint)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def put_stage_layers(viewer, source_layer, stages: np.ndarray, slices: list[int], levels: list[int],
@@ -119,7 +139,14 @@ class RestoreSegmentWidget(JobDock):
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(napari_viewer, parent)
         self.last_outputs: list = []
+        self.last_saved: dict = {}
         self._job: dict = {}
+        self._results: dict = {}
+        self._t0 = self._t_slices = 0.0
+        self._hint = ""
+        self._save_dir = ""
+        self._kind = "predict"  # the running job: "predict" or "save"
+        self._steps = None  # the save generator a "save" job runs
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
         self.slice_mode = QComboBox()
@@ -137,9 +164,16 @@ class RestoreSegmentWidget(JobDock):
         self.label_set = QComboBox()
         self.keep_stages = QCheckBox("keep stage maps")
         self.keep_stages.setToolTip("also add the full / low / high band maps of every unfolding stage (hidden layers)")
+        self.uncertainty = QCheckBox("uncertainty layer")
+        self.uncertainty.setToolTip("also add '<name> uncertainty': the per-pixel entropy of the segmentation, "
+                                    "0 = one class certain, 1 = all classes equally likely")
         self.run_button = QPushButton("Restore && Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.save_button = QPushButton("Save results ...")
+        self.save_button.setToolTip("write the restored image, labels (and uncertainty) as NIfTI with the input's "
+                                    "geometry, a measurements CSV and a provenance JSON into a folder")
+        self.save_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -153,6 +187,7 @@ class RestoreSegmentWidget(JobDock):
         self.measurement = MeasurementChooser(form)
         self.use_kspace, self.passes = self.measurement.use_kspace, self.measurement.passes
         form.addRow("", self.keep_stages)
+        form.addRow("", self.uncertainty)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -160,6 +195,7 @@ class RestoreSegmentWidget(JobDock):
         lay.addLayout(form)
         lay.addWidget(self.model.warning)
         lay.addLayout(buttons)
+        lay.addWidget(self.save_button)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
         lay.addStretch(1)
@@ -167,6 +203,7 @@ class RestoreSegmentWidget(JobDock):
         self.model.callbacks.append(self._refresh_label_sets)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self._save_clicked)
         self.slice_mode.currentIndexChanged.connect(self._update_range)
         self.image_picker.currentIndexChanged.connect(self._update_range)
         self._refresh_label_sets()
@@ -231,41 +268,74 @@ class RestoreSegmentWidget(JobDock):
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
+        mask = None
+        if "mask" in dc:
+            src = provenance(layer)
+            mask = {"sampled_fraction": float(np.mean(dc["mask"])),
+                    **{k: src[k] for k in ("mask", "accel", "center_fraction", "seed") if k in src}}
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
                      "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": "kspace" in dc,
-                     "input": data.reshape(unit.shape), "unit": unit}
-        self._outcome = ""
+                     "input": data.reshape(unit.shape), "unit": unit, "precision": dc["precision"], "mask": mask}
+        self._t0 = self._t_slices = time.perf_counter()
+        self._hint = device_hint(device, cuda_available())
+        self._kind, self._outcome = "predict", ""
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
-                            return_stages=self.keep_stages.isChecked(), **dc)
+                            return_stages=self.keep_stages.isChecked(),
+                            return_uncertainty=self.uncertainty.isChecked(), **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.run_button, self.cancel_button, self.worker is not None)
+        self.save_button.setEnabled(self.worker is None and bool(self._results))
 
     def cancel(self) -> None:
-        """Stop after the slice in progress; nothing is added."""
+        """Stop after the slice (file) in progress; nothing is added (written)."""
         if self.worker is not None:
-            set_status(self.status, "cancelling after the current slice ...")
+            what = "file" if self._kind == "save" else "slice"
+            set_status(self.status, f"cancelling after the current {what} ...")
             self.worker.quit()
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Status):
-            set_status(self.status, item.text)
-        else:  # inference Progress
+            if item.device:  # the model is loaded: the slices start now
+                self._job["run_device"] = item.device
+                self._t_slices = time.perf_counter()
+            set_status(self.status, self._with_hint(item.text))
+        else:  # inference Progress (save: files written)
             self.progress.setRange(0, item.total)
             self.progress.setValue(item.done)
-            set_status(self.status, f"slice {item.done} / {item.total}")
+            if self._kind == "save":
+                set_status(self.status, f"writing file {item.done + 1} / {item.total} ...")
+                return
+            t = time.perf_counter()
+            set_status(self.status, self._with_hint(progress_text(
+                item.done, item.total, t - self._t0, t - self._t_slices, self._job.get("run_device"))))
+
+    def _with_hint(self, text: str) -> str:
+        return f"{text} ({self._hint})" if self._hint else text
 
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
         self.progress.setValue(0)
-        set_status(self.status, "cancelled: no layer was added or changed", "warning")
+        if self._steps is not None:  # the worker has left it: remove the staged files now
+            self._steps.close()
+            self._steps = None
+        what = "no file was written" if self._kind == "save" else "no layer was added or changed"
+        set_status(self.status, f"cancelled: {what}", "warning")
 
-    def _on_result(self, result: PredictResult) -> None:
+    def _on_result(self, result: PredictResult | SavedResults) -> None:
+        if isinstance(result, SavedResults):
+            self.last_saved = {k: Path(v) for k, v in result.paths.items()}
+            self._steps = None
+            self._outcome = "done"
+            self.progress.setValue(self.progress.maximum())
+            folder = next(iter(self.last_saved.values())).parent
+            set_status(self.status, f"saved {', '.join(p.name for p in self.last_saved.values())} into {folder}")
+            return
         try:
             self.last_outputs = self._publish(result)
         except USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
@@ -277,6 +347,7 @@ class RestoreSegmentWidget(JobDock):
                f" ({len(result.slices)} slice(s)); {measurement_text(self._job.get('data_consistency'), result.cascades)}")
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
+        msg = self._with_hint(msg)
         set_status(self.status, msg, "warning" if result.random_weights else "info")
 
     # ------------------------------------------------------------------ outputs
@@ -293,15 +364,16 @@ class RestoreSegmentWidget(JobDock):
         full = len(slices) == z_total and slices == list(range(z_total))
         names = result.label_sets.get(pred.label_set, []) if pred.label_set else []
         colors = result.label_colors.get(pred.label_set, []) if pred.label_set else []
-        rname, lname = f"{layer.name} restored", f"{layer.name} labels"
+        rname, lname, uname = f"{layer.name} restored", f"{layer.name} labels", f"{layer.name} uncertainty"
         slot_r, old_r = output_slot(self.viewer, rname, WIDGET, layer.name, Image)
         slot_l, old_l = output_slot(self.viewer, lname, WIDGET, layer.name, Labels)
+        slot_u, old_u = output_slot(self.viewer, uname, WIDGET, layer.name, Image)
 
         def earlier(old):
             """An earlier partial result of this input to add to, or None."""
             return old if not full and old is not None and tuple(np.shape(old.data)) == shape else None
 
-        old_r, old_l = earlier(old_r), earlier(old_l)
+        old_r, old_l, old_u = earlier(old_r), earlier(old_l), earlier(old_u)
         old_prov = provenance(old_r) if old_r is not None else {}
 
         def merge(values, fill, dtype, old):
@@ -311,13 +383,15 @@ class RestoreSegmentWidget(JobDock):
             return fill_slices(vol_shape, slices, values, fill, dtype, old.data,
                                computed_slices(provenance(old), z_total))
 
-        restored = labels = None
-        done = done_l = list(range(z_total))
+        restored = labels = uncertainty = None
+        done = done_l = done_u = list(range(z_total))
         if pred.restored is not None:
             values = restore_units(pred.restored, job["params"], job["input"][slices], job["unit"][slices])
             restored, done = merge(values, np.nan, np.float32, old_r)
         if pred.labels is not None:
             labels, done_l = merge(pred.labels, 0, np.uint8, old_l)
+        if pred.uncertainty is not None:
+            uncertainty, done_u = merge(pred.uncertainty, np.nan, np.float32, old_u)
 
         def probs(key, new, width):
             arr = np.full((z_total, width), np.nan, np.float32)
@@ -332,28 +406,38 @@ class RestoreSegmentWidget(JobDock):
             "weights": result.source, "random_weights": result.random_weights, "device": result.device,
             "label_set": pred.label_set, "label_names": list(names), "label_colors": list(colors),
             "normalisation": dict(job["params"]), "data_consistency": bool(job.get("data_consistency")),
-            "cascades": result.cascades,
+            "cascades": result.cascades, "precision": job.get("precision", "fp32"), "mask": job.get("mask"),
             "time": now(), "seconds": round(result.seconds, 3), "slices_done": done,
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),
             "degradation_probs": probs("degradation_probs", pred.degradation_probs, len(result.degradations)),
             "restored_layer": slot_r, "labels_layer": slot_l,
+            "uncertainty_layer": slot_u if uncertainty is not None else None,
         }
-        outputs = []
+        made = {}
         if restored is not None:
-            outputs.append(put_layer(
+            made["restored"] = put_layer(
                 self.viewer, "image", rname, restored.reshape(shape), widget=WIDGET, source_layer=layer, prov=prov,
-                colormap="gray", contrast_limits=tuple(layer.contrast_limits)))
+                colormap="gray", contrast_limits=tuple(layer.contrast_limits))
         if labels is not None:
             feats = label_features(names, colors) if names else None
             kwargs = {"colormap": label_colormap(colors), "opacity": 0.6}
             if feats is not None:
                 kwargs["features"] = feats
-            outputs.append(put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
+            made["labels"] = put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
                                        source_layer=layer, prov={**{k: prov[k] for k in (
                                            "weights", "random_weights", "device", "label_set", "label_names",
                                            "label_colors", "time", "restored_layer")}, "slices_done": done_l},
-                                       **kwargs))
+                                       **kwargs)
+        if uncertainty is not None:
+            made["uncertainty"] = put_layer(
+                self.viewer, "image", uname, uncertainty.reshape(shape), widget=WIDGET, source_layer=layer,
+                prov={**{k: prov[k] for k in ("weights", "random_weights", "device", "label_set", "time",
+                                              "restored_layer", "labels_layer")}, "slices_done": done_u,
+                      "kind": "uncertainty", "meaning": "normalised entropy of the segmentation softmax"},
+                colormap="magma", blending="additive", contrast_limits=(0.0, 1.0))
+        self._results = {"source": layer, **made}
+        outputs = list(made.values())
         if pred.stages is not None:
             outputs += put_stage_layers(self.viewer, layer, pred.stages, slices, pred.stage_levels,
                                         {"weights": result.source, "device": result.device, "time": now(),
@@ -362,3 +446,91 @@ class RestoreSegmentWidget(JobDock):
         if outputs:
             results_hub().published.emit(outputs[0])
         return outputs
+
+    # ------------------------------------------------------------------ save
+    def result_layers(self) -> dict:
+        """The last result's layers still in the viewer: ``{"source": input, "restored", "labels",
+        "uncertainty"}`` (those there are)."""
+        return {k: lay for k, lay in self._results.items() if lay in self.viewer.layers}
+
+    def save_results(self, folder: str | Path, overwrite: bool = False,
+                     confirm: Callable[[str], bool] | None = None):
+        """Write the last result into ``folder`` in a worker (:func:`napari_vldun.measure.iter_save_results`):
+        NIfTI files with the input layer's geometry, the measurements CSV and a provenance JSON, placed
+        together at the end (Cancel or an error leaves nothing). Existing files are replaced when
+        ``overwrite``, or when ``confirm(message)`` says yes (the button asks in a dialog). Returns the
+        worker; None when refused (nothing written; the reason is shown). ``last_saved``: ``{part: path}``."""
+        if self.worker is not None:
+            return None
+        try:
+            try:
+                steps = self._save_steps(folder, overwrite)
+                first = next(steps)  # checks the targets and stages the files: fast, here
+            except FileExistsError as exc:
+                if confirm is None:
+                    raise
+                if not confirm(error_text(exc)):
+                    set_status(self.status, "not saved: those files exist", "warning")
+                    return None
+                steps = self._save_steps(folder, True)
+                first = next(steps)
+        except USER_ERRORS as exc:
+            self._error(error_text(exc))
+            return None
+        self._kind, self._outcome, self.last_message = "save", "", ""
+        self._steps = steps
+        self.progress.setRange(0, first[1])
+        self.progress.setValue(0)
+        set_status(self.status, f"writing {first[1]} file(s) into {Path(folder)} ...")
+        return self._launch(save_job, steps, first)
+
+    def _save_steps(self, folder: str | Path, overwrite: bool):
+        """:func:`napari_vldun.measure.iter_save_results` (not started) for the last result's layers."""
+        from ..measure import iter_save_results, label_measurements, safe_stem
+
+        layers = self.result_layers()
+        src = layers.get("source")
+        parts = {k: layers.get(k) for k in ("restored", "labels", "uncertainty")}
+        if src is None or not any(v is not None for v in parts.values()):
+            raise InferenceError("no result to save: run Restore & Segment first (and keep its input and output "
+                                 "layers)")
+        shape = tuple(np.shape(src.data))
+        for lay in parts.values():
+            if lay is not None and tuple(np.shape(lay.data)) != shape:
+                raise InferenceError(f"layer '{lay.name}' has shape {np.shape(lay.data)}, its input '{src.name}' "
+                                     f"{shape}; run Restore & Segment again")
+        rest, lab, unc = parts["restored"], parts["labels"], parts["uncertainty"]
+        prov = provenance(rest if rest is not None else lab if lab is not None else unc)
+        n_z = shape[0] if len(shape) == 3 else 1
+        spacing = layer_spacing(src)
+        rows = label_slices = None
+        if lab is not None:
+            label_slices = computed_slices(provenance(lab), n_z)
+            image = np.asarray((rest if rest is not None else src).data, np.float32)
+            rows = label_measurements(np.asarray(lab.data), image, spacing, provenance(lab).get("label_names") or [],
+                                      slices=label_slices)
+        mods = np.asarray(prov.get("modality_probs", np.zeros((0, 0))), float)
+        summary = {
+            "input": src.name, "source_file": ((src.metadata or {}).get(VOLUME_KEY) or {}).get("source"),
+            "shape": list(shape), "spacing_mm": list(spacing),
+            **{k: prov.get(k) for k in ("weights", "random_weights", "device", "precision", "data_consistency",
+                                        "mask", "label_set", "label_names", "normalisation", "time", "seconds")},
+            "passes": prov.get("cascades"),
+            "slices_computed": computed_slices(prov, n_z), "label_slices_computed": label_slices, "slices_total": n_z,
+            "modality_probs": (dict(zip(prov.get("modalities", []), np.nanmean(mods, 0).round(4).tolist()))
+                               if mods.ndim == 2 and mods.size and np.isfinite(mods).any() else None),
+        }
+        arrays = {k: None if v is None else np.asarray(v.data) for k, v in parts.items()}
+        return iter_save_results(folder, safe_stem(src.name), summary=summary, like=layer_like(src),
+                                 measurements=rows, overwrite=overwrite, **arrays)
+
+    def _confirm_overwrite(self, message: str) -> bool:
+        answer = QMessageBox.question(self, "Replace files?", f"{message}\n\nReplace them?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def _save_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save results into a folder", self._save_dir)
+        if folder:
+            self._save_dir = folder
+            self.save_results(folder, confirm=self._confirm_overwrite)
