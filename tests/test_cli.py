@@ -17,7 +17,7 @@ def test_info_json(capsys) -> None:
     assert main(["info", "--config", "tiny", "--size", "64", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert {"config", "params", "gmacs_256", "gflops_256", "scan_gflops_256"} <= set(info)
-    assert info["config"] == "tiny" and info["gflops_256"] == pytest.approx(2 * info["gmacs_256"], rel=1e-3)
+    assert info["config"] == "tiny" and info["gflops_256"] == pytest.approx(2 * info["gmacs_256"], abs=2e-3)
     assert info["params_total"] < 2_000_000
 
 
