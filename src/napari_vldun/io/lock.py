@@ -83,6 +83,9 @@ def output_lock(folder: str | Path, what: str = "run") -> Iterator[Path]:
     removed again at exit when it is still empty."""
     folder = Path(folder).expanduser()
     created = not folder.exists()
+    from .atomic import check_out_dir
+
+    folder = check_out_dir(folder)  # a file or a dangling link: the same message as the job's own check
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
