@@ -158,7 +158,28 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
         w.save_button.click()
     assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir()) and "saved" in w.status.text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scan.nii.gz"]  # nothing else touched
-    # cancelled while writing: nothing is left, not even the new folder
+    # cancelled while writing: nothing is left, not even the new folder (each file write is slowed so that the
+    # cancel lands between two files however fast the machine is)
+    import time
+
+    from napari_vldun._widgets import _workers, restore as restore_mod
+
+    def slow_save_job(steps, first):
+        def slowed():
+            try:
+                while True:
+                    time.sleep(0.5)
+                    try:
+                        item = next(steps)
+                    except StopIteration as stop:
+                        return stop.value
+                    yield item
+            finally:
+                steps.close()
+
+        return (yield from _workers.save_job(slowed(), first))
+
+    monkeypatch.setattr(restore_mod, "save_job", slow_save_job)
     gone = tmp_path / "gone"
 
     def save_and_cancel():
