@@ -27,7 +27,7 @@ def run_cascade(model, y: torch.Tensor, kspace: torch.Tensor | None, mask: torch
                 return_stages: bool):
     """``passes`` weight-shared passes of ``model`` (a ``stage_images`` :class:`VLDUN`) on ``y``
     (B, 1, H, W) -> :class:`VLDUNOutput`; stages of every pass (``pass_index`` says which) when asked."""
-    from .vldun import VLDUNOutput
+    from .vldun import VLDUNOutput  # vldun imports this module at load time
 
     h, w = y.shape[-2:]
     prior = model.priors(y)

@@ -11,6 +11,7 @@ from torch import nn
 from ..degradation.consistency import data_consistency
 from ..degradation.masks import mask_kind
 from .blocks import Downsample, Upsample
+from .cascade import pad_to_multiple, run_cascade
 from .config import VLDUNConfig
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
 from .unfolding import StageSettings, UnfoldingStage
@@ -108,14 +109,13 @@ class StageImageHead(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = F.pixel_shuffle(self.proj(z), self.patch) if self.patch > 1 else self.proj(z)
-        if self.scale > 1:
-            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
-        return x
+        return self._upsample(self.proj(z))
 
     def band(self, t: torch.Tensor) -> torch.Tensor:
         """The same linear map (no bias) on band features, for the stage viewer."""
-        x = F.conv2d(t, self.proj.weight)
+        return self._upsample(F.conv2d(t, self.proj.weight))
+
+    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
         if self.scale > 1:
             x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
@@ -223,15 +223,10 @@ class VLDUN(nn.Module):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
         n = self.passes(kspace is not None, cascades, mask)
         if self.cfg.stage_images:
-            from .cascade import run_cascade
-
             return run_cascade(self, y, kspace, mask, n, return_stages)
         h, w = y.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
-        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        xp, (ph, pw), mode = pad_to_multiple(y, self.multiple)
         prior: PriorOutput = self.priors(y)  # reported: the priors of the acquired image
-        xp = F.pad(y, (0, pw, 0, ph), mode=mode)
         free = restored = None
         for c in range(n):
             if c > 0:  # the next pass sees the consistent image in [0, 1] and conditions its priors on it
