@@ -269,3 +269,22 @@ def test_constant_mri_volume_round_trips_units() -> None:
     ct, p = to_unit_range(Volume(data=np.array([[-1000.0, 0.0], [500.0, 1000.0]] * 8, np.float32), spacing=(1, 1),
                                  modality="CT"))
     np.testing.assert_allclose(from_unit_range(ct, p)[0], [-1000.0, 0.0], atol=1e-3)
+
+
+def test_label_set_warning_flags_heart_classes_on_a_brain(acdc_slice, shared_data) -> None:
+    """Issue 16 defect 6: heart labels on a brain are never applied silently."""
+    from napari_vldun.data.sources import volume_slices
+    from napari_vldun.inference import label_set_warning
+
+    loaded = load_model(None, "cpu")
+    _, vol, _, _ = next(iter(volume_slices("brats2015", "val")))
+    brain = np.ascontiguousarray(vol[vol.shape[0] // 2][:128, :128])
+    p = predict(loaded, brain, label_set="acdc")
+    msg = label_set_warning(loaded.model, p.modality_probs, "acdc", chosen_by_user=True)
+    assert msg is not None and "acdc" in msg and "cardiac_mri" in msg
+    heart = predict(loaded, acdc_slice, label_set="acdc")
+    assert label_set_warning(loaded.model, heart.modality_probs, "acdc", chosen_by_user=True) is None
+    # an unsure prior is flagged for an automatic choice only
+    flat = np.full((1, len(loaded.model.cfg.modalities)), 1.0 / len(loaded.model.cfg.modalities))
+    assert "unsure" in label_set_warning(loaded.model, flat, "acdc", chosen_by_user=False)
+    assert label_set_warning(loaded.model, flat, "acdc", chosen_by_user=True) is None

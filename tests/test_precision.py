@@ -40,3 +40,16 @@ def test_autocast_is_a_no_op_for_fp32() -> None:
         assert (x @ x).dtype == torch.float32
     with autocast("cpu", "bf16"):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def test_auto_precision_uses_bf16_only_where_it_is_native() -> None:
+    """On a CPU without AVX512-bf16/AMX, bf16 is emulated (~4x slower): ``auto`` stays fp32 there."""
+    from napari_vldun.model.precision import native_bf16
+
+    auto = Precision.parse("auto")
+    assert auto.resolve("cpu") is (Precision.BF16 if native_bf16("cpu") else Precision.FP32)
+    assert Precision.parse("bf16").resolve("cpu") is Precision.BF16  # an explicit choice is kept
+    x = torch.rand(4, 8)
+    with autocast("cpu", "auto"):
+        y = torch.nn.functional.linear(x, torch.rand(3, 8))
+    assert y.dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float32)

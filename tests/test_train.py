@@ -347,3 +347,51 @@ def test_data_consistency_in_training_and_validation(tmp_path):
     legacy_free = {**legacy, "data_consistency": True}
     with pytest.raises(ValueError, match="free_weight"):
         _check_resume_config(small(tmp_path), legacy_free, tmp_path)
+
+
+def test_init_weights_warm_starts_a_new_architecture(tmp_path):
+    """``init_weights`` copies every tensor of a checkpoint that the new model has with the same shape (a run
+    10 checkpoint into the ``stage_feedback`` model) and refuses a checkpoint of another shape."""
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+    from napari_vldun.train.setup import _named_model
+
+    old = build_model("tiny", seed=7, stage_feedback=False)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.01)
+    save_checkpoint(old, tmp_path / "old")
+    heads = {k: list(v) for k, v in old.cfg.label_sets.items()}
+    with pytest.warns(UserWarning, match="keep their initialisation"):
+        new = _named_model(small(tmp_path, init_weights=str(tmp_path / "old")), list(old.cfg.modalities), heads,
+                           dict(old.cfg.label_colors))
+    own, src = new.state_dict(), old.state_dict()
+    assert new.cfg.stage_feedback
+    assert all(torch.equal(own[k], v) for k, v in src.items())
+    assert all(torch.count_nonzero(own[k]) == 0 for k in own if k.startswith("feedback."))
+    save_checkpoint(build_model("tiny", seed=0, widths=(8, 16, 32)), tmp_path / "other")
+    with pytest.raises(ValueError, match="tensors match"):
+        _named_model(small(tmp_path, init_weights=str(tmp_path / "other")), list(old.cfg.modalities), heads, {})
+
+
+def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):
+    """``dc_fraction``: a share of joint steps trains without k-space, drawn from (seed, step) only."""
+    from types import SimpleNamespace
+
+    from napari_vldun.train.loop import Trainer
+
+    with pytest.raises(ValueError, match="dc_fraction"):
+        small(tmp_path, dc_fraction=1.5).validate()
+
+    def draws(cfg, n=400):
+        t = SimpleNamespace(cfg=cfg, pos=SimpleNamespace(global_step=0))
+        out = []
+        for s in range(n):
+            t.pos.global_step = s
+            out.append(Trainer._dc_step(t))
+        return out
+
+    half = draws(small(tmp_path, dc_fraction=0.5))
+    assert 0.4 < np.mean(half) < 0.6 and half == draws(small(tmp_path, dc_fraction=0.5))
+    assert all(draws(small(tmp_path), 20)) and not any(draws(small(tmp_path, data_consistency=False), 20))
+    assert half != draws(small(tmp_path, dc_fraction=0.5, seed=1))

@@ -108,3 +108,23 @@ def test_files_of_two_saves_are_refused(tmp_path):
     (out / "last.state.safetensors").write_bytes(old)
     with pytest.raises(ValueError, match=r"last\.state\.safetensors does not match its checksum"):
         next(iter(iter_train(small(out), resume=True)))
+
+
+def test_training_state_json_is_strict(tmp_path):
+    """A NaN metric (e.g. Dice of a validation set without foreground) is written as null, never a bare NaN
+    that strict JSON readers refuse; -inf (no best yet) likewise."""
+    import json
+    import math
+
+    import torch
+
+    from napari_vldun.train.state import load_state, save_state
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+    _, jpath = save_state(tmp_path / "last", {"w": torch.zeros(2)},
+                          {"best_score": -math.inf, "last_val": {"val_dice": math.nan, "val_psnr": 25.0}})
+    doc = strict(jpath.read_text())
+    assert doc["best_score"] is None and doc["last_val"] == {"val_dice": None, "val_psnr": 25.0}
+    assert load_state(tmp_path / "last")[1]["last_val"]["val_psnr"] == 25.0

@@ -126,3 +126,33 @@ def test_stage_estimates_are_images_and_data_consistent(passes: int) -> None:
         torch.testing.assert_close(measure(s.full, mask), k, atol=2e-4, rtol=0)
     torch.testing.assert_close(out.restored, out.stages[-1].full)
     assert not torch.allclose(out.stages[0].full, out.stages[-1].full)
+
+
+def test_stage_feedback_starts_as_the_model_without_it_and_carries_the_consistent_estimate() -> None:
+    """``stage_feedback``: zero-initialised, so a checkpoint without it loads and runs unchanged; once its
+    convs move, the later stages see the data-consistent estimate (the k-space changes the features)."""
+    plain = build_model("tiny", seed=1, stage_feedback=False).eval()
+    fed = build_model("tiny", seed=1).eval()
+    assert fed.cfg.stage_feedback and len(fed.feedback) == len(fed.stage_levels)
+    missing, unexpected = fed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("feedback.") for k in missing)
+    with torch.no_grad():
+        for head in list(fed.stage_heads) + list(plain.stage_heads):
+            head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(3))
+    mask = cartesian_mask((40, 56), 4, seed=0).mask
+    k = measure(y, mask)
+    with torch.no_grad():
+        a, b = plain(y, kspace=k, mask=mask), fed(y, kspace=k, mask=mask)
+        torch.testing.assert_close(a.restored, b.restored)
+        for conv in fed.feedback:
+            conv.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+        c = fed(y, kspace=k, mask=mask)
+        # feedback: the same observation with a different measurement changes the segmentation features
+        d = fed(y, kspace=k * 0, mask=mask)
+    assert not torch.allclose(c.restored, b.restored)
+    seg_c, seg_d = c.seg_logits["acdc"], d.seg_logits["acdc"]
+    assert (seg_c - seg_d).abs().max() > 1e-4
+    seg_a0, seg_a1 = (plain(y, kspace=kk, mask=mask).seg_logits["acdc"] for kk in (k, k * 0))
+    # without feedback the k-space reaches the features only through the image the seg head sees
+    assert (seg_c - seg_d).abs().max() > (seg_a0 - seg_a1).abs().max()

@@ -53,7 +53,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
                            overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
-                           cascades=args.cascades, precision=args.precision)
+                           cascades=args.cascades, precision=args.precision, tile=args.tile)
     print(dumps_json(summary))
     return 0
 
@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_precision_arg(s)
 
     def add_precision_arg(s: argparse.ArgumentParser, default: str | None = "fp32") -> None:
-        s.add_argument("--precision", choices=["fp32", "bf16"], default=default,
-                       help="fp32, or bf16 autocast (faster on CPUs with AVX512-bf16 and on GPUs; scans, data "
-                            "consistency and losses stay fp32)" + ("" if default else "; default: the config's"))
+        s.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=default,
+                       help="fp32, or bf16 autocast (faster on CPUs with AVX512-bf16 and on GPUs, ~4x slower on CPUs "
+                            "without it; scans, data consistency and losses stay fp32); auto: bf16 where native" + ("" if default else "; default: the config's"))
 
     def add_cascades_arg(s: argparse.ArgumentParser) -> None:
         s.add_argument("--cascades", type=int, default=None,
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kspace", default=None,
                    help="the input's measured k-space (.npz from `vldun degrade --kspace-out`): the restored image "
                         "is made consistent with it")
+    s.add_argument("--tile", type=int, default=None,
+                   help="overlapping N x N tiles for large slices (default: tiles of 512 above ~1 Mpx, bounded "
+                        "memory; 0: always whole slices)")
     add_cascades_arg(s)
     add_model_args(s)
     s.set_defaults(func=_cmd_predict)

@@ -18,6 +18,7 @@ import torch
 from .model import VLDUN, build_model
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.precision import Precision, autocast
+from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
 
 #: The checkpoint shipped inside the package (``NAME.safetensors`` + ``NAME.json``).
 SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "vldun_tiny"
@@ -158,6 +159,30 @@ def choose_label_set(model: VLDUN, modality_probs: np.ndarray | None, label_set:
     return sets[0]
 
 
+#: below this mean probability of the most likely modality, an automatic label set is flagged as a guess.
+SURE_MODALITY = 0.5
+
+
+def label_set_warning(model: VLDUN, modality_probs: np.ndarray | None, label_set: str | None,
+                      chosen_by_user: bool) -> str | None:
+    """A sentence for the user when the label set may not fit the anatomy, else None: the modality prior is
+    unsure (mean top probability < :data:`SURE_MODALITY`) about an automatic choice, or the label set belongs
+    to another modality than the one the prior sees (e.g. heart classes on a brain)."""
+    if label_set is None or modality_probs is None:
+        return None
+    probs = np.asarray(modality_probs, float).reshape(-1, len(model.cfg.modalities)).mean(0)
+    top = int(probs.argmax())
+    modality, p = model.cfg.modalities[top], float(probs[top])
+    owner = [m for m, s in model.cfg.modality_label_sets.items() if s == label_set]
+    if owner and modality not in owner and modality in model.cfg.modality_label_sets:
+        return (f"label set '{label_set}' is for {', '.join(owner)}, but the image looks like {modality} "
+                f"(p = {p:.2f}); pick the label set that matches the anatomy")
+    if not chosen_by_user and p < SURE_MODALITY:
+        return (f"label set '{label_set}' was chosen automatically from an unsure modality guess ({modality}, "
+                f"p = {p:.2f}); check it or pick the label set that matches the anatomy")
+    return None
+
+
 def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Check a known acquisition for a (Z, H, W) image: ``kspace`` centred complex k-space (Z, H, W)
     or (H, W) (zeros where not sampled), ``mask`` {0, 1} (H, W) or (Z, H, W). Returns both as
@@ -179,16 +204,49 @@ def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarr
     return k.astype(np.complex64), m.astype(np.float32)
 
 
+def _available_bytes() -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return float(psutil.virtual_memory().available)
+
+
+def check_tiling(model: VLDUN, device: torch.device, shape: tuple[int, int], tile: int | None,
+                 return_stages: bool) -> int | None:
+    """The tile size :func:`_run_slice` will use for an (H, W) slice (None: whole slice), refusing up front
+    what cannot work: stage maps of a tiled slice, or a forced whole slice (``tile=0``) whose estimated
+    memory (:func:`~napari_vldun.tiling.whole_slice_bytes`) exceeds what the CPU has available."""
+    try:
+        t = choose_tile(shape, tile)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
+    h, w = shape
+    if t is not None and return_stages:
+        raise InferenceError(f"stage maps need whole-slice inference and a {h}x{w} slice would be tiled; "
+                             "pick a smaller region, or set tile=0 to run it whole")
+    if t is None and device.type == "cpu":
+        need, have = whole_slice_bytes(model.cfg, shape), _available_bytes()
+        if have is not None and need > 0.8 * have:
+            raise InferenceError(f"a whole {h}x{w} slice needs ~{need / 2**30:.1f} GB, {have / 2**30:.1f} GB "
+                                 "is available: let it be tiled (tile=None or a tile size)")
+    return t
+
+
 @torch.no_grad()
 def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
                kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None,
-               precision: str = "fp32"):
+               precision: str = "fp32", tile: int | None = None):
     y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
     dc = {}
     if kspace is not None:
         dc = {"kspace": torch.from_numpy(np.ascontiguousarray(kspace))[None, None].to(device),
               "mask": torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device), "cascades": cascades}
     try:
+        if tile is not None:
+            n = model.passes(kspace is not None, cascades, dc.get("mask"))
+            return run_tiled(model, y, plan_tiles(image.shape, tile), n, dc.get("kspace"), dc.get("mask"),
+                             context=lambda: autocast(device, precision))
         with autocast(device, precision):
             return model(y, return_stages=return_stages, **dc)
     except (_OOM, RuntimeError) as exc:
@@ -212,7 +270,7 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False, kspace=None,
                  mask=None, cascades: int | None = None, precision: str = "fp32",
-                 return_uncertainty: bool = False) -> Iterator[Progress | Prediction]:
+                 return_uncertainty: bool = False, tile: int | None = None) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
@@ -223,6 +281,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
 
     ``precision``: "fp32" or "bf16" (autocast; see :mod:`~napari_vldun.model.precision`).
     ``return_uncertainty``: also give :attr:`Prediction.uncertainty` (per-pixel normalised entropy).
+    ``tile``: None = tile slices above ~1 Mpx automatically (:mod:`~napari_vldun.tiling`), 0 = never,
+    N = overlapping N x N tiles whenever a slice is larger.
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done.
@@ -245,10 +305,11 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         raise InferenceError(str(exc)) from None
     idx = slice_indices(slices, vol.shape[0])
     model, dev = loaded.model, loaded.device
+    tile = check_tiling(model, dev, vol.shape[-2:], tile, return_stages)
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
     for n, z in enumerate(idx):
         meas = (kspace[z], mask[z], cascades) if kspace is not None else (None, None, None)
-        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision)
+        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision, tile=tile)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model, passes
+from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
+                        label_set_warning, load_model, passes)
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
 from .io.normalize import UNIT_RANGE_MAX, from_unit_range, restore_units, to_unit_range, unit_bounds
 from .io.lock import locks_output
@@ -229,7 +230,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
                  progress: bool = True, loaded: LoadedModel | None = None,
                  kspace: str | Path | tuple[np.ndarray, np.ndarray] | None = None,
-                 cascades: int | None = None, precision: str = "fp32") -> dict:
+                 cascades: int | None = None, precision: str = "fp32", tile: int | None = None) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
     ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
 
@@ -279,10 +280,13 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         check_measurement(image3, k)
         measurement = {"kspace": k, "mask": m, "cascades": cascades}
     n_passes = passes(loaded, bool(measurement), cascades, measurement.get("mask"))  # refuses a bad count first
+    used_tile = check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, False)  # refuses before work
+    if stages and used_tile is not None:
+        check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, True)
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
-        for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, **measurement):
+        for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, tile=tile, **measurement):
             if isinstance(item, Progress):
                 bar.update(1)
             else:
@@ -318,6 +322,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "data_consistency": bool(measurement),
         "cascades": n_passes,
         "precision": precision,
+        "tile": used_tile,
+        "label_set_warning": label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),
         "modality_probs": None if pred.modality_probs is None else dict(zip(cfg.modalities, np.round(pred.modality_probs.mean(0), 4).tolist())),

@@ -55,6 +55,8 @@ class PredictResult:
     seconds: float
     #: passes of the network that ran (1 without k-space).
     cascades: int = 1
+    #: :func:`~napari_vldun.inference.label_set_warning`: the label set may not fit the anatomy.
+    label_set_warning: str | None = None
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -76,7 +78,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
     :class:`Failure`.
     """
-    from ..inference import iter_predict, passes
+    from ..inference import iter_predict, label_set_warning, passes
 
     t0 = time.perf_counter()
     try:
@@ -105,6 +107,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         modalities=list(cfg.modalities), degradations=list(cfg.degradations),
         seconds=time.perf_counter() - t0,
         cascades=passes(loaded, kspace is not None, cascades, mask),
+        label_set_warning=label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
     )
 
 

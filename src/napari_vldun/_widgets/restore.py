@@ -46,7 +46,7 @@ from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_da
                       layer_spacing, now, output_slot, provenance, put_layer, unit_stack)
 from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
                      progress_text)
-from ._messages import USER_ERRORS, error_text, results_hub, set_status, status_label
+from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_warning, status_label
 from ._models import ModelChooser, checkpoint_label_sets
 from ._workers import JobDock, PredictResult, SavedResults, Status, predict_job, save_job, toggle_run_cancel
 
@@ -111,7 +111,7 @@ class MeasurementChooser:
                                "measurement (fewer is faster; 'checkpoint's' uses the number it was tuned for)")
         self.use_kspace.toggled.connect(self.passes.setEnabled)
         self.precision = QComboBox()
-        self.precision.addItems(["fp32", "bf16"])
+        self.precision.addItems(["fp32", "bf16", "auto"])
         self.precision.setToolTip("bf16: convolutions and matrix products in bfloat16 (faster on CPUs with "
                                   "AVX512-bf16 and on GPUs; within 0.1 dB of fp32 for the shipped model)")
         form.addRow("", self.use_kspace)
@@ -347,8 +347,12 @@ class RestoreSegmentWidget(JobDock):
                f" ({len(result.slices)} slice(s)); {measurement_text(self._job.get('data_consistency'), result.cascades)}")
         if result.random_weights:
             msg += " -- random weights: outputs are meaningless"
+        anatomy = result.label_set_warning
+        if anatomy:
+            msg += f" -- {anatomy}"
+            show_warning(anatomy)
         msg = self._with_hint(msg)
-        set_status(self.status, msg, "warning" if result.random_weights else "info")
+        set_status(self.status, msg, "warning" if result.random_weights or anatomy else "info")
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, result: PredictResult) -> list:

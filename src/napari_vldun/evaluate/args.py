@@ -28,8 +28,8 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
                    help="networks see the magnitude image only (no data consistency with the measured k-space)")
     g.add_argument("--cascades", type=int, default=None,
                    help="passes of the network with data consistency (default: the checkpoint's, per mask kind)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32, or bf16 autocast for the networks (scans, data consistency and metrics stay fp32)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="fp32, or bf16 autocast for the networks (auto: bf16 where the device runs it natively) (scans, data consistency and metrics stay fp32)")
     g.add_argument("--no-tv", action="store_true", help="skip the (slow) TV reconstruction baseline")
     g.add_argument("--tv-iters", type=int, default=100)
     g.add_argument("--tv-lambda", type=float, default=0.01)

@@ -134,6 +134,11 @@ class VLDUNConfig:
     #: segmentation head on multi-scale decoder features (last two levels, upsampled) + the restored image
     #: (a deviation from the paper's "light CNN on the last stage", docs/architecture.md).
     seg_multiscale: bool = False
+    #: ``stage_images`` only: every stage's features receive the current (data-consistent) estimate x_{k-1},
+    #: embedded at the stage's level by a zero-initialised conv, so what data consistency restored reaches the
+    #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
+    #: the observation y and the estimate is a read-out (run 10, 2026-12-01).
+    stage_feedback: bool = False
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -186,6 +191,7 @@ def _paper() -> VLDUNConfig:
         prior_dim=256,
         stage_images=True,
         scaled_phi_t=True,
+        stage_feedback=True,
         clip=ClipConfig(),  # ViT-B/16 visual tower, CLIP text tower (frozen)
     )
 
@@ -197,6 +203,7 @@ def _tiny() -> VLDUNConfig:
         stage_images=True,
         scaled_phi_t=True,
         seg_multiscale=True,
+        stage_feedback=True,
         widths=(16, 32, 64),
         blocks=(1, 1, 1),
         refine_blocks=1,
@@ -220,7 +227,8 @@ def _tiny() -> VLDUNConfig:
 def _tiny_v1() -> VLDUNConfig:
     """The first release's ``tiny`` (full-resolution U, feature-projection stage maps, LayerNorm Phi^T):
     the architecture of checkpoints trained before 2026-12-01, kept for comparisons (benchmarks)."""
-    return _tiny().replace(name="tiny_v1", patch=1, stage_images=False, scaled_phi_t=False, seg_multiscale=False)
+    return _tiny().replace(name="tiny_v1", patch=1, stage_images=False, scaled_phi_t=False, seg_multiscale=False,
+                          stage_feedback=False)
 
 
 CONFIGS = {"paper": _paper, "tiny": _tiny, "tiny_v1": _tiny_v1}

@@ -175,8 +175,12 @@ class VLDUN(nn.Module):
                                 if cfg.rec_head else None)
             self.to_image = nn.ModuleList()
             self.rec_head = None
+            # x_{k-1} at each stage's level, as the observation is embedded there (zero-init: starts as run 10)
+            self.feedback = (nn.ModuleList(_zero(nn.Conv2d(y_ch[lv], w[lv], 3, padding=1)) for lv in levels)
+                             if cfg.stage_feedback and cfg.rec_head else None)
         else:
             self.stage_heads = None
+            self.feedback = None
             self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
             self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
         if not cfg.seg_head:
@@ -276,10 +280,14 @@ class VLDUN(nn.Module):
 
     def pyramid(self, yp: torch.Tensor) -> list[torch.Tensor]:
         """The observation at every level: avg-pooled (``patch`` 1) or PixelUnshuffle(patch * 2**i)."""
-        p, L = int(self.cfg.patch), len(self.cfg.widths)
+        return [self._level(yp, i) for i in range(len(self.cfg.widths))]
+
+    def _level(self, image: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, 1, H', W') at U level ``level``: avg-pooled (``patch`` 1) or PixelUnshuffle(patch * 2**level)."""
+        p = int(self.cfg.patch)
         if p == 1:
-            return [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, L)]
-        return [F.pixel_unshuffle(yp, p * 2**i) for i in range(L)]
+            return F.avg_pool2d(image, 2**level) if level else image
+        return F.pixel_unshuffle(image, p * 2**level)
 
     def unfold_images(self, yp: torch.Tensor, tokens: torch.Tensor, size: tuple[int, int],
                       kspace: torch.Tensor | None, mask: torch.Tensor | None, return_stages: bool,
@@ -298,6 +306,9 @@ class VLDUN(nn.Module):
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal x, x_free, k
+            if self.feedback is not None:
+                xp = pad_to_multiple(x, self.multiple)[0].to(yp.dtype)
+                z = z + self.feedback[k](self._level(xp, level))
             z, bands = stage(z, y_feats[level], tokens)
             if self.stage_heads is not None:
                 head = self.stage_heads[k]
@@ -338,6 +349,12 @@ class VLDUN(nn.Module):
         low = full_res(F.conv2d(bands.low, proj.weight))
         high = full_res(F.conv2d(bands.high, proj.weight))
         return StageMaps(level, full, low, high)
+
+
+def _zero(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 def build_model(cfg: VLDUNConfig | str, seed: int | None = 0, **overrides) -> VLDUN:

@@ -141,6 +141,14 @@ class TrainConfig:
     #: a checkpoint whose CLIP prior tower (``priors.*``) initialises a fresh named model (same clip config and
     #: modalities), so a new architecture need not fine-tune its priors again; None: none.
     init_priors: Optional[str] = None
+    #: a checkpoint whose tensors initialise a fresh named model wherever the model has a tensor of the same
+    #: name and shape (a warm start across an architecture change, e.g. adding ``stage_feedback``); the others
+    #: keep their initialisation and are listed in the log. None: none.
+    init_weights: Optional[str] = None
+    #: with ``data_consistency``: share of joint-phase steps that give the network its k-space; the other
+    #: steps train it on the magnitude image alone (a user file without k-space). Drawn per step from
+    #: (seed, step), the same on every rank. Runs saved before this field existed used 1.
+    dc_fraction: float = 1.0
     #: "fp32" or "bf16" (autocast, fp32 master weights; scans, data consistency and losses in fp32).
     precision: str = "fp32"
     seed: int = 0
@@ -252,6 +260,8 @@ class TrainConfig:
         for key in ("rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "free_weight"):
             if float(getattr(self, key)) < 0:
                 raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= float(self.dc_fraction) <= 1.0:
+            raise bad(f"dc_fraction must be in [0, 1], got {self.dc_fraction}")
         if self.lr <= 0 or (self.prior_lr is not None and self.prior_lr <= 0):
             raise bad("lr and prior_lr must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

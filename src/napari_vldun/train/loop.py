@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -162,6 +163,15 @@ class Trainer:
         self.total_steps = sum(p.epochs * p.steps for p in r.phases)
 
     # ------------------------------------------------------------------ helpers
+    def _dc_step(self) -> bool:
+        """Does this joint step give the network its k-space? (``dc_fraction``, drawn from (seed, step).)"""
+        cfg = self.cfg
+        if not cfg.data_consistency or cfg.dc_fraction <= 0:
+            return False
+        if cfg.dc_fraction >= 1:
+            return True
+        return bool(np.random.default_rng([cfg.seed, self.pos.global_step]).random() < cfg.dc_fraction)
+
     @property
     def wall_s(self) -> float:
         return self.wall0 + time.time() - self.t0
@@ -328,7 +338,7 @@ class Trainer:
                 else:
                     with autocast(ctx.device, cfg.precision):
                         out = ddp(batch["degraded"], return_stages=self.need_stages,
-                                  **measured(batch, cfg.data_consistency))
+                                  **measured(batch, self._dc_step()))
                     terms = self.joint_loss(out, batch)
                 self.opt.zero_grad(set_to_none=True)
                 (terms["total"] + _touch(out)).backward()

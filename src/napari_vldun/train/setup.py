@@ -17,6 +17,7 @@ import contextlib
 import math
 import platform
 import random
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,32 @@ def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: 
                 if conv is not None:
                     conv.weight.zero_()
                     conv.bias.zero_()
+    if cfg.init_weights:
+        _load_matching(model, cfg.init_weights)
     return model
+
+
+def _load_matching(model, path: str) -> None:
+    """Copy every tensor of the checkpoint ``path`` whose name and shape the model has; warn about the
+    model's tensors left at their initialisation. Refuses a checkpoint that shares (almost) nothing."""
+    from safetensors.torch import load_file
+
+    from ..model.checkpoint import checkpoint_paths
+
+    wpath, _ = checkpoint_paths(path)
+    if not wpath.is_file():
+        raise ValueError(f"init_weights {path}: {wpath} not found")
+    own = model.state_dict()
+    src = load_file(str(wpath))
+    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if len(take) < len(own) // 2:
+        raise ValueError(f"init_weights {path}: only {len(take)} of the model's {len(own)} tensors match; "
+                         "is it a checkpoint of this architecture?")
+    model.load_state_dict(take, strict=False)
+    fresh = sorted(set(own) - set(take))
+    if fresh:
+        warnings.warn(f"init_weights {path}: {len(fresh)} tensors keep their initialisation "
+                      f"({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})", stacklevel=2)
 
 
 def _load_priors(model, path: str) -> None:

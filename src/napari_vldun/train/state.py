@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..io.atomic import dumps_json
 from ..model.checkpoint import atomic_write
 
 __all__ = ["state_paths", "save_state", "load_state", "optimizer_state", "load_optimizer_state",
@@ -62,7 +63,7 @@ def save_state(prefix: str | Path, tensors: dict[str, torch.Tensor], doc: dict) 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     doc = {"state_version": STATE_VERSION, **doc}
     atomic_write(tpath, lambda tmp: save_file(tensors, tmp))
-    atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    atomic_write(jpath, lambda tmp: Path(tmp).write_text(dumps_json(doc, indent=1)))  # strict: NaN -> null
     return tpath, jpath
 
 
@@ -157,7 +158,7 @@ def write_checkpoint_set(prefix: str | Path, step: int, write: Callable[[Path], 
             _fsync(f)
         doc = {"set_version": SET_VERSION, "name": name, "global_step": int(step), "written_ns": time.time_ns(),
                "files": {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files}}
-        manifest_path(stage / name).write_text(json.dumps(doc, indent=1))
+        manifest_path(stage / name).write_text(dumps_json(doc, indent=1))
         _fsync(manifest_path(stage / name))
         _fsync(stage)
         final = sets / f"{name}-{int(step):08d}-{stage.name.rsplit('-', 1)[-1]}"
