@@ -58,6 +58,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_unet(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io.atomic import check_out_dir, check_outputs
+    from .train.unet import UNetTrainConfig, iter_train_unet
+
+    out = check_out_dir(args.out)
+    check_outputs([out / "unet.safetensors", out / "unet.json"], args.overwrite)
+    cfg = UNetTrainConfig(out_dir=str(out), source=args.source, steps=args.steps, minutes=args.minutes,
+                          crop=args.crop, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
+                          threads=args.threads)
+    last = {}
+    with tqdm(total=cfg.steps, desc="train U-Net", unit="step") as bar:
+        for last in iter_train_unet(cfg):
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}")
+    print(dumps_json(last))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
@@ -168,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (overrides the config's device)")
     add_precision_arg(s, None)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("train-unet", help="train the plain U-Net segmentation baseline (for `evaluate --unet`)")
+    s.add_argument("--out", required=True, help="output folder (writes OUT/unet.safetensors + OUT/unet.json)")
+    s.add_argument("--source", default="acdc", help="labelled training source (default: acdc)")
+    s.add_argument("--steps", type=int, default=2000, help="optimiser steps (the poly schedule's length)")
+    s.add_argument("--minutes", type=float, default=None, help="stop and save after this wall time")
+    s.add_argument("--crop", type=int, default=128)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT/unet.*")
+    add_precision_arg(s, "auto")
+    s.set_defaults(func=_cmd_train_unet)
 
     try:
         from .evaluate.args import add_evaluate_args

@@ -113,7 +113,7 @@ def choose_tile(shape: tuple[int, int], tile: int | None) -> int | None:
 class TiledOutput:
     """What :func:`run_tiled` returns, shaped like :class:`~napari_vldun.model.vldun.VLDUNOutput`:
     ``restored`` (1, 1, H, W) or None; ``seg_logits`` name -> (1, C, H, W) log-probabilities;
-    ``modality_probs`` / ``degradation_probs`` (1, M) / (1, K) tile-area-weighted means, or None."""
+    ``modality_probs`` / ``degradation_probs`` (1, M) / (1, K) of the acquired slice, or None."""
 
     restored: torch.Tensor | None
     seg_logits: dict[str, torch.Tensor]
@@ -125,10 +125,12 @@ class TiledOutput:
 @torch.no_grad()
 def run_tiled(model, y: torch.Tensor, plan: TilePlan, passes: int, kspace: torch.Tensor | None = None,
               mask: torch.Tensor | None = None, context=None) -> TiledOutput:
-    """``passes`` tiled passes of ``model`` on ``y`` (1, 1, H, W) in [0, 1]: each pass runs every tile
+    """``passes`` tiled passes of ``model`` on ``y`` (1, 1, H, W) in [0, 1]: each pass computes the priors of
+    its whole input once (the CLIP tower's view is size-bounded) and gives them to every tile, runs every tile
     without k-space, blends, then (with ``kspace``/``mask``, (1, 1, H, W)) projects the stitched estimate
-    onto the measurement. Segmentation and priors come from the last pass. ``context``: a callable giving
-    a context manager around each tile's forward (e.g. autocast)."""
+    onto the measurement. Segmentation comes from the last pass, the reported priors from the acquired image
+    (as in a whole-slice run). ``context``: a callable giving a context manager around each forward (e.g.
+    autocast)."""
     import contextlib
 
     ctx = context or contextlib.nullcontext
@@ -140,11 +142,14 @@ def run_tiled(model, y: torch.Tensor, plan: TilePlan, passes: int, kspace: torch
         acc_x = torch.zeros(1, 1, h, w) if model.restores else None
         acc_p: dict[str, torch.Tensor] = {}
         acc_w = torch.zeros(1, 1, h, w)
-        mods, degs, areas = [], [], []
+        with ctx():
+            prior = model.priors(x_in)
+        if c == 0:
+            reported = prior
         for i, j in plan.origins:
             th, tw = min(plan.tile, h - i), min(plan.tile, w - j)
             with ctx():
-                out = model(x_in[..., i:i + th, j:j + tw].contiguous())
+                out = model(x_in[..., i:i + th, j:j + tw].contiguous(), prior=prior)
             win = blend_window(th, tw, plan.overlap, (i == 0, i + th == h, j == 0, j + tw == w))[None, None]
             acc_w[..., i:i + th, j:j + tw] += win
             if acc_x is not None and out.restored is not None:
@@ -154,16 +159,14 @@ def run_tiled(model, y: torch.Tensor, plan: TilePlan, passes: int, kspace: torch
                     p = logit.float().softmax(1).cpu()
                     a = acc_p.setdefault(name, torch.zeros(1, p.shape[1], h, w))
                     a[..., i:i + th, j:j + tw] += win * p
-                if out.modality_probs is not None:
-                    mods.append(out.modality_probs.float().cpu())
-                    degs.append(out.degradation_probs.float().cpu())
-                    areas.append(th * tw)
         if acc_x is not None:
             restored = acc_x / acc_w
             if kspace is not None:
                 restored = data_consistency(restored, kspace.cpu(), mask.cpu())
             x_in = restored.clamp(0.0, 1.0).to(y.device)
     seg = {k: (v / acc_w).clamp_min(1e-8).log() for k, v in acc_p.items()}
-    wts = torch.tensor(areas, dtype=torch.float32)[:, None] / sum(areas) if areas else None
-    return TiledOutput(restored, seg, (torch.cat(mods) * wts).sum(0, keepdim=True) if mods else None,
-                       (torch.cat(degs) * wts).sum(0, keepdim=True) if degs else None)
+
+    def probs(logits):
+        return None if logits is None else logits.float().softmax(-1).cpu()
+
+    return TiledOutput(restored, seg, probs(reported.modality_logits), probs(reported.degradation_logits))

@@ -24,6 +24,9 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
                    help="folder with ablation checkpoints NAME(.safetensors/.json) or training runs NAME/best, "
                         "NAME in no_seg_head, no_rec_head, no_priors, no_fd (trained on the same data and budget): "
                         "adds their rows, restore-then-segment and the zero-filled Dice")
+    g.add_argument("--unet", default=None,
+                   help="a plain U-Net baseline checkpoint (`vldun train-unet`): adds its Dice row, segmenting the "
+                        "degraded input of the same slices")
     g.add_argument("--no-dc", action="store_true",
                    help="networks see the magnitude image only (no data consistency with the measured k-space)")
     g.add_argument("--cascades", type=int, default=None,

@@ -34,6 +34,8 @@ from ..degradation import acquire
 from ..io.lock import locks_output
 from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
+#: the method name of the plain U-Net baseline's rows (``--unet``).
+UNET_ROW = "U-Net (seg only, degraded input)"
 VARIANTS = {"no_seg_head": "w/o seg head", "no_rec_head": "w/o rec head", "no_priors": "w/o CLIP priors",
             "no_fd": "w/o FD"}
 
@@ -160,6 +162,8 @@ class Evaluator:
         self.tv, self.tv_iters, self.tv_lambda = tv, tv_iters, tv_lambda
         self.scores: dict[tuple[str, str], Scores] = {}
         self.examples: dict[str, dict] = {}
+        #: the plain U-Net baseline (segments the degraded input), or None
+        self.unet = None
         #: the main model runs with its stages, for the "stages monotone" figure
         self.want_stages = False
         self.last_stages = None
@@ -206,6 +210,12 @@ class Evaluator:
         seg_only = self.variants.get("no_rec_head")
         zf_labels = self._run(seg_only, degraded, ls)[1] if seg_only else None
         self._score("zero-filled", case, degraded, zf_labels, n_cls)
+        if self.unet is not None and self.unet.cfg.label_set == ls:
+            import torch
+
+            with torch.no_grad():
+                lab = self.unet(torch.from_numpy(np.ascontiguousarray(degraded))[None, None]).argmax(1)[0].numpy()
+            self._score(UNET_ROW, case, None, lab, len(self.unet.cfg.classes))
         if self.tv:
             tv = tv_reconstruction(kspace, mask, self.tv_lambda, self.tv_iters)
             self._score("tv", case, np.clip(tv, 0.0, 1.0), None, None)
@@ -280,13 +290,15 @@ def markdown_table(rows: list[dict]) -> str:
 def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], seed: int, main, variants: dict,
              *, tv: bool = True, tv_iters: int = 100, tv_lambda: float = 0.01, label_set: str | None = None,
              progress: bool = True, data_consistency: bool = True, cascades: int | None = None,
-             precision: str = "fp32") -> tuple[list[dict], dict[float, Evaluator]]:
-    """Evaluate all methods at each acceleration; returns (rows, evaluators by accel)."""
+             precision: str = "fp32", unet=None) -> tuple[list[dict], dict[float, Evaluator]]:
+    """Evaluate all methods at each acceleration; returns (rows, evaluators by accel). ``unet``: a
+    :class:`~napari_vldun.model.unet.UNet` baseline segmenting the degraded input (its "U-Net" Dice row)."""
     from tqdm import tqdm
 
     rows, evaluators = [], {}
     for accel in accels:
         ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades, precision)
+        ev.unet = unet
         for j, case in enumerate(tqdm(list(cases_factory()), desc=f"evaluate R={accel:g}", disable=not progress)):
             ev.add(case, accel, seed + j)
         rows += ev.rows(accel)
@@ -325,6 +337,11 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
         [Path(args.json)] if args.json else [])
     check_outputs(targets, args.overwrite)  # every output, before any slice runs
     main = load_model(args.weights, args.device)  # a missing or corrupt checkpoint is refused here
+    unet = None
+    if getattr(args, "unet", None):
+        from ..model.unet import load_unet
+
+        unet = load_unet(args.unet, main.device)[0]
     n_passes = main.model.passes(not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
     variants = {}
     if args.variants:
@@ -351,11 +368,11 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
                          data_consistency=not args.no_dc, cascades=args.cascades,
-                         precision=getattr(args, "precision", "fp32"))
+                         precision=getattr(args, "precision", "fp32"), unet=unet)
     by_mask = dict(main.model.cfg.cascades_by_mask) if args.cascades is None and not args.no_dc else {}
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
            "data_consistency": not args.no_dc, "cascades": n_passes, "cascades_by_mask": by_mask,
-           "variants": sorted(variants), "rows": rows}
+           "variants": sorted(variants), "unet": getattr(args, "unet", None), "rows": rows}
     dc_text = "off" if args.no_dc else f"on, {n_passes} cascade(s)" + "".join(
         f"; {n} with {kind} masks" for kind, n in by_mask.items())
     md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "

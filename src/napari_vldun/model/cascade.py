@@ -24,13 +24,14 @@ def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, i
 
 
 def run_cascade(model, y: torch.Tensor, kspace: torch.Tensor | None, mask: torch.Tensor | None, passes: int,
-                return_stages: bool):
+                return_stages: bool, prior=None):
     """``passes`` weight-shared passes of ``model`` (a ``stage_images`` :class:`VLDUN`) on ``y``
-    (B, 1, H, W) -> :class:`VLDUNOutput`; stages of every pass (``pass_index`` says which) when asked."""
+    (B, 1, H, W) -> :class:`VLDUNOutput`; stages of every pass (``pass_index`` says which) when asked.
+    ``prior``: the first pass's priors when already computed (else ``model.priors(y)``)."""
     from .vldun import VLDUNOutput  # vldun imports this module at load time
 
     h, w = y.shape[-2:]
-    prior = model.priors(y)
+    prior = model.priors(y) if prior is None else prior
     x_in, restored, free, stages, feats = y, None, None, [], None
     for c in range(passes):
         tokens = prior.tokens if c == 0 else model.priors(x_in).tokens

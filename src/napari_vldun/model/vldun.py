@@ -220,17 +220,20 @@ class VLDUN(nn.Module):
         return n if measured and self.restores else 1
 
     def forward(self, y: torch.Tensor, return_stages: bool = False, kspace: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, cascades: int | None = None) -> VLDUNOutput:
+                mask: torch.Tensor | None = None, cascades: int | None = None,
+                prior: PriorOutput | None = None) -> VLDUNOutput:
+        """``prior``: the priors of ``y`` computed elsewhere (tiled inference gives every tile its slice's),
+        else computed here."""
         if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
         n = self.passes(kspace is not None, cascades, mask)
         if self.cfg.stage_images:
-            return run_cascade(self, y, kspace, mask, n, return_stages)
+            return run_cascade(self, y, kspace, mask, n, return_stages, prior)
         h, w = y.shape[-2:]
         xp, (ph, pw), mode = pad_to_multiple(y, self.multiple)
-        prior: PriorOutput = self.priors(y)  # reported: the priors of the acquired image
+        prior = self.priors(y) if prior is None else prior  # reported: the priors of the acquired image
         free = restored = None
         for c in range(n):
             if c > 0:  # the next pass sees the consistent image in [0, 1] and conditions its priors on it
