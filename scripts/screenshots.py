@@ -59,7 +59,7 @@ def _settle(app, seconds: float = 0.8) -> None:
 
 
 def _dismiss_notifications(app) -> None:
-    """Close napari's toast notifications (e.g. the PyQt5 deprecation notice) before a screenshot."""
+    """Close napari's toast notifications (e.g. deprecation notices) before a screenshot."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
     for w in app.allWidgets():

@@ -12,7 +12,7 @@ def test_core_imports_no_qt_and_no_open_clip() -> None:
         "import sys, json\n"
         "import napari_vldun, napari_vldun.model, napari_vldun.degradation, napari_vldun.io, "
         "napari_vldun.inference, napari_vldun.pipeline, napari_vldun.data, napari_vldun.train, napari_vldun.cli\n"
-        "heavy = ['PyQt5', 'qtpy', 'napari', 'magicgui', 'open_clip', 'mamba_ssm']\n"
+        "heavy = ['PyQt5', 'PyQt6', 'qtpy', 'napari', 'magicgui', 'open_clip', 'mamba_ssm']\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
