@@ -320,3 +320,32 @@ def test_normalize_constant_gives_zeros() -> None:
         assert y.shape == c.shape and not y.any() and "constant" in p["note"]
     assert not normalize_minmax(c).any()
     assert not normalize_mri(c).any()
+
+
+def test_compressed_dicom_reads_and_a_missing_decoder_is_named(tmp_path, shared_data, monkeypatch):
+    """JPEG 2000 (lossless) DICOM reads through the bundled pylibjpeg decoders to the same numbers as the
+    uncompressed series; a compressed file no plugin decodes says so (not "corrupt or truncated")."""
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    from napari_vldun.io import ImageReadError, read_image
+
+    src = shared_data / "dcmqi_ct" / "ct-3slice"
+    if not src.is_dir():
+        pytest.skip("dcmqi_ct/ct-3slice not found")
+    out = tmp_path / "j2k"
+    out.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(out / f.name)
+    plain, packed = read_image(src), read_image(out)
+    np.testing.assert_array_equal(plain.data, packed.data)
+
+    def no_plugin(self):
+        raise RuntimeError("Unable to decompress 'JPEG 2000 Lossless' pixel data because all plugins are "
+                           "missing dependencies")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_plugin))
+    with pytest.raises(ImageReadError, match="compressed .*JPEG 2000.* install pylibjpeg"):
+        read_image(out)

@@ -179,6 +179,26 @@ def _read_npy(path: Path, label: bool) -> Raw:
     return arr, {"spacing": sp, "affine": default_affine(sp), "meta": meta}
 
 
+#: decoder packages for compressed DICOM transfer syntaxes (pydicom's pixel-data plugins), installed with the package.
+DICOM_DECODERS = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+
+
+def _dicom_pixels(ds, path: Path) -> np.ndarray:
+    """``ds.pixel_array``; a compressed transfer syntax that no installed plugin decodes is an
+    :class:`ImageReadError` naming the syntax and the packages that decode it (not "corrupt")."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if uid is not None and getattr(uid, "is_compressed", False) and (
+                "missing" in str(exc).lower() or "plugin" in str(exc).lower()
+                or isinstance(exc, (NotImplementedError, ImportError))):
+            raise ImageReadError(path, f"its pixel data is compressed ({uid.name}) and no installed decoder reads "
+                                 f"it: install {DICOM_DECODERS} (JPEG, JPEG-LS, JPEG 2000), or pyjpegls "
+                                 "for JPEG-LS") from exc
+        raise
+
+
 def _read_dicom(path: Path, label: bool) -> Raw:
     import pydicom
 
@@ -217,13 +237,13 @@ def _read_dicom(path: Path, label: bool) -> Raw:
     dss = [dss[i] for i in order]
     slices = []
     for d in dss:
-        px = d.pixel_array
+        px = _dicom_pixels(d, path)
         if not label:
             slope = float(getattr(d, "RescaleSlope", 1) or 1)
             inter = float(getattr(d, "RescaleIntercept", 0) or 0)
             px = px.astype(np.float32) * np.float32(slope) + np.float32(inter)
         slices.append(px)
-    meta["original_dtype"] = str(dss[0].pixel_array.dtype)
+    meta["original_dtype"] = str(_dicom_pixels(dss[0], path).dtype)
     if len({px.shape for px in slices}) > 1:
         raise ImageReadError(path, f"DICOM slices have different shapes "
                              f"{sorted({px.shape for px in slices})}")
