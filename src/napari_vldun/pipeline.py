@@ -280,9 +280,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         check_measurement(image3, k)
         measurement = {"kspace": k, "mask": m, "cascades": cascades}
     n_passes = passes(loaded, bool(measurement), cascades, measurement.get("mask"))  # refuses a bad count first
-    used_tile = check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, False)  # refuses before work
-    if stages and used_tile is not None:
-        check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, True)
+    used_tile = check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, stages)  # refuses before work
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:

@@ -72,7 +72,7 @@ def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_fille
             sums["psnr"] += float(psnr(rest, clean, reduction="none").sum())
             sums["ssim"] += float(ssim(rest, clean, reduction="none").sum())
             free = out.restored_free if out.restored_free is not None else out.restored
-            if data_consistency and getattr(model.cfg, "stage_feedback", False):
+            if data_consistency and model.cfg.stage_feedback:
                 free = model(y).restored  # with feedback, the estimate before DC saw DC: run without k-space
             sums["free_psnr"] = sums.get("free_psnr", 0.0) + float(
                 psnr(free.float().clamp(0, 1).cpu(), clean, reduction="none").sum())
