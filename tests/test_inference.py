@@ -288,3 +288,47 @@ def test_label_set_warning_flags_heart_classes_on_a_brain(acdc_slice, shared_dat
     flat = np.full((1, len(loaded.model.cfg.modalities)), 1.0 / len(loaded.model.cfg.modalities))
     assert "unsure" in label_set_warning(loaded.model, flat, "acdc", chosen_by_user=False)
     assert label_set_warning(loaded.model, flat, "acdc", chosen_by_user=True) is None
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("tile", [0, 48])
+def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: LoadedModel, acdc_slice: np.ndarray,
+                                                                 tile: int) -> None:
+    """``interrupt`` is called before every pass after the first (and, tiled, before every tile after the
+    first), so a cancel takes effect within one pass instead of at the end of a slice; what it raises stops
+    the run and no Prediction comes out."""
+    from napari_vldun.degradation import acquire
+
+    img = np.ascontiguousarray(acdc_slice[:80, :80])
+    deg, k, acq = acquire(img, "cartesian", 4.0, seed=1)
+    deg, mask = np.asarray(deg, np.float32), np.asarray(acq.mask)
+    calls: list[int] = []
+    unfold = tiny_loaded.model.unfold_images
+    passes_run: list[int] = []
+
+    def counting(*args, **kwargs):
+        passes_run.append(1)
+        return unfold(*args, **kwargs)
+
+    tiny_loaded.model.unfold_images = counting
+    try:
+        vol = np.stack([deg, deg])
+        pred = predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
+                       interrupt=lambda: calls.append(1))
+        tiles = 1 if tile == 0 else 4  # 80 px in 48 px tiles with 12 px overlap: 2 x 2
+        assert pred.restored.shape == vol.shape
+        assert len(passes_run) == 2 * 3 * tiles and len(calls) == 2 * (3 * tiles - 1)
+        passes_run.clear()
+
+        def stop_at_second_pass():
+            raise _Stop
+
+        with pytest.raises(_Stop):
+            list(iter_predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
+                              interrupt=stop_at_second_pass))
+        assert len(passes_run) == 1  # stopped after the first pass (first tile) of the first slice
+    finally:
+        del tiny_loaded.model.unfold_images

@@ -337,6 +337,42 @@ def test_restore_cancel_leaves_no_layer(make_napari_viewer, qtbot, errors):
     assert not errors
 
 
+def test_restore_cancel_stops_between_passes(make_napari_viewer, qtbot, errors, monkeypatch):
+    """Cancel during a slice's first pass stops before its next pass (not at the end of the slice's 8
+    passes): the Cancel button sets the job's cancel event, which inference checks between passes."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 1, 64)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    before = [ly.name for ly in viewer.layers]
+    model = get_model(None, "cpu").model
+    priors, passes_run = model.priors.forward, []
+
+    def counting(*args, **kwargs):  # every pass computes the priors of its input first
+        passes_run.append(1)
+        return priors(*args, **kwargs)
+
+    monkeypatch.setattr(model.priors, "forward", counting)
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    w.use_kspace.setChecked(True)
+    w.passes.setValue(8)
+
+    def start_then_cancel_in_the_first_pass():
+        worker = w.start()
+        qtbot.waitUntil(lambda: bool(passes_run), timeout=TIMEOUT)
+        w.cancel()
+        assert "cancelling" in w.status.text()
+        return worker
+
+    assert wait_job(qtbot, w, start_then_cancel_in_the_first_pass) == "cancelled"
+    assert 1 <= len(passes_run) <= 2  # 8 without the check between passes
+    assert [ly.name for ly in viewer.layers] == before
+    assert not errors
+
+
 def test_restore_never_overwrites_foreign_layer(make_napari_viewer, qtbot, errors):
     from napari_vldun._widgets.restore import RestoreSegmentWidget
 

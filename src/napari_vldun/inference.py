@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -236,7 +236,7 @@ def check_tiling(model: VLDUN, device: torch.device, shape: tuple[int, int], til
 @torch.no_grad()
 def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
                kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None,
-               precision: str = "fp32", tile: int | None = None):
+               precision: str = "fp32", tile: int | None = None, interrupt=None):
     y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
     dc = {}
     if kspace is not None:
@@ -246,9 +246,9 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
         if tile is not None:
             n = model.passes(kspace is not None, cascades, dc.get("mask"))
             return run_tiled(model, y, plan_tiles(image.shape, tile), n, dc.get("kspace"), dc.get("mask"),
-                             context=lambda: autocast(device, precision))
+                             context=lambda: autocast(device, precision), interrupt=interrupt)
         with autocast(device, precision):
-            return model(y, return_stages=return_stages, **dc)
+            return model(y, return_stages=return_stages, interrupt=interrupt, **dc)
     except (_OOM, RuntimeError) as exc:
         if not isinstance(exc, _OOM) and "memory" not in str(exc).lower():
             raise
@@ -270,7 +270,8 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
                  slices: list[int] | None = None, return_stages: bool = False, kspace=None,
                  mask=None, cascades: int | None = None, precision: str = "fp32",
-                 return_uncertainty: bool = False, tile: int | None = None) -> Iterator[Progress | Prediction]:
+                 return_uncertainty: bool = False, tile: int | None = None,
+                 interrupt: Callable[[], None] | None = None) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
@@ -285,7 +286,9 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     N = overlapping N x N tiles whenever a slice is larger.
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
-    in that order, when given). Stop iterating to cancel: nothing is returned half-done.
+    in that order, when given). Stop iterating to cancel: nothing is returned half-done. ``interrupt``
+    (a callable) is called between the passes (and tiles) of a slice: an exception it raises stops the
+    run there, so that a cancel does not wait for the slice to end.
     """
     vol = validate_image(image)
     lo, hi = float(vol.min()), float(vol.max())
@@ -309,7 +312,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
     for n, z in enumerate(idx):
         meas = (kspace[z], mask[z], cascades) if kspace is not None else (None, None, None)
-        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision, tile=tile)
+        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision, tile=tile,
+                         interrupt=interrupt)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})

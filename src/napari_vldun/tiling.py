@@ -124,13 +124,13 @@ class TiledOutput:
 
 @torch.no_grad()
 def run_tiled(model, y: torch.Tensor, plan: TilePlan, passes: int, kspace: torch.Tensor | None = None,
-              mask: torch.Tensor | None = None, context=None) -> TiledOutput:
+              mask: torch.Tensor | None = None, context=None, interrupt=None) -> TiledOutput:
     """``passes`` tiled passes of ``model`` on ``y`` (1, 1, H, W) in [0, 1]: each pass computes the priors of
     its whole input once (the CLIP tower's view is size-bounded) and gives them to every tile, runs every tile
     without k-space, blends, then (with ``kspace``/``mask``, (1, 1, H, W)) projects the stitched estimate
     onto the measurement. Segmentation comes from the last pass, the reported priors from the acquired image
     (as in a whole-slice run). ``context``: a callable giving a context manager around each forward (e.g.
-    autocast)."""
+    autocast). ``interrupt``: called before every tile but the first; it raises to stop (cancel)."""
     import contextlib
 
     ctx = context or contextlib.nullcontext
@@ -146,7 +146,9 @@ def run_tiled(model, y: torch.Tensor, plan: TilePlan, passes: int, kspace: torch
             prior = model.priors(x_in)
         if c == 0:
             reported = prior
-        for i, j in plan.origins:
+        for t, (i, j) in enumerate(plan.origins):
+            if interrupt is not None and (c > 0 or t > 0):
+                interrupt()
             th, tw = min(plan.tile, h - i), min(plan.tile, w - j)
             with ctx():
                 out = model(x_in[..., i:i + th, j:j + tw].contiguous(), prior=prior)

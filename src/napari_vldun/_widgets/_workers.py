@@ -59,6 +59,23 @@ class PredictResult:
     label_set_warning: str | None = None
 
 
+class JobCancelled(Exception):
+    """Raised between passes (or tiles) of a slice when the dock asked to cancel."""
+
+
+def interrupt_on(cancel: threading.Event | None):
+    """The ``interrupt`` callable of :func:`~napari_vldun.inference.iter_predict` for a cancel event
+    (``None``: nothing to check)."""
+    if cancel is None:
+        return None
+
+    def check() -> None:
+        if cancel.is_set():
+            raise JobCancelled
+
+    return check
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from ..io import ImageReadError
     from ..model.checkpoint import CheckpointError
@@ -69,12 +86,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
                 slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
                 mask: np.ndarray | None = None, cascades: int | None = None,
-                precision: str = "fp32", return_uncertainty: bool = False) -> Iterator[Status | Progress]:
+                precision: str = "fp32", return_uncertainty: bool = False,
+                cancel: threading.Event | None = None) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
     ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16"; ``return_uncertainty``:
-    the per-pixel normalised entropy too (``Prediction.uncertainty``). Yields ``Status`` (the last one, as the
+    the per-pixel normalised entropy too (``Prediction.uncertainty``); ``cancel``: once set, the job stops
+    at the next pass (or tile) of the slice in progress, not only between slices. Yields ``Status`` (the last one, as the
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
     :class:`Failure`.
     """
@@ -89,11 +108,14 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
                                  kspace=kspace, mask=mask, cascades=cascades, precision=precision,
-                                 return_uncertainty=return_uncertainty):
+                                 return_uncertainty=return_uncertainty, interrupt=interrupt_on(cancel)):
             if isinstance(item, Prediction):
                 pred = item
             else:
                 yield item
+    except JobCancelled:
+        yield Status("cancelled")  # the worker, asked to quit, stops at this yield
+        return Failure("cancelled")
     except _expected_errors() as exc:
         return Failure(error_text(exc))
     if pred is None:
@@ -212,9 +234,21 @@ class JobDock(QWidget):
         self.worker = None
         self.last_message = ""
         self._outcome = ""
+        self.cancel_event = threading.Event()
 
     def _error(self, message: str) -> None:
         report_error(self, message)
+
+    def new_cancel_event(self) -> threading.Event:
+        """A fresh event for the job about to start (``cancel=`` of :func:`predict_job`)."""
+        self.cancel_event = threading.Event()
+        return self.cancel_event
+
+    def request_cancel(self) -> None:
+        """Stop the running job: the worker at its next yield, an inference job also at its next pass."""
+        if self.worker is not None:
+            self.cancel_event.set()
+            self.worker.quit()
 
     def _fail(self, message: str) -> None:
         """The run ended in an error: show it; ``job_finished`` says "error"."""

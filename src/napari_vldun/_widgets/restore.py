@@ -286,18 +286,18 @@ class RestoreSegmentWidget(JobDock):
         set_status(self.status, "starting ...")
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
                             return_stages=self.keep_stages.isChecked(),
-                            return_uncertainty=self.uncertainty.isChecked(), **dc)
+                            return_uncertainty=self.uncertainty.isChecked(), cancel=self.new_cancel_event(), **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.run_button, self.cancel_button, self.worker is not None)
         self.save_button.setEnabled(self.worker is None and bool(self._results))
 
     def cancel(self) -> None:
-        """Stop after the slice (file) in progress; nothing is added (written)."""
+        """Stop at the next pass of the slice (the next file) in progress; nothing is added (written)."""
         if self.worker is not None:
-            what = "file" if self._kind == "save" else "slice"
+            what = "file" if self._kind == "save" else "pass"
             set_status(self.status, f"cancelling after the current {what} ...")
-            self.worker.quit()
+            self.request_cancel()
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Status):

@@ -105,14 +105,14 @@ class StageExplorerWidget(JobDock):
         self._outcome = ""
         self.progress.setRange(0, 0)  # busy
         set_status(self.status, f"computing the stages of slice {z} ...")
-        return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True, **dc)
+        return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True,
+                            cancel=self.new_cancel_event(), **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.compute_button, self.cancel_button, self.worker is not None)
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        self.request_cancel()
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Status):

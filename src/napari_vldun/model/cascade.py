@@ -8,6 +8,8 @@ reported modality / degradation logits are those of the acquired image.
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -24,16 +26,19 @@ def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, i
 
 
 def run_cascade(model, y: torch.Tensor, kspace: torch.Tensor | None, mask: torch.Tensor | None, passes: int,
-                return_stages: bool, prior=None):
+                return_stages: bool, prior=None, interrupt: Optional[Callable[[], None]] = None):
     """``passes`` weight-shared passes of ``model`` (a ``stage_images`` :class:`VLDUN`) on ``y``
     (B, 1, H, W) -> :class:`VLDUNOutput`; stages of every pass (``pass_index`` says which) when asked.
-    ``prior``: the first pass's priors when already computed (else ``model.priors(y)``)."""
+    ``prior``: the first pass's priors when already computed (else ``model.priors(y)``).
+    ``interrupt``: called before every pass after the first; it raises to stop the run (cancel)."""
     from .vldun import VLDUNOutput  # vldun imports this module at load time
 
     h, w = y.shape[-2:]
     prior = model.priors(y) if prior is None else prior
     x_in, restored, free, stages, feats = y, None, None, [], None
     for c in range(passes):
+        if c > 0 and interrupt is not None:
+            interrupt()
         tokens = prior.tokens if c == 0 else model.priors(x_in).tokens
         yp, (ph, pw), mode = pad_to_multiple(x_in, model.multiple)
         x, x_free, st, feats = model.unfold_images(yp, tokens, (h, w), kspace, mask, return_stages, c)

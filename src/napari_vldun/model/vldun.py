@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -221,21 +222,23 @@ class VLDUN(nn.Module):
 
     def forward(self, y: torch.Tensor, return_stages: bool = False, kspace: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cascades: int | None = None,
-                prior: PriorOutput | None = None) -> VLDUNOutput:
+                prior: PriorOutput | None = None, interrupt: Callable[[], None] | None = None) -> VLDUNOutput:
         """``prior``: the priors of ``y`` computed elsewhere (tiled inference gives every tile its slice's),
-        else computed here."""
+        else computed here. ``interrupt``: called between passes; it raises to stop (cancel)."""
         if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
         n = self.passes(kspace is not None, cascades, mask)
         if self.cfg.stage_images:
-            return run_cascade(self, y, kspace, mask, n, return_stages, prior)
+            return run_cascade(self, y, kspace, mask, n, return_stages, prior, interrupt)
         h, w = y.shape[-2:]
         xp, (ph, pw), mode = pad_to_multiple(y, self.multiple)
         prior = self.priors(y) if prior is None else prior  # reported: the priors of the acquired image
         free = restored = None
         for c in range(n):
+            if c > 0 and interrupt is not None:
+                interrupt()
             if c > 0:  # the next pass sees the consistent image in [0, 1] and conditions its priors on it
                 x = restored.clamp(0.0, 1.0)
                 xp = F.pad(x, (0, pw, 0, ph), mode=mode)
