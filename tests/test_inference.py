@@ -332,3 +332,23 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
         assert len(passes_run) == 1  # stopped after the first pass (first tile) of the first slice
     finally:
         del tiny_loaded.model.unfold_images
+
+
+def test_check_label_set_before_a_run_flags_an_anatomy_without_a_label_set(shared_data) -> None:
+    """A real abdominal CT: the shipped prior is sure it is abdomen_ct, which has no label set in the
+    checkpoint, so "auto" falls back to the heart classes; the check says so before any pass runs, and the
+    bundled heart sample passes it."""
+    from napari_vldun.inference import check_label_set
+    from napari_vldun.pipeline import to_unit_range
+
+    loaded = load_model(device="cpu")
+    if "abdomen_ct" not in loaded.model.cfg.modalities:
+        pytest.skip("the shipped checkpoint has no abdomen_ct class")
+    unit, _ = to_unit_range(read_image(shared_data / "totalseg_ct_mr" / "example_ct_sm.nii.gz"))
+    check = check_label_set(loaded, unit, slices=[14, 15, 16])
+    assert check.modality == "abdomen_ct" and check.probability >= 0.5
+    assert check.label_set == list(loaded.model.cfg.label_sets)[0]  # the fallback: the first label set
+    assert "no label set" in check.warning and "abdomen_ct" in check.warning
+    heart, _ = to_unit_range(read_image(f"{list_samples()['acdc']['dir']}/degraded.nii.gz"))
+    ok = check_label_set(loaded, heart)
+    assert ok.label_set == "acdc" and ok.warning is None

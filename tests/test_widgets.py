@@ -127,6 +127,7 @@ def test_docks_open_from_the_manifest(make_napari_viewer, qtbot):
     img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="a")
     restore = widgets["Restore & Segment"]
     assert restore.image_picker.current_layer() == img
+    restore.label_set.setCurrentText("acdc")  # "auto" would ask first: noise has no anatomy
     assert wait_job(qtbot, restore) == "done", restore.last_message
     assert "a restored" in viewer.layers and "a labels" in viewer.layers
     assert len(widgets["Priors"].chart.heights(0)) == len(viewer.layers["a restored"].metadata["vldun"]["modalities"])
@@ -228,6 +229,7 @@ def test_restore_current_slice_updates_own_layer(make_napari_viewer, qtbot, erro
     viewer = make_napari_viewer(show=True)
     img = viewer.add_layer(sample_crop("brain", 3, 48)["degraded"])
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("brats2015")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     w.set_slices("current slice")
@@ -269,6 +271,7 @@ def test_restore_slice_range(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
     img = viewer.add_layer(sample_crop("acdc", 4, 32)["degraded"])
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     assert not w.first_slice.isEnabled()
@@ -295,6 +298,7 @@ def test_restore_keeps_bright_voxels(make_napari_viewer, qtbot, errors, shared_d
     viewer = make_napari_viewer()
     img = viewer.add_image(crop, name="brain1")
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     assert wait_job(qtbot, w) == "done", w.last_message
@@ -312,6 +316,7 @@ def test_restore_cancel_leaves_no_layer(make_napari_viewer, qtbot, errors):
     img = viewer.add_layer(sample_crop("acdc", 6, 48)["degraded"])
     before = [ly.name for ly in viewer.layers]
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     progressed = []
@@ -355,6 +360,7 @@ def test_restore_cancel_stops_between_passes(make_napari_viewer, qtbot, errors, 
 
     monkeypatch.setattr(model.priors, "forward", counting)
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(deg)
     w.use_kspace.setChecked(True)
@@ -373,6 +379,41 @@ def test_restore_cancel_stops_between_passes(make_napari_viewer, qtbot, errors, 
     assert not errors
 
 
+def test_restore_asks_before_putting_heart_labels_on_an_abdomen(make_napari_viewer, qtbot, errors, shared_data,
+                                                                 monkeypatch):
+    """A real abdominal CT (TotalSegmentator example): the shipped prior sees abdomen_ct, for which the
+    checkpoint has no label set, so "auto" would fall back to the ACDC heart classes. The dock asks before
+    running (no layer, a warning naming both), runs on the second click (the warning stays in the status), and
+    asks again for another label-set choice; an explicit label set runs at once."""
+    from napari_vldun._widgets.restore import RestoreSegmentWidget
+    from napari_vldun.io import read_image
+    from napari_vldun.pipeline import to_unit_range
+
+    if not shipped_checkpoint_exists():
+        pytest.skip("needs the shipped checkpoint's modality prior")
+    shown = []
+    monkeypatch.setattr("napari_vldun._widgets.restore.show_warning", shown.append)
+    unit, _ = to_unit_range(read_image(shared_data / "totalseg_ct_mr" / "example_ct_sm.nii.gz"))
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.ascontiguousarray(unit[14:16], np.float32), name="abdomen ct")
+    w = RestoreSegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(img)
+    assert wait_job(qtbot, w) == "question"
+    assert "abdomen ct restored" not in viewer.layers and "abdomen ct labels" not in viewer.layers
+    text = w.status.text()
+    assert "abdomen_ct" in text and "'acdc'" in text and "anyway" in w.run_button.text() and shown
+    assert wait_job(qtbot, w) == "done", w.last_message
+    assert viewer.layers["abdomen ct labels"].metadata["vldun"]["label_set"] == "acdc"
+    assert "no label set" in w.status.text()
+    w.label_set.setCurrentText("covid_ct")
+    assert "anyway" not in w.run_button.text()
+    assert wait_job(qtbot, w) == "done", w.last_message  # chosen by the user: no question
+    w.label_set.setCurrentIndex(0)
+    assert wait_job(qtbot, w) == "question"
+    assert not errors
+
+
 def test_restore_never_overwrites_foreign_layer(make_napari_viewer, qtbot, errors):
     from napari_vldun._widgets.restore import RestoreSegmentWidget
 
@@ -381,6 +422,7 @@ def test_restore_never_overwrites_foreign_layer(make_napari_viewer, qtbot, error
     mine = np.full((48, 48), 7.0, np.float32)
     foreign = viewer.add_image(mine.copy(), name="slice restored")
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     assert wait_job(qtbot, w) == "done", w.last_message
@@ -418,6 +460,7 @@ def test_restore_bad_images(make_napari_viewer, qtbot, errors, case):
 
     viewer = make_napari_viewer()
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     if case != "no_layer":
         w.image_picker.set_layer(_bad_layer(viewer, case))
@@ -442,6 +485,7 @@ def test_restore_cuda_without_gpu(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
     img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="x")
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     w.model.device.setCurrentText("cuda")
@@ -470,6 +514,7 @@ def test_restore_bad_checkpoint(make_napari_viewer, qtbot, errors, tmp_path, cor
     viewer = make_napari_viewer()
     img = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="x")
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     w.set_weights(tmp_path / "model.safetensors")
@@ -490,6 +535,7 @@ def test_restore_out_of_memory(make_napari_viewer, qtbot, errors, monkeypatch):
     viewer = make_napari_viewer()
     img = viewer.add_image(np.random.default_rng(0).random((2, 32, 32)).astype(np.float32), name="x")
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     w.model.device.setCurrentText("cpu")
@@ -510,6 +556,7 @@ def test_priors_bars_follow_slice(make_napari_viewer, qtbot, errors):
     qtbot.addWidget(priors)
     assert priors.chart.heights(0) == []
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(img)
     assert wait_job(qtbot, w) == "done", w.last_message
@@ -658,6 +705,7 @@ def test_restore_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
     d, deg = degrade_4x(viewer, qtbot, clean)
     assert MEASUREMENT_KEY in deg.metadata
     w = RestoreSegmentWidget(viewer)
+    w.label_set.setCurrentText("acdc")  # chosen: "auto" asks first on an unsure prior
     qtbot.addWidget(w)
     w.image_picker.set_layer(deg)
     out = {}

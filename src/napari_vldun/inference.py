@@ -177,10 +177,45 @@ def label_set_warning(model: VLDUN, modality_probs: np.ndarray | None, label_set
     if owner and modality not in owner and modality in model.cfg.modality_label_sets:
         return (f"label set '{label_set}' is for {', '.join(owner)}, but the image looks like {modality} "
                 f"(p = {p:.2f}); pick the label set that matches the anatomy")
+    if owner and modality not in owner and p >= SURE_MODALITY:
+        return (f"the image looks like {modality} (p = {p:.2f}), for which this checkpoint has no label set; "
+                f"'{label_set}' is for {', '.join(owner)}, so its labels mean nothing here")
     if not chosen_by_user and p < SURE_MODALITY:
         return (f"label set '{label_set}' was chosen automatically from an unsure modality guess ({modality}, "
                 f"p = {p:.2f}); check it or pick the label set that matches the anatomy")
     return None
+
+
+@dataclass
+class LabelSetCheck:
+    """What the modality prior says about a label set before a run (:func:`check_label_set`)."""
+
+    label_set: str | None
+    modality: str | None
+    probability: float
+    warning: str | None
+
+
+@torch.no_grad()
+def check_label_set(loaded: LoadedModel, image: np.ndarray, slices: list[int] | None = None,
+                    label_set: str | None = None, max_slices: int = 3) -> LabelSetCheck:
+    """The label set a run of ``image`` ((H, W) or (Z, H, W) in [0, 1]) on ``slices`` would use and
+    :func:`label_set_warning`'s sentence about it, from the modality prior of up to ``max_slices`` evenly
+    spaced slices (the prior tower only: ~1 % of a pass), so that a dock can ask before it runs."""
+    vol = validate_image(image)
+    model = loaded.model
+    idx = slice_indices(slices, vol.shape[0])
+    pick = [idx[int(i)] for i in np.linspace(0, len(idx) - 1, min(max_slices, len(idx))).round()]
+    if not model.cfg.use_priors:
+        return LabelSetCheck(choose_label_set(model, None, label_set), None, float("nan"), None)
+    probs = np.stack([model.priors(torch.from_numpy(np.ascontiguousarray(vol[z], np.float32))[None, None]
+                                   .to(loaded.device)).modality_logits.float().softmax(-1)[0].cpu().numpy()
+                      for z in pick])
+    chosen = choose_label_set(model, probs, label_set)
+    mean = probs.mean(0)
+    top = int(mean.argmax())
+    return LabelSetCheck(chosen, model.cfg.modalities[top], float(mean[top]),
+                         label_set_warning(model, probs, chosen, label_set is not None))
 
 
 def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -87,23 +87,30 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
                 slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
                 mask: np.ndarray | None = None, cascades: int | None = None,
                 precision: str = "fp32", return_uncertainty: bool = False,
-                cancel: threading.Event | None = None) -> Iterator[Status | Progress]:
+                cancel: threading.Event | None = None, ask_label_set: bool = False) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
     ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16"; ``return_uncertainty``:
     the per-pixel normalised entropy too (``Prediction.uncertainty``); ``cancel``: once set, the job stops
-    at the next pass (or tile) of the slice in progress, not only between slices. Yields ``Status`` (the last one, as the
+    at the next pass (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
+    ``label_set=None``): first check the automatic label set against the modality prior and return a
+    :class:`LabelSetQuestion` instead of running when it may not fit. Yields ``Status`` (the last one, as the
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
     :class:`Failure`.
     """
-    from ..inference import iter_predict, label_set_warning, passes
+    from ..inference import check_label_set, iter_predict, label_set_warning, passes
 
     t0 = time.perf_counter()
     try:
         yield Status("loading the model ...")
         loaded = get_model(weights, device)
         idx = list(range(image.shape[0])) if slices is None else [int(z) for z in slices]
+        if ask_label_set and label_set is None:
+            yield Status("checking the label set against the modality prior ...")
+            check = check_label_set(loaded, image, idx)
+            if check.warning:
+                return LabelSetQuestion(check.warning, check.label_set, check.modality)
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...", str(loaded.device))
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
@@ -131,6 +138,16 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         cascades=passes(loaded, kspace is not None, cascades, mask),
         label_set_warning=label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
     )
+
+
+@dataclass
+class LabelSetQuestion:
+    """:func:`predict_job` stopped before the slices: the label set it would use may not fit the anatomy
+    (``warning``, from :func:`~napari_vldun.inference.check_label_set`); the user should choose."""
+
+    warning: str
+    label_set: str | None
+    modality: str | None
 
 
 @dataclass

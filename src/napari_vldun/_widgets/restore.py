@@ -48,7 +48,8 @@ from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, f
                      progress_text)
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_warning, status_label
 from ._models import ModelChooser, checkpoint_label_sets
-from ._workers import JobDock, PredictResult, SavedResults, Status, predict_job, save_job, toggle_run_cancel
+from ._workers import (JobDock, LabelSetQuestion, PredictResult, SavedResults, Status, predict_job, save_job,
+                       toggle_run_cancel)
 
 WIDGET = "restore"
 STAGES_WIDGET = "stages"
@@ -134,7 +135,8 @@ class MeasurementChooser:
 class RestoreSegmentWidget(JobDock):
     """Dock widget: restore + segment the chosen image layer with a VL-DUN checkpoint.
 
-    ``job_finished`` says "done", "cancelled" or "error" when a run ends."""
+    ``job_finished`` says "done", "cancelled", "question" (the label set may not fit: nothing ran, the
+    user chooses or runs again) or "error" when a run ends."""
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(napari_viewer, parent)
@@ -147,6 +149,7 @@ class RestoreSegmentWidget(JobDock):
         self._save_dir = ""
         self._kind = "predict"  # the running job: "predict" or "save"
         self._steps = None  # the save generator a "save" job runs
+        self._answered: tuple | None = None  # (layer, slices) whose label-set question the user answered: run
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
         self.slice_mode = QComboBox()
@@ -206,6 +209,10 @@ class RestoreSegmentWidget(JobDock):
         self.save_button.clicked.connect(self._save_clicked)
         self.slice_mode.currentIndexChanged.connect(self._update_range)
         self.image_picker.currentIndexChanged.connect(self._update_range)
+        for signal in (self.slice_mode.currentIndexChanged, self.image_picker.currentIndexChanged,
+                       self.label_set.currentIndexChanged, self.first_slice.valueChanged,
+                       self.last_slice.valueChanged):
+            signal.connect(self._forget_answer)
         self._refresh_label_sets()
         self._update_range()
 
@@ -225,6 +232,11 @@ class RestoreSegmentWidget(JobDock):
         self._update_range()
         self.first_slice.setValue(first)
         self.last_slice.setValue(last)
+
+    def _forget_answer(self, *_) -> None:
+        """Another input or label set: the next run asks again when the label set may not fit."""
+        self._answered = None
+        self.run_button.setText("Restore && Segment")
 
     # ------------------------------------------------------------------ checkpoint / label sets
     def set_weights(self, path: str | Path | None) -> None:
@@ -284,7 +296,10 @@ class RestoreSegmentWidget(JobDock):
         self.progress.setValue(0)
         self.last_message = ""
         set_status(self.status, "starting ...")
+        ask = self._answered != (layer, None if slices is None else tuple(slices))
+        self._job["question"] = (layer, None if slices is None else tuple(slices))
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
+                            ask_label_set=ask,
                             return_stages=self.keep_stages.isChecked(),
                             return_uncertainty=self.uncertainty.isChecked(), cancel=self.new_cancel_event(), **dc)
 
@@ -327,7 +342,17 @@ class RestoreSegmentWidget(JobDock):
         what = "no file was written" if self._kind == "save" else "no layer was added or changed"
         set_status(self.status, f"cancelled: {what}", "warning")
 
-    def _on_result(self, result: PredictResult | SavedResults) -> None:
+    def _on_result(self, result: PredictResult | SavedResults | LabelSetQuestion) -> None:
+        if isinstance(result, LabelSetQuestion):  # nothing ran: the user chooses, or runs again to go on
+            self._outcome = "question"
+            self._answered = self._job.get("question")
+            self.progress.setValue(0)
+            self.run_button.setText("Restore && Segment anyway")
+            text = (f"not run: {result.warning}. Pick a label set above, or press 'Restore & Segment anyway' "
+                    f"to go on with '{result.label_set}'")
+            show_warning(text)
+            set_status(self.status, text, "warning")
+            return
         if isinstance(result, SavedResults):
             self.last_saved = {k: Path(v) for k, v in result.paths.items()}
             self._steps = None
