@@ -139,6 +139,35 @@ def test_docks_open_from_the_manifest(make_napari_viewer, qtbot):
     viewer.layers.remove("b")
 
 
+def test_stacked_docks_keep_their_controls_in_view(make_napari_viewer, qtbot):
+    """Three docks stacked in one column of an 800 px window: each fits (its minimum height leaves room for
+    the others), Restore's Run button and progress, and the Train plot stay visible without scrolling (the
+    forms scroll instead), and the Degrade dock's last status line can be scrolled to (not cut off)."""
+    from napari_vldun._widgets._messages import set_status
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((3, 64, 64), np.float32), name="x")
+    docks = {}
+    for name in ("Restore & Segment", "Degrade & Compare", "Train"):
+        _, docks[name] = viewer.window.add_plugin_dock_widget("napari-vldun", name, tabify=False)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    qtbot.wait(300)
+
+    def shown(widget) -> int:
+        return widget.visibleRegion().boundingRect().height()
+
+    assert sum(w.minimumSizeHint().height() for w in docks.values()) < 760
+    restore, degrade, train = docks.values()
+    assert shown(restore.run_button) == restore.run_button.height() > 0
+    assert shown(restore.progress) > 0
+    assert shown(train.plot) >= 150 and shown(train.start_button) > 0
+    set_status(degrade.compare_result, "a status line at the bottom of the dock")
+    degrade.scroll.ensureWidgetVisible(degrade.compare_result)
+    qtbot.wait(50)
+    assert shown(degrade.compare_result) > 0
+
+
 def test_label_colours_render_where_labels_are(make_napari_viewer, qtbot):
     """The class colour of the sample labels shows up in the rendered canvas, over the labelled area."""
     from napari_vldun.model.config import LABEL_COLORS

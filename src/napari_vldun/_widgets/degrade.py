@@ -27,12 +27,13 @@ import numpy as np
 from napari.layers import Image, Labels
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTableWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTableWidget, QWidget
 
 from ..inference import InferenceError
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
                       labels_data, layer_spacing, now, provenance, put_layer, unit_stack)
 from ._logic import MEASUREMENT_COLUMNS, computed_slices, dice_cells, measurement_cells
+from ._layout import scrolled_layout
 from ._messages import (USER_ERRORS, error_text, fill_table, form_group, report_error, set_status, spin_box,
                         status_label)
 from ._models import avoid_llvm_clash
@@ -56,7 +57,7 @@ class DegradeWidget(QWidget):
         self.last_compare: dict = {}
         self.last_measurements: list[dict] = []
         self.last_layer = None
-        lay = QVBoxLayout(self)
+        lay, _, self.scroll = scrolled_layout(self)  # stacked with other docks: scroll, never cut off
         lay.addWidget(self._degrade_box())
         lay.addWidget(self._compare_box())
         lay.addStretch(1)

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QMessageBox, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout)
+                            QPushButton, QSpinBox)
 
 from ..inference import InferenceError
 from ..pipeline import restore_units
@@ -46,6 +46,7 @@ from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_da
                       layer_spacing, now, output_slot, provenance, put_layer, unit_stack)
 from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
                      progress_text)
+from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_warning, status_label
 from ._models import ModelChooser, checkpoint_label_sets
 from ._workers import (JobDock, LabelSetQuestion, PredictResult, SavedResults, Status, predict_job, save_job,
@@ -194,14 +195,15 @@ class RestoreSegmentWidget(JobDock):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        lay = QVBoxLayout(self)
+        # stacked with other docks, the form scrolls; the buttons, progress and status stay in view
+        lay, below, self.scroll = scrolled_layout(self)
         lay.addLayout(form)
         lay.addWidget(self.model.warning)
-        lay.addLayout(buttons)
-        lay.addWidget(self.save_button)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
         lay.addStretch(1)
+        below.addLayout(buttons)
+        below.addWidget(self.save_button)
+        below.addWidget(self.progress)
+        below.addWidget(self.status)
 
         self.model.callbacks.append(self._refresh_label_sets)
         self.run_button.clicked.connect(self.start)

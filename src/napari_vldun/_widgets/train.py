@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QListWidget,
-                            QMessageBox, QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout, QWidget)
+                            QMessageBox, QProgressBar, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
+from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
 from ._models import model_modalities, shipped_checkpoint_exists
 from ._plots import TrainPlot
@@ -52,15 +52,12 @@ class TrainWidget(JobDock):
         lay = QVBoxLayout(inner)
         for box in (self._data_box(), self._labels_box(), self._training_box()):
             lay.addWidget(box)
-        self._add_controls(lay)
-        scroll = QScrollArea()  # the form is tall: scroll on small screens
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        lay.addStretch(1)
+        # the form is tall: it scrolls, while the buttons, progress, plot and status stay in view
+        form, below, self.scroll = scrolled_layout(self)
+        form.addWidget(inner)
+        self._add_controls(below)
+        self.plot.canvas.setMinimumHeight(170)
 
         self.source.currentIndexChanged.connect(self.data_stack.setCurrentIndex)
         self.add_pair_button.clicked.connect(self.add_pair)
