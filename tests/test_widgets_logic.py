@@ -150,3 +150,25 @@ def test_progress_text_elapsed_and_time_left():
     assert progress_text(5, 5, 10.0) == "slice 5 / 5: 10 s elapsed"
     assert "CUDA GPU is available" in device_hint("cpu", True)
     assert device_hint("cpu", False) == device_hint("auto", True) == device_hint("cuda", True) == ""
+
+
+def test_samples_carry_their_real_spacing_or_none():
+    """BraTS is 1 mm isotropic at its source; the ACDC HDF5 volumes and the COVID JPEGs store no spacing, so
+    their layers give no volume in mL (known_spacing is None) until the user sets a scale."""
+    from napari.layers import Image
+
+    from napari_vldun._sample_data import sample_layers
+    from napari_vldun._widgets._layers import known_spacing
+    from napari_vldun.measure import label_measurements
+
+    for name, spacing in (("brain", (1.0, 1.0, 1.0)), ("acdc", None), ("ct", None)):
+        data, kw, _ = sample_layers(name)[0]
+        layer = Image(data, **{k: v for k, v in kw.items() if k in ("scale", "metadata", "name")})
+        assert known_spacing(layer) == spacing, name
+        assert kw["metadata"]["vldun_sample"]["spacing_note"]
+    acdc = sample_layers("acdc")[0]
+    assert known_spacing(Image(acdc[0], scale=(10.0, 1.5, 1.5), metadata=acdc[1]["metadata"])) == (10.0, 1.5, 1.5)
+    assert known_spacing(Image(np.zeros((2, 4, 4)))) is None  # a bare array: no spacing
+    rows = label_measurements(np.array([[[0, 1], [1, 2]]]), None, None, ["bg", "a", "b"])
+    assert [r["voxels"] for r in rows] == [2, 1] and all(np.isnan(r["volume_ml"]) for r in rows)
+    assert all(np.isnan(a) for r in rows for a in r["area_mm2"])

@@ -2,7 +2,9 @@
 
 Each sample opens as three layers: ``<name> clean`` and ``<name> degraded`` (Images, [0, 1]) and
 ``<name> labels`` (Labels with the label set's class names and colours). The geometry comes from the
-NIfTI files (a ``spacing`` entry in ``meta.json``, if any, overrides the scale); ``metadata
+NIfTI files; ``meta.json``'s ``spacing_mm`` (Z, Y, X) is the source's real voxel size, overriding the scale,
+or ``null`` when the source records none (ACDC's HDF5 volumes, the COVID JPEGs): measurements then give no
+volumes (:func:`._widgets._layers.known_spacing`); ``metadata
 ["vldun_sample"]`` holds the title, licence (name and full text), citation and degradation, and the
 degraded layer's ``metadata["vldun_measurement"]`` its acquisition (for data consistency).
 """
@@ -46,12 +48,13 @@ def sample_layers(name: str) -> list[tuple]:
         "licence": meta.get("licence", ""), "licence_text": _licence_text(d, meta),
         "citation": meta.get("citation", ""), "source": meta.get("source", ""),
         "degradation": meta.get("degradation", {}),
+        "spacing_mm": meta.get("spacing_mm"), "spacing_note": meta.get("spacing_note", ""),
     }
     extra = {"vldun_sample": info}
 
     def kwargs(vol, layer_name: str) -> dict:
         kw = volume_layer_kwargs(vol, layer_name, extra)
-        spacing = meta.get("spacing")
+        spacing = meta.get("spacing_mm")
         if spacing is not None and len(spacing) == vol.data.ndim:
             kw["scale"] = tuple(float(s) for s in spacing)
         return kw

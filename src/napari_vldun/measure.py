@@ -43,13 +43,13 @@ def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:
     return s[0], s[1], s[2]
 
 
-def label_measurements(labels: np.ndarray, image: np.ndarray | None, spacing: Sequence[float],
+def label_measurements(labels: np.ndarray, image: np.ndarray | None, spacing: Sequence[float] | None,
                        class_names: Sequence[str] = (), *, slices: Iterable[int] | None = None) -> list[dict]:
     """Per foreground label of ``labels`` (Z, H, W) int (0 = background): one dict with
 
     * ``label``, ``name`` (``class_names[label]``, else ``"label N"``),
     * ``voxels`` (count), ``volume_ml`` (voxels * dz * dy * dx / 1000, ``spacing`` (dz, dy, dx) in mm;
-      a 2-entry ``(dy, dx)`` counts 1 mm slices),
+      a 2-entry ``(dy, dx)`` counts 1 mm slices; ``None``: the spacing is unknown, volumes and areas are NaN),
     * ``slices`` (the measured slice indices) and ``area_mm2`` (one area per measured slice, mm^2),
     * ``mean_intensity`` of ``image`` (Z, H, W) float over the label's voxels (NaN values of the image,
       e.g. slices not computed, are left out; NaN when none is left or ``image`` is None).
@@ -69,7 +69,7 @@ def label_measurements(labels: np.ndarray, image: np.ndarray | None, spacing: Se
         img = _stack(image, "image").astype(np.float64, copy=False)
         if img.shape != lab.shape:
             raise ValueError(f"image shape {img.shape} differs from the labels' {lab.shape}")
-    dz, dy, dx = _spacing3(spacing)
+    dz, dy, dx = _spacing3(spacing) if spacing is not None else (math.nan,) * 3
     idx = list(range(lab.shape[0])) if slices is None else [int(z) for z in slices]
     if any(not 0 <= z < lab.shape[0] for z in idx):
         raise ValueError(f"slices {idx} out of range for {lab.shape[0]} slice(s)")

@@ -277,6 +277,25 @@ def layer_spacing(layer) -> tuple[float, ...]:
     return tuple(abs(float(v)) for v in layer.scale)
 
 
+#: reader formats whose files record a voxel spacing in mm
+SPACED_FORMATS = ("nifti", "nrrd", "dicom")
+
+
+def known_spacing(layer) -> tuple[float, ...] | None:
+    """:func:`layer_spacing` when it is a real voxel size: set by hand (a scale other than 1), read from a
+    file that records one (:data:`SPACED_FORMATS`) or a bundled sample whose source has one
+    (``metadata["vldun_sample"]["spacing_mm"]``); else ``None`` (pictures, arrays, HDF5 and the ACDC / CT
+    samples, whose sources store none), so that no volume in mL is made up from 1 mm voxels."""
+    spacing = layer_spacing(layer)
+    if any(abs(v - 1.0) > 1e-6 for v in spacing):
+        return spacing
+    meta = layer.metadata or {}
+    if "vldun_sample" in meta:
+        return spacing if meta["vldun_sample"].get("spacing_mm") else None
+    fmt = (((meta.get(VOLUME_KEY) or {}).get("meta")) or {}).get("format")
+    return spacing if fmt in SPACED_FORMATS else None
+
+
 def layer_like(layer):
     """The :class:`~napari_vldun.io.Volume` to write arrays of ``layer``'s shape with its geometry
     (``write_nifti(like=)``): the file's own affine and header when the reader's geometry is unchanged,

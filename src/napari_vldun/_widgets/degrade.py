@@ -31,7 +31,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTabl
 
 from ..inference import InferenceError
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
-                      labels_data, layer_spacing, now, provenance, put_layer, unit_stack)
+                      labels_data, known_spacing, now, provenance, put_layer, unit_stack)
 from ._logic import MEASUREMENT_COLUMNS, computed_slices, dice_cells, measurement_cells
 from ._layout import scrolled_layout
 from ._messages import (USER_ERRORS, error_text, fill_table, form_group, report_error, set_status, spin_box,
@@ -211,7 +211,7 @@ class DegradeWidget(QWidget):
 
             def measure(source: str, labels: np.ndarray, image: np.ndarray, names: list, slices: list[int]):
                 rows.extend({"source": source, **r} for r in label_measurements(
-                    labels, image, layer_spacing(ref), names, slices=slices))
+                    labels, image, known_spacing(ref), names, slices=slices))
             if res is not ref:
                 m["psnr"] = float(psnr(result_u[idx], clean_u[idx]))
                 m["ssim"] = float(ssim(result_u[idx], clean_u[idx]))
@@ -253,6 +253,9 @@ class DegradeWidget(QWidget):
                          f"{n_z} slice(s) ('{pred_lab.name}')")
         if m.get("note"):
             parts.append(m["note"])
+        if rows and known_spacing(ref) is None:
+            parts.append(f"'{ref.name}' has no known voxel spacing: volumes and areas are n/a (set the layer's "
+                         "scale in mm to get them)")
         set_status(self.compare_result, f"'{res.name}' vs '{ref.name}': " + "; ".join(parts or ["nothing to compare"]))
         return m
 

@@ -43,7 +43,7 @@ from ..inference import InferenceError
 from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
 from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement,
-                      layer_spacing, now, output_slot, provenance, put_layer, unit_stack)
+                      known_spacing, now, output_slot, provenance, put_layer, unit_stack)
 from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
                      progress_text)
 from ._layout import scrolled_layout
@@ -533,7 +533,7 @@ class RestoreSegmentWidget(JobDock):
         rest, lab, unc = parts["restored"], parts["labels"], parts["uncertainty"]
         prov = provenance(rest if rest is not None else lab if lab is not None else unc)
         n_z = shape[0] if len(shape) == 3 else 1
-        spacing = layer_spacing(src)
+        spacing = known_spacing(src)  # None: unknown, no volumes
         rows = label_slices = None
         if lab is not None:
             label_slices = computed_slices(provenance(lab), n_z)
@@ -543,7 +543,7 @@ class RestoreSegmentWidget(JobDock):
         mods = np.asarray(prov.get("modality_probs", np.zeros((0, 0))), float)
         summary = {
             "input": src.name, "source_file": ((src.metadata or {}).get(VOLUME_KEY) or {}).get("source"),
-            "shape": list(shape), "spacing_mm": list(spacing),
+            "shape": list(shape), "spacing_mm": list(spacing) if spacing else None,
             **{k: prov.get(k) for k in ("weights", "random_weights", "device", "precision", "data_consistency",
                                         "mask", "label_set", "label_names", "normalisation", "time", "seconds")},
             "passes": prov.get("cascades"),
