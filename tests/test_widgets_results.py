@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,59 @@ def test_save_results(make_napari_viewer, qtbot, errors, tmp_path, monkeypatch):
 
     assert wait_job(qtbot, w, save_and_cancel) == "cancelled"
     assert not gone.exists() and "no file was written" in w.status.text()
+    assert not errors
+
+
+def test_save_results_of_a_dicom_series_adds_a_seg(make_napari_viewer, qtbot, errors, tmp_path, shared_data):
+    """An input read from a DICOM series (a crop of the real dcmqi CT) also gets ``<stem>_labels.seg.dcm``: the
+    labels layer as it is (edits included) on the computed slices only, each frame on its own source instance;
+    when the series is gone, Save results says so and writes nothing."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from test_dicom_seg import frames_by_source, referenced_instances, small_ct_series
+
+    from napari_vldun._reader import layers_from_file
+
+    ct = shared_data / "dcmqi_ct" / "ct-3slice"
+    if not ct.is_dir():
+        pytest.skip(f"{ct} not found")
+    series = small_ct_series(ct, tmp_path / "series", rows=slice(220, 268), cols=slice(180, 220))
+    (data, kwargs, kind), = layers_from_file(series)
+    viewer = make_napari_viewer()
+    img = viewer.add_layer(Layer.create(data, {**kwargs, "name": "scan"}, kind))
+    w = _restore_dock(viewer, qtbot, img, use_kspace=False)
+    w.set_slices("slice range", 1, 2)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    labels = viewer.layers["scan labels"]
+    painted = np.array(labels.data)
+    painted[1, 2:9, 3:30] = 2  # the user's edits count; asymmetric so that any flip shows
+    painted[2, 30:40, 25:31] = 3
+    painted[0, 5:20, 5:20] = 1  # slice 0 was not computed: not in the SEG
+    labels.data = painted
+    assert wait_job(qtbot, w, lambda: w.save_results(tmp_path / "out")) == "done", w.last_message
+    seg_path = w.last_saved["dicom_seg"]
+    assert seg_path.name == "scan_labels.seg.dcm"
+    assert json.loads(w.last_saved["summary"].read_text())["files"]["dicom_seg"] == str(seg_path)
+    seg = pydicom.dcmread(seg_path)
+    src = sorted((pydicom.dcmread(f) for f in series.glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    assert seg.FrameOfReferenceUID == src[0].FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["RV cavity", "LV myocardium", "LV cavity"]
+    alg = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert alg.AlgorithmName == "napari-vldun" and alg.AlgorithmSource == Path(
+        labels.metadata["vldun"]["weights"]).name
+    assert referenced_instances(seg) == [str(src[1].SOPInstanceUID), str(src[2].SOPInstanceUID)]
+    frames = frames_by_source(seg)
+    assert str(src[0].SOPInstanceUID) not in frames
+    for k in (1, 2):
+        got = frames[str(src[k].SOPInstanceUID)]
+        assert {n for n, _ in got} == set(np.unique(painted[k])) - {0}
+        for n, mask in got:
+            np.testing.assert_array_equal(mask, painted[k] == n)
+    # the series is gone: a clear message, nothing written
+    for f in series.iterdir():
+        f.unlink()
+    assert w.save_results(tmp_path / "again") is None
+    assert "source DICOM series is gone" in errors.pop() and not (tmp_path / "again").exists()
     assert not errors
 
 

@@ -53,7 +53,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
                            overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
-                           cascades=args.cascades, precision=args.precision, tile=args.tile)
+                           cascades=args.cascades, precision=args.precision, tile=args.tile,
+                           dicom_seg=not args.no_dicom_seg)
     print(dumps_json(summary))
     return 0
 
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", default=None, help="optional reference labels, to report Dice/IoU")
     s.add_argument("--clean", default=None, help="optional clean reference image, to report PSNR/SSIM")
     s.add_argument("--stages", action="store_true", help="also write the stage maps (full/low/high) as NIfTI")
+    s.add_argument("--no-dicom-seg", action="store_true",
+                   help="for a DICOM series input, do not write labels.seg.dcm (the labels as a DICOM SEG)")
     s.add_argument("--kspace", default=None,
                    help="the input's measured k-space (.npz from `vldun degrade --kspace-out`): the restored image "
                         "is made consistent with it")

@@ -1,6 +1,7 @@
 """Measurements of results, Qt-free: per-label areas / volumes / intensities, Dice per class and slice,
 the normalised entropy of a segmentation softmax (a per-pixel uncertainty), and saving a result set
-(restored image, labels, uncertainty, measurements CSV, provenance JSON) as one atomic set of files.
+(restored image, labels, uncertainty, measurements CSV, provenance JSON; the labels as a DICOM SEG too for a
+DICOM series input) as one atomic set of files.
 
 The napari docks call these functions; they need no display and are tested without one. Arrays are in
 the :mod:`napari_vldun.io.volume` convention: ``(Z, H, W)`` stacks (a 2-D ``(H, W)`` image is one slice),
@@ -15,9 +16,12 @@ import math
 import platform
 import re
 from pathlib import Path
-from typing import Any, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .io.dicom_seg import SegExport
 
 __all__ = ["label_measurements", "measurements_csv", "write_measurements_csv", "dice_table",
            "normalised_entropy", "versions", "result_file_names", "save_results", "iter_save_results", "safe_stem"]
@@ -189,8 +193,8 @@ def safe_stem(name: str) -> str:
 
 
 #: The files of a saved result set, by part (``<stem>_`` in front of each).
-RESULT_FILES = {"restored": "restored.nii.gz", "labels": "labels.nii.gz", "uncertainty": "uncertainty.nii.gz",
-                "measurements": "measurements.csv", "summary": "results.json"}
+RESULT_FILES = {"restored": "restored.nii.gz", "labels": "labels.nii.gz", "dicom_seg": "labels.seg.dcm",
+                "uncertainty": "uncertainty.nii.gz", "measurements": "measurements.csv", "summary": "results.json"}
 
 
 def result_file_names(folder: str | Path, stem: str, parts: Iterable[str]) -> dict[str, Path]:
@@ -211,13 +215,18 @@ def save_results(folder: str | Path, stem: str, **kwargs) -> dict[str, Path]:
 
 def iter_save_results(folder: str | Path, stem: str, *, summary: dict, restored: np.ndarray | None = None,
                       labels: np.ndarray | None = None, uncertainty: np.ndarray | None = None, like=None,
-                      measurements: Sequence[dict] | None = None, overwrite: bool = False
+                      measurements: Sequence[dict] | None = None, dicom_seg: SegExport | None = None,
+                      overwrite: bool = False
                       ) -> Generator[tuple[int, int, Path], None, dict[str, Path]]:
     """Write a result set into ``folder`` as ``<stem>_restored.nii.gz`` (float32), ``<stem>_labels.nii.gz``
     (uint8 / int16), ``<stem>_uncertainty.nii.gz`` (float32), ``<stem>_measurements.csv`` and
     ``<stem>_results.json`` (``summary`` plus ``files`` and ``versions``; strict JSON, NaN -> null); parts
     that are None are left out. Arrays are (Z, H, W) or (H, W) with the geometry of ``like`` (a
     :class:`~napari_vldun.io.Volume`, e.g. from :func:`napari_vldun._writer.layer_volume`; None: 1 mm).
+    With ``dicom_seg`` (a :class:`~napari_vldun.io.dicom_seg.SegExport`: the input was a DICOM series) the
+    labels are also written as ``<stem>_labels.seg.dcm`` referencing that series
+    (:func:`~napari_vldun.io.dicom_seg.write_dicom_seg`); its source files must still be there
+    (:class:`~napari_vldun.io.dicom_seg.DicomSegError`, a ``ValueError``, before any work otherwise).
 
     A generator: yields ``(files written, files in all, next path)`` before each file and returns
     ``{part: path}``. All files are
@@ -227,10 +236,14 @@ def iter_save_results(folder: str | Path, stem: str, *, summary: dict, restored:
     work (``FileExistsError`` naming every one) unless ``overwrite``."""
     from .io import write_nifti
     from .io.atomic import atomic_outputs, check_out_dir, write_json
+    from .io.dicom_seg import write_dicom_seg
 
     check_out_dir(folder, "output folder")
     arrays = {"restored": restored, "labels": labels, "uncertainty": uncertainty}
     parts = [p for p, a in arrays.items() if a is not None]
+    if dicom_seg is not None and labels is not None:
+        dicom_seg.source.check()  # the series it references is still there: refuse before any work
+        parts.insert(parts.index("labels") + 1, "dicom_seg")
     parts += (["measurements"] if measurements is not None else []) + ["summary"]
     paths = result_file_names(folder, stem, parts)
     for p in parts:
@@ -248,6 +261,11 @@ def iter_save_results(folder: str | Path, stem: str, *, summary: dict, restored:
                             dtype=np.float32)
             elif p == "labels":
                 write_nifti(np.asarray(labels), tmp[paths[p]], like=like, overwrite=True)
+            elif p == "dicom_seg":
+                write_dicom_seg(np.asarray(labels), dicom_seg.source, dicom_seg.classes, tmp[paths[p]],
+                                slices=dicom_seg.slices, series_description=dicom_seg.series_description,
+                                algorithm_version=doc["versions"]["napari_vldun"], checkpoint=dicom_seg.checkpoint,
+                                overwrite=True)
             elif p == "measurements":
                 write_measurements_csv(tmp[paths[p]], measurements, overwrite=True)
             else:

@@ -3,9 +3,9 @@
 Every input and output path is checked before any work: an output is refused if it already exists
 (unless ``overwrite=True``) or is a symbolic link (always). Outputs are NIfTI aligned with the input
 (same affine and axis order), plus an overview PNG and a metrics JSON (strict JSON: a NaN or infinite
-metric is written as ``null``). A job's outputs are written to temporary files and moved into place
-together at the end (:func:`napari_vldun.io.atomic_outputs`): an error, a full disk or Ctrl-C leaves
-none of them behind.
+metric is written as ``null``); a DICOM series input also gets its labels as a DICOM SEG. A job's outputs
+are written to temporary files and moved into place together at the end
+(:func:`napari_vldun.io.atomic_outputs`): an error, a full disk or Ctrl-C leaves none of them behind.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
                         label_set_warning, load_model, passes)
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
+from .io.dicom_seg import DicomSegError, SegSource, build_dicom_seg
 from .io.normalize import UNIT_RANGE_MAX, from_unit_range, restore_units, to_unit_range, unit_bounds
 from .io.lock import locks_output
 
@@ -224,15 +225,28 @@ def _check_finite(pred: Prediction, source: str) -> None:
                 f"{name}; nothing was written. Check the checkpoint (--weights) or try --device cpu")
 
 
+def _no_seg_hint(make):
+    """``make()``; a :class:`~napari_vldun.io.dicom_seg.DicomSegError` gets the way around it added."""
+    try:
+        return make()
+    except DicomSegError as exc:
+        raise DicomSegError(f"{exc}; pass --no-dicom-seg (dicom_seg=False) to write the other outputs without "
+                            "labels.seg.dcm") from exc
+
+
 @locks_output("out_dir", "predict")  # one run per output folder (io.lock)
 def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | Path | None = None,
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
                  progress: bool = True, loaded: LoadedModel | None = None,
                  kspace: str | Path | tuple[np.ndarray, np.ndarray] | None = None,
-                 cascades: int | None = None, precision: str = "fp32", tile: int | None = None) -> dict:
+                 cascades: int | None = None, precision: str = "fp32", tile: int | None = None,
+                 dicom_seg: bool = True) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
     ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
+    For a DICOM series (a folder, or one single-frame ``.dcm``) the labels are also written as
+    ``labels.seg.dcm``, a DICOM SEG referencing the series (:mod:`napari_vldun.io.dicom_seg`), unless
+    ``dicom_seg=False``.
 
     ``kspace``: the known acquisition of the input (a ``.npz`` from :func:`write_measurement`, or a
     ``(kspace, mask)`` pair), checked against the input, for data consistency; ``cascades`` passes of
@@ -258,6 +272,11 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     if label_set is not None and label_set not in loaded.label_sets:
         raise InferenceError(f"--label-set {label_set!r} is not in this checkpoint; it has {sorted(loaded.label_sets)}")
     vol = read_image(input_path)
+    seg_source = SegSource.from_meta(vol.meta, vol.shape) if dicom_seg else None
+    seg_datasets = None
+    if seg_source is not None:  # refused before the network runs: a taken target, unreadable sources
+        check_outputs([out / "labels.seg.dcm"], overwrite, "--out")
+        seg_datasets = _no_seg_hint(seg_source.datasets)
     image, norm = to_unit_range(vol)
     image3 = image[None] if image.ndim == 2 else image
     clean_a = ref = None
@@ -305,6 +324,14 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     names = cfg.label_sets.get(pred.label_set, []) if pred.label_set else []
     colors = cfg.label_colors.get(pred.label_set) if pred.label_set else None
     shape = image.shape
+    seg = None
+    if seg_datasets is not None and pred.labels is not None:
+        from . import __version__
+
+        seg = _no_seg_hint(lambda: build_dicom_seg(
+            pred.labels.reshape(shape), seg_datasets, names, series_description="napari-vldun labels",
+            algorithm_version=__version__, checkpoint=Path(loaded.source).name))
+        names_out.insert(names_out.index("labels.nii.gz") + 1, "labels.seg.dcm")
     written = [n for n in names_out if not (n == "restored.nii.gz" and pred.restored is None)
                and not (n == "labels.nii.gz" and pred.labels is None)]
     targets = {n: out / n for n in written}
@@ -328,6 +355,9 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "degradation_probs": None if pred.degradation_probs is None else dict(zip(cfg.degradations, np.round(pred.degradation_probs.mean(0), 4).tolist())),
         "metrics": _slice_metrics(pred, image3, clean_a, ref, len(names) or None),
         "outputs": [str(p) for p in targets.values()],
+        "dicom_seg": None if seg is None else {
+            "file": str(targets["labels.seg.dcm"]), "source_series_uid": str(vol.meta.get("series_uid")),
+            "source_instances": len(seg_datasets), "segments": [str(d.SegmentLabel) for d in seg.SegmentSequence]},
     }
     if loaded.random_weights:
         summary["warning"] = "no trained checkpoint: the model ran with random weights, outputs are meaningless"
@@ -338,6 +368,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         if pred.labels is not None:
             _write_array(pred.labels.reshape(shape).astype(np.uint8), tmp[targets["labels.nii.gz"]], vol,
                          overwrite=True)
+        if seg is not None:
+            seg.save_as(tmp[targets["labels.seg.dcm"]])
         if with_stages is not None:
             for b, name in enumerate(("full", "low", "high")):
                 _write_array(with_stages.stages[0, :, b], tmp[targets[f"stages_{name}.nii.gz"]], None,

@@ -307,6 +307,26 @@ def layer_like(layer):
     return layer_volume(np.asarray(layer.data), state)
 
 
+def layer_seg_export(layer, label_names: Iterable[str], slices: Iterable[int] | None, weights: Any = None):
+    """The :class:`~napari_vldun.io.dicom_seg.SegExport` for labels drawn on ``layer`` when it was read from a
+    DICOM series and still has that series' shape (:meth:`~napari_vldun.io.dicom_seg.SegSource.from_meta`):
+    the labels of ``slices`` (the computed ones) named ``label_names``, made with checkpoint ``weights``.
+    None for any other layer (no DICOM SEG)."""
+    from pathlib import Path
+
+    from ..io.dicom_seg import PRODUCT, SegExport, SegSource
+
+    info = (layer.metadata or {}).get(VOLUME_KEY) or {}
+    shape = tuple(np.shape(layer.data))
+    source = SegSource.from_meta(info.get("meta"), shape) if tuple(info.get("shape") or ()) == shape else None
+    if source is None:
+        return None
+    return SegExport(source=source, classes=tuple(str(n) for n in label_names),
+                     slices=None if slices is None else tuple(int(z) for z in slices),
+                     series_description=f"{layer.name} labels ({PRODUCT})",
+                     checkpoint=Path(str(weights)).name if weights else "")
+
+
 def inherited_metadata(layer) -> dict:
     """The input layer's metadata without our provenance and acquisition (file geometry and the like stay)."""
     meta = dict(layer.metadata or {})

@@ -16,8 +16,9 @@ While running, the status shows the slice, the device, the time elapsed and an e
 (from the mean time per slice so far), and a hint when the CPU was chosen though a CUDA GPU is there.
 
 "Save results ..." writes the last result of the picked input (restored image, labels, uncertainty, a
-measurements CSV and a provenance JSON) into a folder, with the input's geometry, as one atomic set
-(:func:`napari_vldun.measure.iter_save_results`, in a worker: Cancel between files leaves nothing);
+measurements CSV and a provenance JSON; for an input read from a DICOM series also the labels as a DICOM SEG
+referencing that series, :mod:`napari_vldun.io.dicom_seg`) into a folder, with the input's geometry, as one
+atomic set (:func:`napari_vldun.measure.iter_save_results`, in a worker: Cancel between files leaves nothing);
 existing files are replaced only after the user confirms.
 
 Slices not computed (yet) are NaN in the restored image and 0 in the labels, both drawn transparent, so
@@ -43,7 +44,7 @@ from ..inference import InferenceError
 from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
 from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement,
-                      known_spacing, now, output_slot, provenance, put_layer, unit_stack)
+                      known_spacing, layer_seg_export, now, output_slot, provenance, put_layer, unit_stack)
 from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, fill_slices, measurement_text,
                      progress_text)
 from ._layout import scrolled_layout
@@ -176,7 +177,8 @@ class RestoreSegmentWidget(JobDock):
         self.cancel_button.setEnabled(False)
         self.save_button = QPushButton("Save results ...")
         self.save_button.setToolTip("write the restored image, labels (and uncertainty) as NIfTI with the input's "
-                                    "geometry, a measurements CSV and a provenance JSON into a folder")
+                                    "geometry, a measurements CSV and a provenance JSON into a folder (and the labels "
+                                    "as a DICOM SEG when the input is a DICOM series)")
         self.save_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -534,12 +536,13 @@ class RestoreSegmentWidget(JobDock):
         prov = provenance(rest if rest is not None else lab if lab is not None else unc)
         n_z = shape[0] if len(shape) == 3 else 1
         spacing = known_spacing(src)  # None: unknown, no volumes
-        rows = label_slices = None
+        rows = label_slices = seg = None
         if lab is not None:
             label_slices = computed_slices(provenance(lab), n_z)
             image = np.asarray((rest if rest is not None else src).data, np.float32)
             rows = label_measurements(np.asarray(lab.data), image, spacing, provenance(lab).get("label_names") or [],
                                       slices=label_slices)
+            seg = layer_seg_export(src, provenance(lab).get("label_names") or [], label_slices, prov.get("weights"))
         mods = np.asarray(prov.get("modality_probs", np.zeros((0, 0))), float)
         summary = {
             "input": src.name, "source_file": ((src.metadata or {}).get(VOLUME_KEY) or {}).get("source"),
@@ -553,7 +556,7 @@ class RestoreSegmentWidget(JobDock):
         }
         arrays = {k: None if v is None else np.asarray(v.data) for k, v in parts.items()}
         return iter_save_results(folder, safe_stem(src.name), summary=summary, like=layer_like(src),
-                                 measurements=rows, overwrite=overwrite, **arrays)
+                                 measurements=rows, dicom_seg=seg, overwrite=overwrite, **arrays)
 
     def _confirm_overwrite(self, message: str) -> bool:
         answer = QMessageBox.question(self, "Replace files?", f"{message}\n\nReplace them?",

@@ -235,6 +235,9 @@ def _read_dicom(path: Path, label: bool) -> Raw:
         meta["sorted_by"] = "InstanceNumber"
     order = np.argsort(key, kind="stable")
     dss = [dss[i] for i in order]
+    # the instances in data order (slice k <- source_files[k]), for a DICOM SEG that references them
+    meta["source_files"] = [str(Path(d.filename).resolve()) for d in dss]  # dcmread sets filename
+    meta["sop_instance_uids"] = [str(getattr(d, "SOPInstanceUID", "")) for d in dss]
     slices = []
     for d in dss:
         px = _dicom_pixels(d, path)
