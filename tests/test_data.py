@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vldun.data import (MASK_KINDS, SOURCES, SliceDataset, augment_pair,
+from napari_vldun.data import (ITEM_MASK_KINDS, SOURCES, SliceDataset, augment_pair,
                                default_data_root, describe_splits, load_case, make_loader,
                                volume_slices)
 from napari_vldun.io import read_image
@@ -128,7 +128,7 @@ def test_sample_format_all_sources() -> None:
         assert int(s["index"]) == i
         assert int(s["degradation"]) == DEGRADATIONS.index("undersampling")
         assert 2.0 <= float(s["accel"]) <= 8.0 and 0 < float(s["fraction"]) < 1
-        assert MASK_KINDS[int(s["mask_kind"])] == SOURCES[info["source"]].mask_kind
+        assert ITEM_MASK_KINDS[int(s["mask_kind"])] == SOURCES[info["source"]].mask_kind
         if info["label_set"] is None:
             assert not s["has_label"] and int(s["label_set_index"]) == -1
             assert s["label"].abs().sum() == 0
@@ -143,7 +143,7 @@ def test_ct_radial_mri_cartesian_and_fixed_accel() -> None:
     for i in range(len(ds)):
         s, info = ds[i], ds.item_info(i)
         expected = "radial" if info["modality"].endswith("_ct") else "cartesian"
-        assert info["mask_kind"] == expected == MASK_KINDS[int(s["mask_kind"])]
+        assert info["mask_kind"] == expected == ITEM_MASK_KINDS[int(s["mask_kind"])]
         assert float(s["accel"]) == 4.0
         assert abs(float(s["fraction"]) - 0.25) < 0.05
 
@@ -258,10 +258,10 @@ def test_prior_mode_covers_all_degradations() -> None:
         if name == "clean":
             assert torch.allclose(s["degraded"], s["clean"])
         if name == "undersampling":
-            assert MASK_KINDS[int(s["mask_kind"])] in ("cartesian", "radial")
+            assert ITEM_MASK_KINDS[int(s["mask_kind"])] in ("cartesian", "radial")
             assert float(s["fraction"]) < 1.0
         else:
-            assert MASK_KINDS[int(s["mask_kind"])] == "none" and float(s["accel"]) == 1.0
+            assert ITEM_MASK_KINDS[int(s["mask_kind"])] == "none" and float(s["accel"]) == 1.0
     assert seen == set(DEGRADATIONS)
 
 

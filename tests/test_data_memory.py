@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vldun.data import MASK_KINDS, PairsDataset, folder_pair_datasets, make_pair_datasets, split_pairs
+from napari_vldun.data import ITEM_MASK_KINDS, PairsDataset, folder_pair_datasets, make_pair_datasets, split_pairs
 from napari_vldun.io import file_stem
 from napari_vldun.model.config import DEGRADATIONS, LABEL_SETS
 
@@ -53,7 +53,7 @@ def test_sample_format(acdc_volume):
             assert 0 <= int(s["label"].min()) and int(s["label"].max()) <= 3
             assert bool(s["has_label"]) and int(s["label_set_index"]) == 0 and int(s["modality"]) == 0
             assert int(s["degradation"]) == DEGRADATIONS.index("undersampling")
-            assert int(s["mask_kind"]) == MASK_KINDS.index("cartesian")
+            assert int(s["mask_kind"]) == ITEM_MASK_KINDS.index("cartesian")
             assert 0 < float(s["fraction"]) < 1 and int(s["index"]) == i and int(s["source_index"]) == 0
             for k in ("has_label", "label_set_index", "modality", "degradation", "mask_kind", "source_index",
                       "index", "accel", "fraction"):
@@ -63,7 +63,7 @@ def test_sample_format(acdc_volume):
     # the labelled heart is in the centre crop of some validation slice
     assert any((val[i]["label"] > 0).any() for i in range(len(val)))
     radial, _ = datasets(acdc_volume, mask_kind="radial")
-    assert int(radial[0]["mask_kind"]) == MASK_KINDS.index("radial")
+    assert int(radial[0]["mask_kind"]) == ITEM_MASK_KINDS.index("radial")
 
 
 def test_validation_split(acdc_volume):

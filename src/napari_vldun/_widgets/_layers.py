@@ -15,12 +15,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
+from .._reader import VOLUME_KEY
 from ..inference import InferenceError, validate_image
 
 #: ``layer.metadata`` key of VL-DUN provenance.
 VLDUN_KEY = "vldun"
 #: ``layer.metadata`` key where :mod:`napari_vldun._reader` keeps the file geometry.
-VOLUME_KEY = "vldun_volume"
 #: ``layer.metadata`` key of a known acquisition (the Degrade dock, the bundled samples):
 #: ``{"kspace": (Z, H, W) complex64, "mask": (H, W) float32, "normalisation": params}``, the k-space of
 #: the layer's data in [0, 1] units (see :func:`layer_measurement`).

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QMessageBox, QProgressBar, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
+from ..train.setup import RUN_FILES
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
 from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
@@ -27,8 +28,6 @@ from ._models import model_modalities, shipped_checkpoint_exists
 from ._plots import TrainPlot
 from ._workers import Failure, JobDock, Status, TrainResult, train_job
 
-_RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", "last.state.json",
-              "last.state.safetensors")
 
 
 def _is_input(layer) -> bool:
@@ -333,7 +332,7 @@ class TrainWidget(JobDock):
             cfg = self.config(resume)
             resolve_device(cfg.device)
             factory = self._pairs_factory(cfg)
-            present = [f for f in _RUN_FILES if (self.out_dir / f).exists()]
+            present = [f for f in RUN_FILES if (self.out_dir / f).exists()]
             if resume:
                 if not (self.out_dir / "last.state.json").is_file():
                     raise InferenceError(f"nothing to resume in {self.out_dir}: no 'last' checkpoint with its "

@@ -11,7 +11,7 @@
     label_set_index  int64 () index into ``dataset.label_sets`` (-1: no labels)
     modality         int64 () index into ``dataset.modalities``
     degradation      int64 () index into ``model.config.DEGRADATIONS``
-    mask_kind        int64 () index into :data:`MASK_KINDS` ("none", "cartesian", "radial")
+    mask_kind        int64 () index into :data:`ITEM_MASK_KINDS` ("none", "cartesian", "radial")
     accel            float32 () acceleration used (1.0 when no undersampling)
     fraction         float32 () sampled k-space fraction (1.0 when no undersampling)
     source_index     int64 () index into ``dataset.sources``
@@ -41,14 +41,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..degradation import acquire, cartesian_mask, gaussian_noise, radial_mask, random_primitive
+from ..degradation.masks import MASK_KINDS
 from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
-__all__ = ["MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop", "crop_pair",
+__all__ = ["ITEM_MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop", "crop_pair",
            "item_rngs", "degrade_sample", "make_sample", "make_loader", "set_loader_epoch"]
 
 #: Values of the ``mask_kind`` entry of a sample.
-MASK_KINDS: tuple[str, ...] = ("none", "cartesian", "radial")
+#: ``mask_kind`` index of a sample: "none" (a clean prior-phase item) or a degradation mask kind.
+ITEM_MASK_KINDS: tuple[str, ...] = ("none", *MASK_KINDS)
 
 AccelRange = Union[tuple[float, float], dict]
 
@@ -192,7 +194,7 @@ def make_sample(clean: torch.Tensor, degraded: torch.Tensor, label: Optional[np.
         "label_set_index": torch.tensor(label_set_index if has else -1),
         "modality": torch.tensor(modality),
         "degradation": torch.tensor(degradation, dtype=torch.int64),
-        "mask_kind": torch.tensor(MASK_KINDS.index(mask_kind)),
+        "mask_kind": torch.tensor(ITEM_MASK_KINDS.index(mask_kind)),
         "accel": torch.tensor(accel, dtype=torch.float32),
         "fraction": torch.tensor(fraction, dtype=torch.float32),
         "source_index": torch.tensor(source_index),

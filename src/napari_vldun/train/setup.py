@@ -35,7 +35,7 @@ __all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_da
 
 #: Files a run owns in ``out_dir`` (NAME.safetensors / NAME.json, plus the resume state of "last").
 CHECKPOINT_NAMES = ("last", "best")
-_RUN_FILES = ("last.safetensors", "last.json", "last.state.safetensors", "last.state.json", "last.manifest.json",
+RUN_FILES = ("last.safetensors", "last.json", "last.state.safetensors", "last.state.json", "last.manifest.json",
               "best.safetensors", "best.json", "best.manifest.json")
 
 
@@ -108,7 +108,7 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
     from .state import SETS_DIR
 
     out = Path(cfg.out_dir)
-    present = [f for f in (*_RUN_FILES, SETS_DIR) if (out / f).exists()]
+    present = [f for f in (*RUN_FILES, SETS_DIR) if (out / f).exists()]
     if resume:
         if not present:
             raise FileNotFoundError(f"cannot resume: {out} holds no 'last' checkpoint with its training state "
