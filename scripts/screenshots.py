@@ -158,6 +158,7 @@ def main() -> None:
     stages = StageExplorerWidget(viewer)
     d = dock(stages, "Stage explorer")
     stages.image_picker.set_layer(degraded)
+    stages.reference_picker.set_layer(clean)  # PSNR per stage
     stages.show_in_viewer.setChecked(True)
     outcome = _run(app, stages, stages.start)
     print(f"stages: {outcome} {stages.status.text()}", flush=True)

@@ -676,6 +676,113 @@ def test_stage_explorer_uses_the_recorded_kspace(make_napari_viewer, qtbot, erro
     assert not errors
 
 
+def test_stage_explorer_grid_and_psnr_per_stage(make_napari_viewer, qtbot, errors):
+    """After Compute the dock shows a stages x bands grid of the slice; with the clean reference chosen every
+    full-band estimate has its PSNR (the project's psnr of the stage vs the reference slice) under its
+    thumbnail and in the plot, the input's as the dashed line; a click on a thumbnail selects it."""
+    from napari_vldun._widgets.stages import NO_REFERENCE, StageExplorerWidget
+    from napari_vldun.evaluate.metrics import psnr
+
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    viewer.dims.set_current_step(0, 1)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    assert w.reference_picker.current_layer() is None  # default: no reference
+    assert not w.grid.tiles
+    assert wait_job(qtbot, w) == "done", w.last_message
+    n = w.stages.shape[0]
+    assert n == len(w.levels) == len(w.titles) >= 2
+    assert "with recorded k-space" in w.status.text()
+    assert len(w.grid.tiles) == n * 3
+    assert sorted(w.grid.tiles) == [(s, b) for s in range(n) for b in range(3)]
+    assert all(not t.pixmap().isNull() for t in w.grid.tiles.values())
+    assert w.grid.selected() == (n - 1, 0)  # the last stage, full band, as the slider and band say
+    # no reference: no numbers, a hint
+    assert w.psnrs is None and w.psnr_hint.text() == NO_REFERENCE
+    assert "choose a clean reference" in NO_REFERENCE
+    assert w.plot.isHidden() and not any(w.grid.caption_texts())
+    # the clean reference: PSNR of each full-band estimate vs the reference slice
+    w.reference_picker.set_layer(clean)
+    expected = [psnr(np.clip(w.stages[s, 0], 0, 1), clean.data[1]) for s in range(n)]
+    np.testing.assert_allclose(w.psnrs, expected, atol=1e-6)
+    assert w.grid.caption_texts() == [f"{v:.2f} dB" for v in expected]
+    assert not w.plot.isHidden()
+    np.testing.assert_allclose(w.plot.values(), expected, atol=1e-6)
+    assert len(w.plot.values()) == n
+    zero_filled = psnr(np.clip(deg.data[1], 0, 1), clean.data[1])
+    assert w.input_psnr == pytest.approx(zero_filled, abs=1e-6)
+    assert w.plot.input_value() == pytest.approx(zero_filled, abs=1e-6)
+    assert w.plot.boundary_positions() == []  # one pass of stages
+    assert f"zero-filled input {zero_filled:.2f} dB" in w.psnr_hint.text()
+    if shipped_checkpoint_exists():  # the trained model improves on the zero-filled input
+        assert expected[-1] > zero_filled
+    # clicking a thumbnail moves the slider and the band; the slider moves the selection
+    qtbot.mouseClick(w.grid.tiles[(1, 2)], Qt.LeftButton)
+    assert w.stage_slider.value() == 1 and w.band.currentText() == "high"
+    np.testing.assert_allclose(w.current_map(), w.stages[1, 2])
+    assert w.grid.selected() == (1, 2)
+    qtbot.mouseClick(w.grid.tiles[(0, 0)], Qt.LeftButton)
+    assert w.stage_slider.value() == 0 and w.band.currentText() == "full"
+    assert f"{expected[0]:.2f} dB" in w.view.axes[0].get_title()
+    w.stage_slider.setValue(n - 1)
+    assert w.grid.selected() == (n - 1, 0)
+    # a reference of another shape: no numbers, the hint says why
+    other = viewer.add_image(np.zeros((2, 40, 40), np.float32), name="other")
+    w.reference_picker.set_layer(other)
+    assert w.psnrs is None and "same shape" in w.psnr_hint.text() and w.plot.isHidden()
+    assert not any(w.grid.caption_texts())
+    w.reference_picker.set_layer(None)
+    assert w.psnr_hint.text() == NO_REFERENCE
+    assert not errors
+
+
+def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors, tmp_path):
+    """A model that reports the stages of every pass (a 'tiny' checkpoint, random weights): one block of
+    thumbnails per pass, the plot's pass boundary, a click in the second pass selects that stage."""
+    from napari_vldun._widgets._layers import layer_measurement
+    from napari_vldun._widgets.stages import StageExplorerWidget
+    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.inference import predict
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+
+    model = build_model("tiny")
+    k = model.cfg.num_stages
+    save_checkpoint(model, tmp_path / "model")
+    viewer = make_napari_viewer()
+    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    viewer.dims.set_current_step(0, 0)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    w.model.set_weights(tmp_path / "model.safetensors")
+    w.measurement.passes.setValue(2)
+    w.reference_picker.set_layer(clean)
+    assert wait_job(qtbot, w) == "done", w.last_message
+    meas = layer_measurement(deg, np.asarray(deg.data))
+    pred = predict(get_model(str(tmp_path / "model.safetensors"), "cpu"), meas["unit"], slices=[0],
+                   return_stages=True, kspace=meas["kspace"], mask=meas["mask"], cascades=2)
+    assert pred.stage_passes == [0] * k + [1] * k
+    np.testing.assert_allclose(w.stages, pred.stages[0], atol=1e-5)
+    assert w.passes == pred.stage_passes
+    assert f"{2 * k} stages over 2 passes" in w.status.text() and "2 passes" in w.status.text()
+    assert len(w.grid.tiles) == 2 * k * 3
+    assert [h.text() for h in w.grid.headers] == ["pass 1", "pass 2"]
+    assert w.titles[k] == "pass 2, stage 1 (level 0)"
+    expected = [psnr(np.clip(w.stages[s, 0], 0, 1), clean.data[0]) for s in range(2 * k)]
+    np.testing.assert_allclose(w.plot.values(), expected, atol=1e-6)
+    assert w.plot.boundary_positions() == [k + 0.5]
+    qtbot.mouseClick(w.grid.tiles[(k + 1, 0)], Qt.LeftButton)
+    assert w.stage_slider.value() == k + 1 and w.band.currentText() == "full"
+    assert "pass 2, stage 2" in w.view.axes[0].get_title()
+    assert viewer.layers[f"{deg.name} stages full"].metadata["vldun"]["stage_passes"] == pred.stage_passes
+    assert not errors
+
+
 # --------------------------------------------------------------------------- Degrade & Compare
 def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
     from napari_vldun.evaluate.metrics import dice, psnr, ssim

@@ -93,7 +93,8 @@ class Prediction:
 
     ``restored`` float32 (Z, H, W) in the input's [0, 1] scale; ``labels`` int (Z, H, W);
     ``modality_probs`` (Z, M) and ``degradation_probs`` (Z, K) (``None`` without priors);
-    ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked; ``uncertainty``
+    ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked (``stage_levels``: the U
+    level of each, ``stage_passes``: the 0-based pass each belongs to); ``uncertainty``
     (Z, H, W) float32 in [0, 1], the normalised entropy of the chosen label set's softmax
     (:func:`napari_vldun.measure.normalised_entropy`), only when asked.
     """
@@ -106,6 +107,7 @@ class Prediction:
     stages: np.ndarray | None = None
     stage_levels: list[int] = field(default_factory=list)
     uncertainty: np.ndarray | None = None
+    stage_passes: list[int] = field(default_factory=list)
 
 
 def validate_image(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -344,7 +346,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     idx = slice_indices(slices, vol.shape[0])
     model, dev = loaded.model, loaded.device
     tile = check_tiling(model, dev, vol.shape[-2:], tile, return_stages)
-    restored, seg_logits, mod, deg, stages, levels = [], [], [], [], [], []
+    restored, seg_logits, mod, deg, stages, levels, stage_passes = [], [], [], [], [], [], []
     for n, z in enumerate(idx):
         meas = (kspace[z], mask[z], cascades) if kspace is not None else (None, None, None)
         out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision, tile=tile,
@@ -359,6 +361,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             stages.append(np.stack([torch.cat([s.full, s.low, s.high], 1)[0].float().cpu().numpy()
                                     for s in out.stages]))
             levels = [s.level for s in out.stages]
+            stage_passes = [s.pass_index for s in out.stages]
         yield Progress(n + 1, len(idx))
     mod_a = np.stack(mod) if mod else None
     chosen = choose_label_set(model, mod_a, label_set) if seg_logits and seg_logits[0] else None
@@ -377,6 +380,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         stages=np.stack(stages).astype(np.float32) if stages else None,
         stage_levels=levels,
         uncertainty=uncertainty,
+        stage_passes=stage_passes,
     )
 
 

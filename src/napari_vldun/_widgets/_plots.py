@@ -1,5 +1,6 @@
 """Matplotlib canvases embedded in the docks (FigureCanvasQTAgg): prior bar charts, training
-curves, a stage-map view. They only draw what they are given."""
+curves, a stage-map view, a PSNR-per-stage plot; and a grid of clickable grey-level thumbnails (plain Qt).
+They only draw what they are given."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 _DARK = {"bg": "#262930", "fg": "#f0f1f2", "grid": "#5a626c", "accent": "#6ea8fe"}
 _LIGHT = {"bg": "#efebe9", "fg": "#3b3a39", "grid": "#b0b0b0", "accent": "#1f77b4"}
@@ -157,8 +160,8 @@ class TrainPlot(MplCanvas):
 class ImageView(MplCanvas):
     """One grey-level image (a stage map) with a title."""
 
-    def __init__(self, viewer=None, parent=None) -> None:
-        super().__init__(1, 1, height=3.0, viewer=viewer, parent=parent)
+    def __init__(self, viewer=None, parent=None, height: float = 3.0) -> None:
+        super().__init__(1, 1, height=height, viewer=viewer, parent=parent)
         self.image = None
         self.show(None)
 
@@ -177,3 +180,221 @@ class ImageView(MplCanvas):
             self.image = ax.imshow(array, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
             ax.set_title(title, fontsize=8)
         self.draw()
+
+
+class StagePsnrPlot(MplCanvas):
+    """PSNR (dB) of every stage estimate against the stage index, pass boundaries as dotted vertical lines and
+    the input's PSNR as a dashed horizontal line."""
+
+    def __init__(self, viewer=None, parent=None) -> None:
+        super().__init__(1, 1, height=1.7, viewer=viewer, parent=parent)
+        self.line = self.input_line = None
+        self.boundaries: list = []
+        self.clear()
+
+    def clear(self, message: str = "") -> None:
+        ax = self.axes[0]
+        ax.clear()
+        self.style(ax)
+        self.line = self.input_line = None
+        self.boundaries = []
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if message:
+            ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes,
+                    color=self.colours["fg"], fontsize=8)
+        self.draw()
+
+    def show(self, psnrs: Sequence[float], starts: Sequence[int] = (), input_psnr: float | None = None,
+             input_label: str = "input", selected: int | None = None) -> None:
+        """``psnrs``: one value per stage (x = 1..S); ``starts``: indices of the stages that begin a pass."""
+        ax = self.axes[0]
+        ax.clear()
+        self.style(ax)
+        c = self.colours
+        x = np.arange(1, len(psnrs) + 1)
+        (self.line,) = ax.plot(x, psnrs, "o-", color=c["accent"], lw=1.2, ms=3, label="stage estimate")
+        if selected is not None and 0 <= selected < len(psnrs):
+            ax.plot([x[selected]], [psnrs[selected]], "o", ms=7, mfc="none", mec="#ffb347", mew=1.5)
+        self.input_line = None
+        if input_psnr is not None:
+            self.input_line = ax.axhline(input_psnr, color=c["fg"], ls="--", lw=0.9, label=input_label)
+        self.boundaries = [ax.axvline(s + 0.5, color=c["grid"], ls=":", lw=1.0) for s in starts]
+        ax.set_xticks(x if len(x) <= 12 else x[::max(1, len(x) // 12)])
+        ax.set_xlabel("stage (all passes)" if starts else "stage", fontsize=7)
+        ax.set_ylabel("PSNR dB", fontsize=7)
+        ax.grid(True, color=c["grid"], lw=0.4, alpha=0.5)
+        ax.legend(fontsize=6, loc="lower right", facecolor=c["bg"], labelcolor=c["fg"])
+        self.draw()
+
+    def values(self) -> list[float]:
+        """The PSNRs drawn (one point per stage)."""
+        return [] if self.line is None else [float(v) for v in self.line.get_ydata()]
+
+    def input_value(self) -> float | None:
+        return None if self.input_line is None else float(self.input_line.get_ydata()[0])
+
+    def boundary_positions(self) -> list[float]:
+        return [float(b.get_xdata()[0]) for b in self.boundaries]
+
+
+def grey_pixmap(array: np.ndarray, vrange: tuple[float, float], size: int) -> QPixmap:
+    """``array`` (H, W) as a grey pixmap, ``vrange`` mapped to black..white, fitted into ``size`` px."""
+    lo, hi = vrange
+    a = np.nan_to_num(np.asarray(array, np.float32), nan=lo)
+    a = np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    u8 = np.ascontiguousarray((a * 255.0 + 0.5).astype(np.uint8))
+    h, w = u8.shape
+    image = QImage(u8.data, w, h, w, QImage.Format_Grayscale8).copy()  # copy: own the pixels
+    return QPixmap.fromImage(image).scaled(size, size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+
+
+class Thumbnail(QLabel):
+    """A clickable image tile of a :class:`ThumbnailGrid`."""
+
+    clicked = Signal(int, int)
+
+    def __init__(self, column: int, row: int, parent=None) -> None:
+        super().__init__(parent)
+        self.column, self.row = column, row
+        self.setAlignment(Qt.AlignCenter)
+        self.setCursor(Qt.PointingHandCursor)
+        self.select(False)
+
+    def select(self, on: bool) -> None:
+        self.setStyleSheet("border: 2px solid #ffb347;" if on else "border: 2px solid transparent;")
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt name
+        if event.button() == Qt.LeftButton:
+            self.clicked.emit(self.column, self.row)
+        super().mousePressEvent(event)
+
+
+_BLANK = "\u00a0"  # a caption line with no text
+
+
+class ThumbnailGrid(QScrollArea):
+    """Small grey-level images in a scroll area: ``blocks`` of columns one under the other (a header line
+    each), ``rows`` within a block (a name at the left), a title above every column and an optional caption
+    under every tile of row 0. Clicking a tile emits ``clicked(column, row)``."""
+
+    clicked = Signal(int, int)
+
+    def __init__(self, size: int = 46, parent=None) -> None:
+        super().__init__(parent)
+        self.size = size
+        self.setWidgetResizable(True)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+        self._blocks = 0
+        self.tiles: dict[tuple[int, int], Thumbnail] = {}
+        self.captions: dict[int, QLabel] = {}
+        self.headers: list[QLabel] = []
+        self._selected: tuple[int, int] | None = None
+        self.clear("compute the stages of the current slice")
+
+    def clear(self, message: str = "") -> None:
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
+        lay.addWidget(QLabel(message))
+        lay.addStretch(1)
+        self.setWidget(inner)
+        self.tiles, self.captions, self.headers, self._selected = {}, {}, [], None
+
+    def set_maps(self, maps: np.ndarray, ranges: Sequence[tuple[float, float]], blocks: Sequence[tuple[str, list[int]]],
+                 column_titles: Sequence[str], row_names: Sequence[str]) -> None:
+        """``maps`` (N, R, H, W): column ``i``, row ``r``; ``ranges``: the grey range of each row;
+        ``blocks``: ``(header, [columns])`` (an empty header: no header line)."""
+        inner = QWidget()
+        grid = QGridLayout(inner)
+        grid.setContentsMargins(2, 2, 2, 2)
+        grid.setHorizontalSpacing(2)
+        grid.setVerticalSpacing(1)
+        self.tiles, self.captions, self.headers = {}, {}, []
+        small = "font-size: 8pt;"
+        line = 0
+        for header, columns in blocks:
+            if header:
+                head = QLabel(header)
+                head.setStyleSheet("font-weight: bold;")
+                grid.addWidget(head, line, 0, 1, len(columns) + 1)
+                self.headers.append(head)
+                line += 1
+            for j, i in enumerate(columns):
+                title = QLabel(column_titles[i])
+                title.setStyleSheet(small)
+                title.setAlignment(Qt.AlignCenter)
+                title.setWordWrap(True)
+                title.setMaximumWidth(self.size + 4)
+                grid.addWidget(title, line, j + 1)
+            line += 1
+            for r, name in enumerate(row_names):
+                label = QLabel(name)
+                label.setStyleSheet(small)
+                label.setMinimumWidth(label.fontMetrics().horizontalAdvance("high") + 4)
+                grid.addWidget(label, line, 0)
+                for j, i in enumerate(columns):
+                    tile = Thumbnail(i, r)
+                    tile.setPixmap(grey_pixmap(maps[i, r], ranges[r], self.size))
+                    tile.setToolTip(f"{column_titles[i]}, {name}: click to select")
+                    tile.clicked.connect(self._on_click)
+                    grid.addWidget(tile, line, j + 1)
+                    self.tiles[(i, r)] = tile
+                line += 1
+                if r == 0:
+                    for j, i in enumerate(columns):
+                        cap = QLabel(_BLANK)  # the line is kept: choosing a reference moves nothing
+                        cap.setStyleSheet(small)
+                        cap.setAlignment(Qt.AlignCenter)
+                        grid.addWidget(cap, line, j + 1)
+                        self.captions[i] = cap
+                    line += 1
+        grid.setRowStretch(line, 1)
+        grid.setColumnStretch(max((len(c) for _, c in blocks), default=0) + 1, 1)
+        self.setWidget(inner)
+        self._selected = None
+        self._blocks = len(blocks)
+        self.updateGeometry()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt name
+        """One whole block in view (more blocks: scroll), as wide as a block when that fits a dock."""
+        base = super().minimumSizeHint()
+        if not self.tiles:
+            return QSize(base.width(), 3 * self.size + 60)
+        self.widget().ensurePolished()  # the tiles' style sheets (borders, small font) set their size
+        hint, frame = self.widget().sizeHint(), 2 * self.frameWidth() + 2
+        bar = self.verticalScrollBar().sizeHint().width()
+        n = max(self._blocks, 1)
+        return QSize(min(hint.width() + frame + bar, 420), hint.height() // n + frame + (bar if n > 1 else 0))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt name
+        """Every block when they fit in two blocks' height, else two blocks (scroll for the rest)."""
+        low = self.minimumSizeHint()
+        if not self.tiles:
+            return low
+        full = self.widget().sizeHint().height() + 2 * self.frameWidth() + 2
+        return QSize(low.width(), min(full, 2 * low.height()))
+
+    def set_captions(self, texts: Sequence[str] | None) -> None:
+        """Captions under the row-0 tiles (one per column); None blanks them."""
+        for i, cap in self.captions.items():
+            cap.setText((None if texts is None else texts[i]) or _BLANK)
+
+    def caption_texts(self) -> list[str]:
+        """The captions shown ("" where blank), by column."""
+        return [self.captions[i].text().replace(_BLANK, "") for i in sorted(self.captions)]
+
+    def select(self, column: int, row: int) -> None:
+        """Highlight tile (column, row) and make it visible."""
+        if self._selected in self.tiles:
+            self.tiles[self._selected].select(False)
+        self._selected = (column, row)
+        tile = self.tiles.get(self._selected)
+        if tile is not None:
+            tile.select(True)
+            self.ensureWidgetVisible(tile, 4, 4)
+
+    def selected(self) -> tuple[int, int] | None:
+        return self._selected
+
+    def _on_click(self, column: int, row: int) -> None:
+        self.clicked.emit(column, row)
