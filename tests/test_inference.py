@@ -297,8 +297,8 @@ class _Stop(Exception):
 @pytest.mark.parametrize("tile", [0, 48])
 def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: LoadedModel, acdc_slice: np.ndarray,
                                                                  tile: int) -> None:
-    """``interrupt`` is called before every pass after the first (and, tiled, before every tile after the
-    first), so a cancel takes effect within one pass instead of at the end of a slice; what it raises stops
+    """``interrupt`` is called before every unfolding stage but the first (tiled: before every tile but the
+    first), so a cancel takes effect within one stage instead of at the end of a slice; what it raises stops
     the run and no Prediction comes out."""
     from napari_vldun.degradation import acquire
 
@@ -319,8 +319,10 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
         pred = predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
                        interrupt=lambda: calls.append(1))
         tiles = 1 if tile == 0 else 4  # 80 px in 48 px tiles with 12 px overlap: 2 x 2
-        assert pred.restored.shape == vol.shape
-        assert len(passes_run) == 2 * 3 * tiles and len(calls) == 2 * (3 * tiles - 1)
+        assert pred.restored.shape == vol.shape and len(passes_run) == 2 * 3 * tiles
+        stages = tiny_loaded.model.cfg.num_stages
+        # whole slices: before every stage but the first; tiled: before every tile but the first
+        assert len(calls) == 2 * (3 * stages - 1 if tile == 0 else 3 * tiles - 1)
         passes_run.clear()
 
         def stop_at_second_pass():
@@ -329,7 +331,7 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
         with pytest.raises(_Stop):
             list(iter_predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
                               interrupt=stop_at_second_pass))
-        assert len(passes_run) == 1  # stopped after the first pass (first tile) of the first slice
+        assert len(passes_run) == 1  # stopped in the first pass (first tile) of the first slice
     finally:
         del tiny_loaded.model.unfold_images
 

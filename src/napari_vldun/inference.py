@@ -324,8 +324,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done. ``interrupt``
-    (a callable) is called between the passes (and tiles) of a slice: an exception it raises stops the
-    run there, so that a cancel does not wait for the slice to end.
+    (a callable) is called between the unfolding stages (and tiles) of a slice: an exception it raises stops
+    the run there, so that a cancel does not wait for the slice to end.
     """
     vol = validate_image(image)
     lo, hi = float(vol.min()), float(vol.max())

@@ -60,7 +60,7 @@ class PredictResult:
 
 
 class JobCancelled(Exception):
-    """Raised between passes (or tiles) of a slice when the dock asked to cancel."""
+    """Raised between stages (or tiles) of a slice when the dock asked to cancel."""
 
 
 def interrupt_on(cancel: threading.Event | None):
@@ -93,7 +93,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
     ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16"; ``return_uncertainty``:
     the per-pixel normalised entropy too (``Prediction.uncertainty``); ``cancel``: once set, the job stops
-    at the next pass (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
+    at the next stage (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
     ``label_set=None``): first check the automatic label set against the modality prior and return a
     :class:`LabelSetQuestion` instead of running when it may not fit. Yields ``Status`` (the last one, as the
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
@@ -262,7 +262,7 @@ class JobDock(QWidget):
         return self.cancel_event
 
     def request_cancel(self) -> None:
-        """Stop the running job: the worker at its next yield, an inference job also at its next pass."""
+        """Stop the running job: the worker at its next yield, an inference job also at its next stage."""
         if self.worker is not None:
             self.cancel_event.set()
             self.worker.quit()

@@ -312,9 +312,9 @@ class RestoreSegmentWidget(JobDock):
         self.save_button.setEnabled(self.worker is None and bool(self._results))
 
     def cancel(self) -> None:
-        """Stop at the next pass of the slice (the next file) in progress; nothing is added (written)."""
+        """Stop at the next stage of the slice (the next file) in progress; nothing is added (written)."""
         if self.worker is not None:
-            what = "file" if self._kind == "save" else "pass"
+            what = "file" if self._kind == "save" else "stage"
             set_status(self.status, f"cancelling after the current {what} ...")
             self.request_cancel()
 

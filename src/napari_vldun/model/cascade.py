@@ -30,18 +30,17 @@ def run_cascade(model, y: torch.Tensor, kspace: torch.Tensor | None, mask: torch
     """``passes`` weight-shared passes of ``model`` (a ``stage_images`` :class:`VLDUN`) on ``y``
     (B, 1, H, W) -> :class:`VLDUNOutput`; stages of every pass (``pass_index`` says which) when asked.
     ``prior``: the first pass's priors when already computed (else ``model.priors(y)``).
-    ``interrupt``: called before every pass after the first; it raises to stop the run (cancel)."""
+    ``interrupt``: called before every stage but the first (see :meth:`VLDUN.unfold_images`); it raises to
+    stop the run (cancel)."""
     from .vldun import VLDUNOutput  # vldun imports this module at load time
 
     h, w = y.shape[-2:]
     prior = model.priors(y) if prior is None else prior
     x_in, restored, free, stages, feats = y, None, None, [], None
     for c in range(passes):
-        if c > 0 and interrupt is not None:
-            interrupt()
         tokens = prior.tokens if c == 0 else model.priors(x_in).tokens
         yp, (ph, pw), mode = pad_to_multiple(x_in, model.multiple)
-        x, x_free, st, feats = model.unfold_images(yp, tokens, (h, w), kspace, mask, return_stages, c)
+        x, x_free, st, feats = model.unfold_images(yp, tokens, (h, w), kspace, mask, return_stages, c, interrupt)
         stages += st
         if not model.restores:
             break

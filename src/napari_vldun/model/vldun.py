@@ -224,7 +224,8 @@ class VLDUN(nn.Module):
                 mask: torch.Tensor | None = None, cascades: int | None = None,
                 prior: PriorOutput | None = None, interrupt: Callable[[], None] | None = None) -> VLDUNOutput:
         """``prior``: the priors of ``y`` computed elsewhere (tiled inference gives every tile its slice's),
-        else computed here. ``interrupt``: called between passes; it raises to stop (cancel)."""
+        else computed here. ``interrupt``: called before every unfolding stage but the first; it raises to stop
+        (cancel)."""
         if y.ndim != 4 or y.shape[1] != self.cfg.in_channels:
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
@@ -237,13 +238,11 @@ class VLDUN(nn.Module):
         prior = self.priors(y) if prior is None else prior  # reported: the priors of the acquired image
         free = restored = None
         for c in range(n):
-            if c > 0 and interrupt is not None:
-                interrupt()
             if c > 0:  # the next pass sees the consistent image in [0, 1] and conditions its priors on it
                 x = restored.clamp(0.0, 1.0)
                 xp = F.pad(x, (0, pw, 0, ph), mode=mode)
             tokens = prior.tokens if c == 0 else self.priors(x).tokens
-            z, stages = self._unfold(xp, tokens, return_stages and c == n - 1, (h, w))
+            z, stages = self._unfold(xp, tokens, return_stages and c == n - 1, (h, w), interrupt, c > 0)
             if self.rec_head is None:
                 break
             out = xp + self.rec_head(z)  # padded; the seg head sees it whole when there is no k-space
@@ -258,15 +257,21 @@ class VLDUN(nn.Module):
             seg = {k: v[..., :h, :w] for k, v in self.seg_head(torch.cat([z, image], dim=1)).items()}
         return VLDUNOutput(restored, seg, prior.modality_logits, prior.degradation_logits, stages, free)
 
-    def _unfold(self, yp: torch.Tensor, tokens: torch.Tensor, return_stages: bool, size: tuple[int, int]
+    def _unfold(self, yp: torch.Tensor, tokens: torch.Tensor, return_stages: bool, size: tuple[int, int],
+                interrupt: Callable[[], None] | None = None, later_pass: bool = False
                 ) -> tuple[torch.Tensor, list[StageMaps]]:
         """The U of unfolding stages on the padded observation ``yp`` (B, 1, H', W'): last features
-        (B, widths[0], H', W') and the stage maps (when asked)."""
+        (B, widths[0], H', W') and the stage maps (when asked). ``interrupt`` is called before each stage
+        but the first of the first pass (``later_pass`` False)."""
         ys = [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, len(self.cfg.widths))]
         y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
         stages: list[StageMaps] = []
+        first = [not later_pass]
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
+            if interrupt is not None and not first[0]:
+                interrupt()
+            first[0] = False
             z, bands = stage(z, y_feats[level], tokens)
             if return_stages:
                 stages.append(self._stage_maps(level, z, bands, ys[level], size))
@@ -297,12 +302,13 @@ class VLDUN(nn.Module):
 
     def unfold_images(self, yp: torch.Tensor, tokens: torch.Tensor, size: tuple[int, int],
                       kspace: torch.Tensor | None, mask: torch.Tensor | None, return_stages: bool,
-                      pass_index: int = 0):
+                      pass_index: int = 0, interrupt: Callable[[], None] | None = None):
         """One pass of the U on the padded observation ``yp`` (B, 1, H', W') for ``stage_images`` configs:
         every stage adds its residual image to a running estimate of size ``size`` (h, w), made consistent
         with ``kspace``/``mask`` after each stage when given. Returns ``(x, x_free, stages, (z0, z1))``:
         the estimate (B, 1, h, w) float32, the same without data consistency, the stage maps (when asked)
-        and the last two decoder levels' features for the segmentation head."""
+        and the last two decoder levels' features for the segmentation head. ``interrupt`` is called before
+        each stage but the first of pass 0 (cancel)."""
         h, w = size
         p, L = int(self.cfg.patch), len(self.cfg.widths)
         y_feats = [emb(t) for emb, t in zip(self.embed_y, self.pyramid(yp))]
@@ -312,6 +318,8 @@ class VLDUN(nn.Module):
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal x, x_free, k
+            if interrupt is not None and (k > 0 or pass_index > 0):
+                interrupt()
             if self.feedback is not None:
                 xp = pad_to_multiple(x, self.multiple)[0].to(yp.dtype)
                 z = z + self.feedback[k](self._level(xp, level))
