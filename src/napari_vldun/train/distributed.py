@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..inference import resolve_device as _resolve
+
 __all__ = ["DistContext", "setup", "teardown", "wrap_model", "unwrap", "all_reduce_sums",
            "any_rank", "env_world_size", "resolve_device"]
 
@@ -48,14 +50,12 @@ def env_world_size() -> int:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> ``cuda:LOCAL_RANK`` when CUDA is available else CPU; "cuda" -> ``cuda:LOCAL_RANK``."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'")
+    """:func:`napari_vldun.inference.resolve_device` (one rule for "auto" and a missing CUDA), with a bare
+    "cuda" taken as ``cuda:LOCAL_RANK`` so that every torchrun process gets its own GPU."""
+    dev = _resolve(device)
+    if dev.type == "cuda" and dev.index is None:
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device(device)
+    return dev
 
 
 def setup(device: str = "auto") -> DistContext:
