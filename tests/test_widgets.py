@@ -88,6 +88,20 @@ def degrade_4x(viewer, qtbot, clean):
     return w, new
 
 
+def stage_dock_on_degraded(viewer, qtbot, z: int):
+    """A Stage explorer on a Cartesian 4x copy (with k-space) of a 2-slice 48 px ACDC crop, viewer on slice
+    ``z``: ``(widget, clean layer, degraded layer)``."""
+    from napari_vldun._widgets.stages import StageExplorerWidget
+
+    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
+    _, deg = degrade_4x(viewer, qtbot, clean)
+    viewer.dims.set_current_step(0, z)
+    w = StageExplorerWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_picker.set_layer(deg)
+    return w, clean, deg
+
+
 def compare_dock(viewer, qtbot, clean, ref_labels, result):
     """A Degrade dock whose Compare has ``clean`` and ``ref_labels`` as references and ``result`` (whose
     labels it picks itself) as the result image."""
@@ -649,16 +663,10 @@ def test_stage_explorer_uses_the_recorded_kspace(make_napari_viewer, qtbot, erro
     """Like Restore & Segment, the Stage explorer runs with the layer's recorded k-space and the chosen
     passes (its stages are the model's with that measurement), and says so; unticked: image only."""
     from napari_vldun._widgets._layers import layer_measurement
-    from napari_vldun._widgets.stages import StageExplorerWidget
     from napari_vldun.inference import predict
 
     viewer = make_napari_viewer()
-    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
-    _, deg = degrade_4x(viewer, qtbot, clean)
-    viewer.dims.set_current_step(0, 1)
-    w = StageExplorerWidget(viewer)
-    qtbot.addWidget(w)
-    w.image_picker.set_layer(deg)
+    w, clean, deg = stage_dock_on_degraded(viewer, qtbot, z=1)
     w.measurement.passes.setValue(2)
     assert wait_job(qtbot, w) == "done", w.last_message
     assert "with recorded k-space, 2 passes" in w.status.text()
@@ -680,16 +688,11 @@ def test_stage_explorer_grid_and_psnr_per_stage(make_napari_viewer, qtbot, error
     """After Compute the dock shows a stages x bands grid of the slice; with the clean reference chosen every
     full-band estimate has its PSNR (the project's psnr of the stage vs the reference slice) under its
     thumbnail and in the plot, the input's as the dashed line; a click on a thumbnail selects it."""
-    from napari_vldun._widgets.stages import NO_REFERENCE, StageExplorerWidget
+    from napari_vldun._widgets.stages import NO_REFERENCE
     from napari_vldun.evaluate.metrics import psnr
 
     viewer = make_napari_viewer()
-    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
-    _, deg = degrade_4x(viewer, qtbot, clean)
-    viewer.dims.set_current_step(0, 1)
-    w = StageExplorerWidget(viewer)
-    qtbot.addWidget(w)
-    w.image_picker.set_layer(deg)
+    w, clean, deg = stage_dock_on_degraded(viewer, qtbot, z=1)
     assert w.reference_picker.current_layer() is None  # default: no reference
     assert not w.grid.tiles
     assert wait_job(qtbot, w) == "done", w.last_message
@@ -743,7 +746,6 @@ def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors,
     """A model that reports the stages of every pass (a 'tiny' checkpoint, random weights): one block of
     thumbnails per pass, the plot's pass boundary, a click in the second pass selects that stage."""
     from napari_vldun._widgets._layers import layer_measurement
-    from napari_vldun._widgets.stages import StageExplorerWidget
     from napari_vldun.evaluate.metrics import psnr
     from napari_vldun.inference import predict
     from napari_vldun.model import build_model
@@ -753,12 +755,7 @@ def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors,
     k = model.cfg.num_stages
     save_checkpoint(model, tmp_path / "model")
     viewer = make_napari_viewer()
-    clean = viewer.add_layer(sample_crop("acdc", 2, 48)["clean"])
-    _, deg = degrade_4x(viewer, qtbot, clean)
-    viewer.dims.set_current_step(0, 0)
-    w = StageExplorerWidget(viewer)
-    qtbot.addWidget(w)
-    w.image_picker.set_layer(deg)
+    w, clean, deg = stage_dock_on_degraded(viewer, qtbot, z=0)
     w.model.set_weights(tmp_path / "model.safetensors")
     w.measurement.passes.setValue(2)
     w.reference_picker.set_layer(clean)

@@ -266,12 +266,13 @@ class VLDUN(nn.Module):
         ys = [yp] + [F.avg_pool2d(yp, 2**i) for i in range(1, len(self.cfg.widths))]
         y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
         stages: list[StageMaps] = []
-        first = [not later_pass]
+        k = 0
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
-            if interrupt is not None and not first[0]:
+            nonlocal k
+            if interrupt is not None and (k > 0 or later_pass):
                 interrupt()
-            first[0] = False
+            k += 1
             z, bands = stage(z, y_feats[level], tokens)
             if return_stages:
                 stages.append(self._stage_maps(level, z, bands, ys[level], size))
