@@ -282,6 +282,16 @@ def test_balance_by_modality_evens_out_a_skewed_set() -> None:
         _ds(["acdc"], balance="patient")
 
 
+def test_balance_by_source_weights_draws_sources_in_those_proportions() -> None:
+    ds = _ds(["acdc", "covid_ct"], crop=32, max_slices_per_source=None, balance={"acdc": 3, "covid_ct": 1})
+    share = np.mean([ds.item_info(i)["source"] == "acdc" for i in range(len(ds))])
+    assert 0.70 < share < 0.80  # 3 : 1, not the 30 : 1 of the slice counts, nor 1 : 1
+    with pytest.raises(ValueError, match="missing: \\['covid_ct'\\]"):
+        _ds(["acdc", "covid_ct"], balance={"acdc": 1})
+    with pytest.raises(ValueError, match="> 0"):
+        _ds(["acdc"], balance={"acdc": 0})
+
+
 # ------------------------------------------------------------------ loaders
 def test_make_loader_batches() -> None:
     ds = _ds(["acdc", "totalseg_mr"], crop=32)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_vldun.model import StageMaps, VLDUNOutput
+from napari_vldun.evaluate.metrics import ssim
 from napari_vldun.train.losses import (DiceCELoss, FocalLoss, JointLoss, PriorLoss, charbonnier,
-                                       degradation_contrastive_loss)
+                                       degradation_contrastive_loss, ssim_l1)
 
 torch.set_num_threads(1)
 
@@ -82,6 +83,30 @@ def test_dicece_shape_check_and_gradient():
 def test_charbonnier_close_to_l1():
     a, b = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
     assert abs(float(charbonnier(a, b)) - float(F.l1_loss(a, b))) < 2e-3
+
+
+def test_ssim_l1_is_the_metric_ssim_plus_l1_and_trains_towards_the_target():
+    g = torch.Generator().manual_seed(3)
+    clean = torch.rand(2, 1, 32, 32, generator=g)
+    noisy = (clean + 0.2 * torch.randn(2, 1, 32, 32, generator=g)).clamp(0, 1)
+    want = 0.84 * (1 - ssim(noisy, clean)) + 0.16 * float(F.l1_loss(noisy, clean))
+    assert abs(float(ssim_l1(noisy, clean)) - want) < 1e-5  # the metric's SSIM (float64) in fp32
+    assert float(ssim_l1(clean, clean)) < 1e-6
+    x = noisy.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.02)
+    first = float(ssim_l1(x, clean).detach())
+    for _ in range(50):
+        opt.zero_grad()
+        ssim_l1(x, clean).backward()
+        opt.step()
+    assert float(ssim_l1(x, clean)) < 0.5 * first
+    small = torch.rand(1, 1, 8, 8, generator=g)  # below the 11 px window: the L1 alone
+    assert float(ssim_l1(small, small * 0.5)) == pytest.approx(float(F.l1_loss(small, small * 0.5)))
+    loss = JointLoss(["acdc"], rec_loss="ssim_l1", lambda_seg=0.0, stage_weight=0.0)
+    out = VLDUNOutput(noisy, {})
+    assert float(loss(out, {"clean": clean})["rec"]) == pytest.approx(float(ssim_l1(noisy, clean)), rel=1e-5)
+    with pytest.raises(ValueError, match="rec_loss"):
+        JointLoss(["acdc"], rec_loss="ssim")
 
 
 # ----------------------------------------------------------------------------- JointLoss

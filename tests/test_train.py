@@ -65,6 +65,12 @@ def test_config_files(tmp_path):
         j.write_text(json.dumps({"sources": ["acdc"], key: "patient"}))
         with pytest.raises(ValueError, match=key):
             TrainConfig.from_file(j)
+    j.write_text(json.dumps({"sources": ["acdc", "covid_ct"], "joint_balance": {"acdc": 2, "brats2015": 1}}))
+    with pytest.raises(ValueError, match="joint_balance.*not sources: \\['brats2015'\\]"):
+        TrainConfig.from_file(j)
+    j.write_text(json.dumps({"sources": ["acdc"], "rec_loss": "ssim"}))
+    with pytest.raises(ValueError, match="rec_loss must be one of"):
+        TrainConfig.from_file(j)
     shipped = TrainConfig.from_file(REPO / "configs" / "shipped.json")
     assert (shipped.rec_weight, shipped.prior_balance) == (2.0, "modality")  # as the shipped run
 

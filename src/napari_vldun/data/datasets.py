@@ -212,6 +212,22 @@ def _check_range(r, what: str) -> tuple[float, float]:
     return lo, hi
 
 
+def check_source_weights(weights: dict, sources: Sequence[str]) -> dict[str, float]:
+    """``weights`` {source: relative weight} checked against ``sources``: one finite weight > 0 for each
+    source and no other key. Returns it with float values; raises ValueError naming the fault."""
+    extra = sorted(set(weights) - set(sources))
+    missing = sorted(set(sources) - set(weights))
+    if extra or missing:
+        raise ValueError(f"source weights must name exactly the sources {sorted(sources)}"
+                         + (f"; not sources: {extra}" if extra else "") + (f"; missing: {missing}" if missing else ""))
+    out = {}
+    for k, v in weights.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+            raise ValueError(f"source weight of {k!r} must be a number > 0, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
 class SliceDataset(Dataset):
     """2-D slices of ``sources`` with a degraded copy made on the fly (see module docstring).
 
@@ -240,7 +256,9 @@ class SliceDataset(Dataset):
         balance: ``None`` (every slice equally likely) or "modality" / "source": position ``i``
             of an epoch holds a slice of a group drawn uniformly, then a slice drawn uniformly
             within it (seeded by seed and epoch, with replacement; same length). Used by the
-            prior phase, whose sets are ~75 % cardiac MRI otherwise.
+            prior phase, whose sets are ~75 % cardiac MRI otherwise. A {source: weight} dict draws
+            the source with those relative weights instead of uniformly (every source of the set
+            needs a weight > 0).
     """
 
     def __init__(self, sources: Sequence[str], split: str = "train", root=None,
@@ -260,8 +278,10 @@ class SliceDataset(Dataset):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if mode not in ("joint", "prior"):
             raise ValueError(f"mode must be 'joint' or 'prior', got {mode!r}")
-        if balance not in (None, "modality", "source"):
-            raise ValueError(f"balance must be None, 'modality' or 'source', got {balance!r}")
+        if isinstance(balance, dict):
+            balance = check_source_weights(balance, sources)
+        elif balance not in (None, "modality", "source"):
+            raise ValueError(f"balance must be None, 'modality', 'source' or a {{source: weight}} dict, got {balance!r}")
         if crop is not None and int(crop) < 1:
             raise ValueError(f"crop must be a positive int or None, got {crop}")
         self.sources = list(sources)
@@ -320,10 +340,16 @@ class SliceDataset(Dataset):
         if self.balance is None:
             return self.items[i]
         if self._order is None or self._order[0] != self.epoch:
-            key = [(it.source if self.balance == "source" else SOURCES[it.source].modality) for it in self.items]
-            groups = [np.flatnonzero(np.array(key) == k) for k in sorted(set(key))]
+            by_source = self.balance == "source" or isinstance(self.balance, dict)
+            key = [(it.source if by_source else SOURCES[it.source].modality) for it in self.items]
+            names = sorted(set(key))
+            groups = [np.flatnonzero(np.array(key) == k) for k in names]
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, 2, self.epoch]))
-            g = rng.integers(0, len(groups), len(self.items))
+            if isinstance(self.balance, dict):
+                p = np.array([self.balance[k] for k in names], dtype=np.float64)
+                g = rng.choice(len(groups), size=len(self.items), p=p / p.sum())
+            else:
+                g = rng.integers(0, len(groups), len(self.items))
             pick = rng.random(len(self.items))
             order = np.array([groups[a][int(u * len(groups[a]))] for a, u in zip(g, pick)], dtype=np.int64)
             self._order = (self.epoch, order)

@@ -83,6 +83,26 @@ def _gaussian_window(win_size: int, sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+             sigma: float = 1.5, K1: float = 0.01, K2: float = 0.03) -> torch.Tensor:
+    """The SSIM map of :func:`ssim` on (B, C, H, W) tensors, differentiable, in their dtype:
+    (B, C, H - win_size + 1, W - win_size + 1) (valid region only). The training loss uses it too."""
+    b, c, h, w = pred.shape
+    g = _gaussian_window(win_size, sigma).to(device=pred.device, dtype=pred.dtype)
+    gh, gw = g.view(1, 1, win_size, 1), g.view(1, 1, 1, win_size)
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x.reshape(b * c, 1, h, w), gh), gw)
+
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mu_p, mu_t = filt(pred), filt(target)
+    var_p = filt(pred * pred) - mu_p ** 2
+    var_t = filt(target * target) - mu_t ** 2
+    cov = filt(pred * target) - mu_p * mu_t
+    smap = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
+    return smap.reshape(b, c, h - win_size + 1, w - win_size + 1)
+
+
 def ssim(pred: Array, target: Array, data_range: float = 1.0, win_size: int = 11,
          sigma: float = 1.5, reduction: str = "mean", K1: float = 0.01, K2: float = 0.03):
     """Structural similarity (Wang et al. 2004) with a Gaussian window.
@@ -104,19 +124,7 @@ def ssim(pred: Array, target: Array, data_range: float = 1.0, win_size: int = 11
     b, c, h, w = p.shape
     if h < win_size or w < win_size:
         raise ValueError(f"images ({h}x{w}) are smaller than win_size={win_size}")
-    g = _gaussian_window(win_size, sigma)
-    gh, gw = g.view(1, 1, win_size, 1), g.view(1, 1, 1, win_size)
-
-    def filt(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x.reshape(b * c, 1, h, w), gh), gw)
-
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mu_p, mu_t = filt(p), filt(t)
-    var_p = filt(p * p) - mu_p ** 2
-    var_t = filt(t * t) - mu_t ** 2
-    cov = filt(p * t) - mu_p * mu_t
-    smap = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
-        (mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
+    smap = ssim_map(p, t, data_range, win_size, sigma, K1, K2)
     per_image = smap.reshape(b, c, -1).mean(-1).mean(-1)
     return _reduce(per_image, reduction)
 

@@ -21,7 +21,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from ..data.datasets import check_source_weights
+from .losses import REC_LOSSES
 
 __all__ = ["TrainConfig", "SOURCE_LICENSES", "IMMUTABLE_ON_RESUME"]
 
@@ -80,10 +83,10 @@ class TrainConfig:
     #: prior-phase sampling: "modality" (each modality equally likely), "source" or None (each
     #: slice equally likely: the shared data is ~75 % cardiac MRI, and the modality classifier then
     #: learned to answer "cardiac"). Runs saved before this field existed used None.
-    prior_balance: Optional[str] = "modality"
+    prior_balance: Union[str, dict, None] = "modality"
     #: joint-phase sampling: None (each slice equally likely: ACDC has ~6x the BraTS and ~30x the
     #: COVID training slices), "source" (each source equally likely) or "modality".
-    joint_balance: Optional[str] = None
+    joint_balance: Union[str, dict, None] = None
     #: joint phase and validation: make the restored image consistent with the sample's measured
     #: k-space (known mask) inside the model, so the network learns only what was not measured and is
     #: scored as it is used when the acquisition is known. Runs saved before this field existed used false.
@@ -267,10 +270,16 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         for key in ("prior_balance", "joint_balance"):
-            if getattr(self, key) not in (None, "modality", "source"):
-                raise bad(f"{key} must be 'modality', 'source' or null, got {getattr(self, key)!r}")
-        if self.rec_loss not in ("l1", "charbonnier"):
-            raise bad(f"rec_loss must be 'l1' or 'charbonnier', got {self.rec_loss!r}")
+            v = getattr(self, key)
+            if isinstance(v, dict):
+                try:
+                    check_source_weights(v, self.sources if key == "joint_balance" else self.resolved_prior_sources())
+                except ValueError as exc:
+                    raise bad(f"{key}: {exc}") from None
+            elif v not in (None, "modality", "source"):
+                raise bad(f"{key} must be 'modality', 'source', a {{source: weight}} table or null, got {v!r}")
+        if self.rec_loss not in REC_LOSSES:
+            raise bad(f"rec_loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
         if not isinstance(self.model_overrides, dict):
             raise bad("model_overrides must be a table/object of VLDUNConfig fields")
         for key in ("accel_range", "noise_sigma_range"):

@@ -19,10 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluate.metrics import ssim_map
+
 __all__ = [
-    "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "monotone_hinge", "JointLoss",
-    "PriorLoss",
+    "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "ssim_l1", "monotone_hinge",
+    "JointLoss", "PriorLoss", "REC_LOSSES",
 ]
+
+#: reconstruction losses of :class:`JointLoss` (``rec_loss``).
+REC_LOSSES = ("l1", "charbonnier", "ssim_l1")
+
+#: weight of (1 - SSIM) in :func:`ssim_l1` (Zhao et al. 2017 use 0.84 with MS-SSIM).
+SSIM_ALPHA = 0.84
 
 
 class FocalLoss(nn.Module):
@@ -66,6 +74,18 @@ def degradation_contrastive_loss(logits: torch.Tensor, target: torch.Tensor) -> 
 def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Charbonnier (smooth L1) loss ``mean(sqrt((x - y)^2 + eps^2))``."""
     return torch.sqrt((x - y) ** 2 + eps * eps).mean()
+
+
+def ssim_l1(x: torch.Tensor, y: torch.Tensor, alpha: float = SSIM_ALPHA) -> torch.Tensor:
+    """``alpha (1 - SSIM(x, y)) + (1 - alpha) L1(x, y)`` on (B, 1, H, W) images in [0, 1], computed in fp32
+    (the SSIM of :func:`~napari_vldun.evaluate.metrics.ssim`: Gaussian 11 px window, data range 1).
+    Images smaller than the window get the L1 alone. E2E-VarNet trains on SSIM; the L1 keeps the
+    intensities (SSIM alone is blind to a uniform offset in flat regions)."""
+    x, y = x.float(), y.float()
+    l1 = F.l1_loss(x, y)
+    if min(x.shape[-2:]) < 11:
+        return l1
+    return alpha * (1.0 - ssim_map(x, y).mean()) + (1.0 - alpha) * l1
 
 
 class DiceCELoss(nn.Module):
@@ -140,8 +160,8 @@ class JointLoss(nn.Module):
                  rec_weight: float = 1.0, free_weight: float = 0.0, stage_monotone: float = 0.0) -> None:
         super().__init__()
         self.stage_monotone = float(stage_monotone)
-        if rec_loss not in ("l1", "charbonnier"):
-            raise ValueError(f"rec_loss must be 'l1' or 'charbonnier', got {rec_loss!r}")
+        if rec_loss not in REC_LOSSES:
+            raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {rec_loss!r}")
         self.label_sets = list(label_sets)
         self.lambda_seg = float(lambda_seg)
         self.stage_weight = float(stage_weight)
@@ -154,6 +174,8 @@ class JointLoss(nn.Module):
         self.focal = FocalLoss(focal_alpha, focal_gamma)
 
     def _rec(self, x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        if self.rec_loss == "ssim_l1":
+            return ssim_l1(x, clean)
         return F.l1_loss(x, clean) if self.rec_loss == "l1" else charbonnier(x, clean)
 
     def seg_term(self, seg_logits: dict[str, torch.Tensor], batch: dict) -> torch.Tensor | None:
