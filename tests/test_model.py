@@ -207,21 +207,31 @@ def test_known_kspace_makes_the_output_consistent(tiny: VLDUN, acdc_slice: np.nd
 
 
 def test_pass_count_per_mask_kind(acdc_slice: np.ndarray) -> None:
-    """``cascades_by_mask`` sets the default pass count for a mask kind (radial CT may want fewer passes than
-    Cartesian MRI); an explicit count still wins, other kinds keep ``cascades``, bad entries are refused."""
+    """``cascades_by_mask`` sets a job's default pass count for a mask kind (radial CT may want fewer passes
+    than Cartesian MRI), decided once per job in inference; the module runs the count it is given (default
+    ``cascades``, whatever the mask); an explicit count wins, other kinds keep ``cascades``, bad entries are
+    refused."""
     from napari_vldun.degradation import cartesian_mask, measure, radial_mask, undersample
+    from napari_vldun.inference import InferenceError, LoadedModel, passes, predict
 
     model = build_model("tiny", use_priors=False, cascades=3, cascades_by_mask={"radial": 1}).eval()
+    loaded = LoadedModel(model, torch.device("cpu"), "test", True)
     x = torch.from_numpy(acdc_slice[:64, :64].copy())[None, None]
     radial, lines = radial_mask((64, 64), 4, seed=0).mask, cartesian_mask((64, 64), 4, seed=0).mask
-    assert model.passes(True, None, radial) == 1 and model.passes(True, None, lines) == 3
-    assert model.passes(True, 2, radial) == 2 and model.passes(True) == 3 and model.passes(False, None, radial) == 1
-    assert model.passes(True, None, torch.stack([radial, lines])) == 3  # a batch of both kinds: the default
+    assert passes(loaded, True, None, radial) == 1 and passes(loaded, True, None, lines) == 3
+    assert passes(loaded, True, 2, radial) == 2 and passes(loaded, True) == 3 and passes(loaded, False, None, radial) == 1
+    assert passes(loaded, True, None, torch.stack([radial, lines])) == 3  # a job of both kinds: the default
+    with pytest.raises(InferenceError, match="cascades"):
+        passes(loaded, True, 0, radial)
+    assert model.passes(True) == 3 and model.passes(True, 1) == 1  # the module: no policy of its own
     k, y = measure(x, radial), undersample(x, radial)
     with torch.no_grad():
         default, one, three = (model(y, kspace=k, mask=radial, cascades=c) for c in (None, 1, 3))
-    torch.testing.assert_close(default.restored, one.restored)
-    assert not torch.allclose(default.restored, three.restored)
+    torch.testing.assert_close(default.restored, three.restored)
+    assert not torch.allclose(one.restored, three.restored)
+    # a job: the policy's count for the radial mask, the same numbers as the module at 1 pass
+    job = predict(loaded, y[0, 0].numpy(), kspace=k[0].numpy(), mask=radial.numpy())
+    np.testing.assert_allclose(job.restored[0], one.restored[0, 0].clamp(0, 1).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="not a mask kind"):
         build_model("tiny", cascades_by_mask={"spiral": 2})
     with pytest.raises(ValueError, match="cascades_by_mask"):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .model import VLDUN, build_model
+from .degradation.masks import mask_kind
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.precision import Precision, autocast
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
@@ -281,7 +282,7 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
               "mask": torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device), "cascades": cascades}
     try:
         if tile is not None:
-            n = model.passes(kspace is not None, cascades, dc.get("mask"))
+            n = model.passes(kspace is not None, cascades)
             return run_tiled(model, y, plan_tiles(image.shape, tile), n, dc.get("kspace"), dc.get("mask"),
                              context=lambda: autocast(device, precision), interrupt=interrupt)
         with autocast(device, precision):
@@ -296,10 +297,15 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
 
 
 def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mask=None) -> int:
-    """Passes of the network a prediction runs (:meth:`VLDUN.passes`; ``mask`` (..., H, W): the sampling
-    mask, whose kind may set the default); :class:`InferenceError` below 1."""
+    """The pass-count policy of a job, decided once for all its slices: without a measurement (or a
+    reconstruction head) 1; else ``cascades`` when given, else ``cfg.cascades_by_mask[kind]`` when every mask
+    in ``mask`` ((..., H, W), the job's sampling masks) is of that :func:`~napari_vldun.degradation.mask_kind`,
+    else ``cfg.cascades``. :class:`InferenceError` below 1."""
+    cfg = loaded.model.cfg
+    if cascades is None and measured and mask is not None and cfg.cascades_by_mask:
+        cascades = cfg.cascades_by_mask.get(mask_kind(mask))
     try:
-        return loaded.model.passes(measured, cascades, mask)
+        return loaded.model.passes(measured, cascades)
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
 
@@ -338,7 +344,7 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         raise InferenceError("data consistency needs both the k-space and its sampling mask")
     if kspace is not None:
         kspace, mask = validate_measurement(kspace, mask, vol.shape)
-    passes(loaded, kspace is not None, cascades)  # refuse a bad count before any work
+    cascades = passes(loaded, kspace is not None, cascades, mask)  # once per job; refuses a bad count first
     try:
         precision = Precision.parse(precision).value
     except ValueError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,9 +22,23 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from ..inference import InferenceError, Prediction, Progress
+from ..train.loop import EventKind
 from ._messages import USER_ERRORS, error_text, report_error
 from ._models import avoid_llvm_clash, free_memory, get_model
 
+
+
+class Outcome(str, Enum):
+    """How a dock's job ended (``JobDock.job_finished``). A ``str`` enum: ``Outcome.DONE == "done"``."""
+
+    DONE = "done"
+    STOPPED = "stopped"  # training stopped on request; "last" saved
+    CANCELLED = "cancelled"
+    QUESTION = "question"  # nothing ran: the label set may not fit, the user chooses
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
 
 @dataclass
 class Status:
@@ -178,9 +193,9 @@ def save_job(steps: Iterator, first: tuple[int, int, Any]) -> Iterator[Progress]
 # ----------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
-    """How a training job ended: ``outcome`` "done" / "stopped"; checkpoints written."""
+    """How a training job ended: ``outcome`` done / stopped; checkpoints written."""
 
-    outcome: str
+    outcome: Outcome
     out_dir: str
     best: str | None = None
     last: str | None = None
@@ -198,7 +213,7 @@ def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = 
     """
     from ..train import iter_train
 
-    result = TrainResult(outcome="done", out_dir=str(getattr(cfg, "out_dir", "")))
+    result = TrainResult(outcome=Outcome.DONE, out_dir=str(getattr(cfg, "out_dir", "")))
     gen = None
     try:
         yield Status("preparing the training run ...")
@@ -207,14 +222,14 @@ def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = 
             result.events += 1
             if getattr(ev, "metrics", None):
                 result.metrics.update({k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
-            if ev.kind == "checkpoint" and ev.checkpoint is not None:
+            if ev.kind == EventKind.CHECKPOINT and ev.checkpoint is not None:
                 name = Path(ev.checkpoint).name
                 if name.startswith("best"):
                     result.best = str(ev.checkpoint)
                 else:
                     result.last = str(ev.checkpoint)
-            if ev.kind == "stopped":
-                result.outcome = "stopped"
+            if ev.kind == EventKind.STOPPED:
+                result.outcome = Outcome.STOPPED
             yield ev
     except _expected_errors() as exc:
         return Failure(error_text(exc))
@@ -250,7 +265,7 @@ class JobDock(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.last_message = ""
-        self._outcome = ""
+        self._outcome: Outcome | None = None
         self.cancel_event = threading.Event()
 
     def _error(self, message: str) -> None:
@@ -269,7 +284,7 @@ class JobDock(QWidget):
 
     def _fail(self, message: str) -> None:
         """The run ended in an error: show it; ``job_finished`` says "error"."""
-        self._outcome = "error"
+        self._outcome = Outcome.ERROR
         self._error(message)
 
     def _launch(self, job, *args, **kwargs):
@@ -302,4 +317,4 @@ class JobDock(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._update_buttons()
-        self.job_finished.emit(self._outcome or "done")
+        self.job_finished.emit((self._outcome or Outcome.DONE).value)

@@ -50,7 +50,7 @@ from ._logic import (SLICE_MODES, chosen_slices, computed_slices, device_hint, f
 from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, results_hub, set_status, show_warning, status_label
 from ._models import ModelChooser, checkpoint_label_sets
-from ._workers import (JobDock, LabelSetQuestion, PredictResult, SavedResults, Status, predict_job, save_job,
+from ._workers import (JobDock, LabelSetQuestion, Outcome, PredictResult, SavedResults, Status, predict_job, save_job,
                        toggle_run_cancel)
 
 WIDGET = "restore"
@@ -294,7 +294,7 @@ class RestoreSegmentWidget(JobDock):
                      "input": data.reshape(unit.shape), "unit": unit, "precision": dc["precision"], "mask": mask}
         self._t0 = self._t_slices = time.perf_counter()
         self._hint = device_hint(device, cuda_available())
-        self._kind, self._outcome = "predict", ""
+        self._kind, self._outcome = "predict", None
         n = unit.shape[0] if slices is None else len(slices)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
@@ -338,7 +338,7 @@ class RestoreSegmentWidget(JobDock):
         return f"{text} ({self._hint})" if self._hint else text
 
     def _on_aborted(self) -> None:
-        self._outcome = "cancelled"
+        self._outcome = Outcome.CANCELLED
         self.progress.setValue(0)
         if self._steps is not None:  # the worker has left it: remove the staged files now
             self._steps.close()
@@ -348,7 +348,7 @@ class RestoreSegmentWidget(JobDock):
 
     def _on_result(self, result: PredictResult | SavedResults | LabelSetQuestion) -> None:
         if isinstance(result, LabelSetQuestion):  # nothing ran: the user chooses, or runs again to go on
-            self._outcome = "question"
+            self._outcome = Outcome.QUESTION
             self._answered = self._job.get("question")
             self.progress.setValue(0)
             self.run_button.setText("Restore && Segment anyway")
@@ -360,7 +360,7 @@ class RestoreSegmentWidget(JobDock):
         if isinstance(result, SavedResults):
             self.last_saved = {k: Path(v) for k, v in result.paths.items()}
             self._steps = None
-            self._outcome = "done"
+            self._outcome = Outcome.DONE
             self.progress.setValue(self.progress.maximum())
             folder = next(iter(self.last_saved.values())).parent
             set_status(self.status, f"saved {', '.join(p.name for p in self.last_saved.values())} into {folder}")
@@ -370,7 +370,7 @@ class RestoreSegmentWidget(JobDock):
         except USER_ERRORS as exc:  # e.g. the input layer was deleted meanwhile
             self._fail(error_text(exc))
             return
-        self._outcome = "done"
+        self._outcome = Outcome.DONE
         self.model.show_random(result.random_weights)
         msg = (f"done in {result.seconds:.1f} s on {result.device}: label set {result.prediction.label_set}"
                f" ({len(result.slices)} slice(s)); {measurement_text(self._job.get('data_consistency'), result.cascades)}")
@@ -510,7 +510,7 @@ class RestoreSegmentWidget(JobDock):
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
-        self._kind, self._outcome, self.last_message = "save", "", ""
+        self._kind, self._outcome, self.last_message = "save", None, ""
         self._steps = steps
         self.progress.setRange(0, first[1])
         self.progress.setValue(0)

@@ -32,7 +32,7 @@ from ._messages import USER_ERRORS, error_text, set_status, status_label
 from ._models import ModelChooser
 from ._plots import ImageView, StagePsnrPlot, ThumbnailGrid
 from ._stage_logic import band_range, pass_blocks, pass_starts, psnr_text, stage_passes, stage_psnrs, stage_titles
-from ._workers import JobDock, PredictResult, Status, predict_job, toggle_run_cancel
+from ._workers import JobDock, Outcome, PredictResult, Status, predict_job, toggle_run_cancel
 from .restore import BANDS, STAGES_WIDGET, MeasurementChooser, put_stage_layers
 
 
@@ -135,7 +135,7 @@ class StageExplorerWidget(JobDock):
             return None
         self._job = {"layer": layer, "z": z, "data_consistency": "kspace" in dc, "params": params,
                      "input": np.array(unit[z], np.float32)}
-        self._outcome = ""
+        self._outcome = None
         self.progress.setRange(0, 0)  # busy
         set_status(self.status, f"computing the stages of slice {z} ...")
         return self._launch(predict_job, weights, device, unit, slices=[z], return_stages=True,
@@ -152,12 +152,12 @@ class StageExplorerWidget(JobDock):
             set_status(self.status, item.text)
 
     def _on_aborted(self) -> None:
-        self._outcome = "cancelled"
+        self._outcome = Outcome.CANCELLED
         set_status(self.status, "cancelled: no layer was added or changed", "warning")
 
     def _on_finished(self) -> None:
         self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self._outcome == "done" else 0)
+        self.progress.setValue(1 if self._outcome == Outcome.DONE else 0)
         super()._on_finished()
 
     def _on_result(self, result: PredictResult) -> None:
@@ -186,7 +186,7 @@ class StageExplorerWidget(JobDock):
         self.stage_slider.setValue(n - 1)
         self.stage_slider.blockSignals(False)
         self.stage_slider.setEnabled(True)
-        self._outcome = "done"
+        self._outcome = Outcome.DONE
         self.model.show_random(result.random_weights)
         n_pass = len(set(self.passes))
         of = f" over {n_pass} passes" if n_pass > 1 else (" of the last pass" if result.cascades > 1 else "")

@@ -20,13 +20,14 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QMessageBox, QProgressBar, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..inference import InferenceError, resolve_device
+from ..train.loop import EventKind
 from ..train.setup import RUN_FILES
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
 from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
 from ._models import model_modalities, shipped_checkpoint_exists
 from ._plots import TrainPlot
-from ._workers import Failure, JobDock, Status, TrainResult, train_job
+from ._workers import Failure, JobDock, Outcome, Status, TrainResult, train_job
 
 
 
@@ -347,7 +348,7 @@ class TrainWidget(JobDock):
             self._error(error_text(exc))
             return None
         self._stop.clear()
-        self._outcome = ""
+        self._outcome = None
         self.result = None
         self.events = []
         if not resume:
@@ -370,7 +371,7 @@ class TrainWidget(JobDock):
             return
         self.events.append(ev)
         m = ev.metrics or {}
-        if ev.kind == "start":
+        if ev.kind == EventKind.START:
             ph = (m.get("phases") or {}).get("joint", {})
             self.epoch_bar.setRange(0, int(ph.get("epochs", self.epochs.value())))
             self.step_bar.setRange(0, max(1, int(ph.get("steps_per_epoch", 1))))
@@ -379,7 +380,7 @@ class TrainWidget(JobDock):
             if m.get("resumed"):
                 note += f", resumed at step {m.get('resumed_from_step')}"
             set_status(self.status, note)
-        elif ev.kind == "step":
+        elif ev.kind == EventKind.STEP:
             if "loss" in m:
                 self.plot.add_point("loss", ev.step, m["loss"])
             self.step_bar.setRange(0, max(1, ev.epoch_steps))
@@ -388,19 +389,19 @@ class TrainWidget(JobDock):
             self.epoch_bar.setValue(max(ev.epoch - 1, 0))
             set_status(self.status, f"epoch {ev.epoch}/{ev.epochs}, step {ev.step}/{ev.total_steps}: "
                          f"loss {m.get('loss', float('nan')):.4f}")
-        elif ev.kind == "epoch":
+        elif ev.kind == EventKind.EPOCH:
             for key in ("val_psnr", "val_dice"):
                 if key in m and m[key] == m[key]:
                     self.plot.add_point(key, ev.step, m[key])
             self.epoch_bar.setValue(ev.epoch)
             set_status(self.status, f"epoch {ev.epoch}: val PSNR {m.get('val_psnr', float('nan')):.2f} dB, "
                          f"val Dice {m.get('val_dice', float('nan')):.3f}")
-        elif ev.kind == "checkpoint":
+        elif ev.kind == EventKind.CHECKPOINT:
             set_status(self.status, f"saved {ev.checkpoint}")
-        elif ev.kind == "stopped":
+        elif ev.kind == EventKind.STOPPED:
             set_status(self.status, f"stopped at step {ev.step}; 'last' saved in {self.out_dir} (Resume continues)",
                          "warning")
-        elif ev.kind == "done":
+        elif ev.kind == EventKind.DONE:
             best = m.get("best") or m.get("last")
             set_status(self.status, f"done: best checkpoint {best}")
 
@@ -408,7 +409,7 @@ class TrainWidget(JobDock):
         self.result = result
         self._outcome = result.outcome
         where = result.best or result.last
-        if result.outcome == "done":
+        if result.outcome == Outcome.DONE:
             set_status(self.status, f"done after {result.events} events: checkpoint {where} "
                          "(load it in Restore & Segment as a local file)")
 

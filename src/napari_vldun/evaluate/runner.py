@@ -32,6 +32,7 @@ import numpy as np
 
 from ..degradation import acquire
 from ..io.lock import locks_output
+from ..inference import load_model, passes, predict
 from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
 #: the method name of the plain U-Net baseline's rows (``--unet``).
@@ -169,8 +170,6 @@ class Evaluator:
         self.last_stages = None
 
     def _run(self, loaded, image: np.ndarray, label_set: str | None):
-        from ..inference import predict
-
         ls = label_set if label_set in loaded.model.cfg.label_sets else None
         p = predict(loaded, image, label_set=ls, return_stages=self.want_stages, precision=self.precision,
                     **self._measurement)
@@ -312,7 +311,6 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.sources import SOURCES
-    from ..inference import load_model
     from ..io.atomic import atomic_outputs, check_outputs, dumps_json
     from ..io.atomic import check_out_dir
     from .figures import overview_figure
@@ -342,7 +340,7 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
         from ..model.unet import load_unet
 
         unet = load_unet(args.unet, main.device)[0]
-    n_passes = main.model.passes(not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
+    n_passes = passes(main, not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
     variants = {}
     if args.variants:
         for key in VARIANTS:  # DIR/KEY.json or a training run DIR/KEY/best.json

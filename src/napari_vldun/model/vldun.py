@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..degradation.consistency import data_consistency
-from ..degradation.masks import mask_kind
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
 from .config import VLDUNConfig
@@ -207,15 +206,12 @@ class VLDUN(nn.Module):
         """True when the model has a reconstruction head (returns a restored image)."""
         return bool(self.cfg.rec_head)
 
-    def passes(self, measured: bool, cascades: int | None = None, mask=None) -> int:
+    def passes(self, measured: bool, cascades: int | None = None) -> int:
         """Passes of the unfolding network that :meth:`forward` runs: with a measurement and a reconstruction
-        head, ``cascades``, or by default ``cfg.cascades_by_mask[kind]`` when every mask in ``mask``
-        ((..., H, W) tensor or array) is of that :func:`~napari_vldun.degradation.mask_kind`, else
-        ``cfg.cascades``; without a measurement 1. Raises ValueError below 1."""
-        if cascades is None:
-            kind = mask_kind(mask) if mask is not None and self.cfg.cascades_by_mask else None
-            cascades = self.cfg.cascades_by_mask.get(kind, self.cfg.cascades)
-        n = int(cascades)
+        head, ``cascades`` (default ``cfg.cascades``); without a measurement 1. Raises ValueError below 1.
+        The per-job policy (a default per mask kind, ``cfg.cascades_by_mask``) is
+        :func:`napari_vldun.inference.passes`, decided once per job, not here."""
+        n = int(self.cfg.cascades if cascades is None else cascades)
         if n < 1:
             raise ValueError(f"cascades must be >= 1, got {n}")
         return n if measured and self.restores else 1
@@ -230,7 +226,7 @@ class VLDUN(nn.Module):
             raise ValueError(f"input must be (B, {self.cfg.in_channels}, H, W), got {tuple(y.shape)}")
         if (kspace is None) != (mask is None):
             raise ValueError("data consistency needs both kspace and mask (or neither)")
-        n = self.passes(kspace is not None, cascades, mask)
+        n = self.passes(kspace is not None, cascades)
         if self.cfg.stage_images:
             return run_cascade(self, y, kspace, mask, n, return_stages, prior, interrupt)
         h, w = y.shape[-2:]

@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
@@ -39,9 +40,25 @@ from .setup import RunExistsError, build_run, checkpoint_meta, run_lock
 from .state import (load_optimizer_state, optimizer_state, rng_state, save_state, write_checkpoint_set)
 from .validate import measured, validate_joint, validate_prior
 
-__all__ = ["TrainEvent", "EVENT_KINDS", "iter_train", "fit_batch", "RunExistsError"]
+__all__ = ["TrainEvent", "EventKind", "EVENT_KINDS", "iter_train", "fit_batch", "RunExistsError"]
 
-EVENT_KINDS = ("start", "step", "epoch", "checkpoint", "stopped", "done")
+
+class EventKind(str, Enum):
+    """What a :class:`TrainEvent` reports. A ``str`` enum: ``EventKind.DONE == "done"``, and it
+    serialises as its value; comparing with a member (not a literal) makes a typo an AttributeError."""
+
+    START = "start"
+    STEP = "step"
+    EPOCH = "epoch"
+    CHECKPOINT = "checkpoint"
+    STOPPED = "stopped"
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EVENT_KINDS = tuple(k.value for k in EventKind)
 
 
 @dataclass
@@ -56,7 +73,7 @@ class TrainEvent:
     ("last" | "best"); done -> ``best`` / ``last`` paths, ``best_score``, ``wall_s``.
     """
 
-    kind: str
+    kind: EventKind
     phase: str
     epoch: int
     step: int
@@ -176,11 +193,11 @@ class Trainer:
     def wall_s(self) -> float:
         return self.wall0 + time.time() - self.t0
 
-    def _event(self, kind: str, phase: str = "", metrics: dict | None = None, checkpoint: Path | None = None,
+    def _event(self, kind: EventKind, phase: str = "", metrics: dict | None = None, checkpoint: Path | None = None,
                epochs: int = 0, epoch_steps: int = 0, epoch: int | None = None, model=None) -> TrainEvent:
         p = self.pos
         if epoch is None:  # 1-based: the epoch in progress, or the one just completed
-            epoch = p.epoch + 1 if (kind == "step" or p.epoch_step > 0) else p.epoch
+            epoch = p.epoch + 1 if (kind == EventKind.STEP or p.epoch_step > 0) else p.epoch
         return TrainEvent(kind, phase or p.phase, epoch, p.global_step, self.total_steps, metrics or {},
                           checkpoint, epochs, p.epoch_step, epoch_steps, self.ctx.rank, model)
 
@@ -285,7 +302,7 @@ class Trainer:
     def run(self) -> Iterator[TrainEvent]:
         r = self.run_
         try:
-            yield self._event("start", metrics=r.start_info(self))
+            yield self._event(EventKind.START, metrics=r.start_info(self))
             for spec in r.phases:
                 if _PHASE_ORDER.index(spec.name) < _PHASE_ORDER.index(self.pos.phase):
                     continue
@@ -296,7 +313,7 @@ class Trainer:
                     return
             self.ctx.barrier()
             self.model.eval()
-            yield self._event("done", phase=self.pos.phase, metrics={
+            yield self._event(EventKind.DONE, phase=self.pos.phase, metrics={
                 "best": str(self.out_dir / "best") if math.isfinite(self.best_score) else None,
                 "last": str(self.out_dir / "last"), "best_score": self.best_score,
                 "best_metrics": self.best_metrics, "last_metrics": self.last_val, "wall_s": self.wall_s},
@@ -357,11 +374,11 @@ class Trainer:
                 dt = time.time() - t
                 last_of_epoch = self.pos.epoch_step >= spec.steps
                 if self.pos.global_step % cfg.log_every == 0 or last_of_epoch:
-                    yield self._event("step", spec.name, {**vals, "lr": lr, "samples_per_s": bs_global / max(dt, 1e-9),
+                    yield self._event(EventKind.STEP, spec.name, {**vals, "lr": lr, "samples_per_s": bs_global / max(dt, 1e-9),
                                                           "step_time_s": dt}, epochs=spec.epochs, epoch_steps=spec.steps)
                 if not last_of_epoch and self._stop_requested():
                     path = self._save("last")
-                    yield self._event("stopped", spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
+                    yield self._event(EventKind.STOPPED, spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
                                       path, spec.epochs, spec.steps, model=self.model)
                     return True
             # ---- end of epoch: validate, checkpoint
@@ -383,12 +400,12 @@ class Trainer:
             # leaves `last` (and `best`) consistent with the state saved beside them
             # `best` first: a kill between the two leaves `last` older, and redoing the epoch rewrites `best`
             written = [(name, self._save(name)) for name in (("best", "last") if improved else ("last",))][::-1]
-            yield self._event("epoch", spec.name, metrics, epochs=spec.epochs, epoch_steps=spec.steps)
+            yield self._event(EventKind.EPOCH, spec.name, metrics, epochs=spec.epochs, epoch_steps=spec.steps)
             for name, path in written:
-                yield self._event("checkpoint", spec.name, {"name": name, "score": val.get("score")}, path,
+                yield self._event(EventKind.CHECKPOINT, spec.name, {"name": name, "score": val.get("score")}, path,
                                   spec.epochs, spec.steps)
             if self._stop_requested() and (self.pos.epoch < spec.epochs or spec.name != self.run_.phases[-1].name):
-                yield self._event("stopped", spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
+                yield self._event(EventKind.STOPPED, spec.name, {"reason": "stop requested", "wall_s": self.wall_s},
                                   self.out_dir / "last", spec.epochs, spec.steps, model=self.model)
                 return True
         return False

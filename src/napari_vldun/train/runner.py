@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
-from .loop import TrainEvent, iter_train
+from .loop import EventKind, TrainEvent, iter_train
 
 __all__ = ["train_from_file", "run_training", "format_metrics"]
 
@@ -96,7 +96,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         with _SigintToStop(stop, say):
             for ev in iter_train(cfg, resume=resume, stop=stop):
                 summary["steps"] = ev.step
-                if ev.kind == "start":
+                if ev.kind == EventKind.START:
                     m = ev.metrics
                     phases = ", ".join(f"{k} {v['epochs']}x{v['steps_per_epoch']} steps"
                                        for k, v in m.get("phases", {}).items())
@@ -105,7 +105,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
                         + (f"; resumed at step {m.get('resumed_from_step')}" if m.get("resumed") else ""))
                     for note in m.get("notes", []):
                         say(f"note: {note}")
-                elif ev.kind == "step":
+                elif ev.kind == EventKind.STEP:
                     if show_bar and bar is None:
                         bar = tqdm(total=ev.epoch_steps, initial=ev.epoch_step - 1, leave=False, dynamic_ncols=True,
                                    desc=f"{ev.phase} {ev.epoch}/{ev.epochs}")
@@ -113,7 +113,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
                         bar.update(ev.epoch_step - bar.n)
                         bar.set_postfix(loss=f"{ev.metrics.get('loss', float('nan')):.4f}",
                                         sps=f"{ev.metrics.get('samples_per_s', 0.0):.1f}")
-                elif ev.kind == "epoch":
+                elif ev.kind == EventKind.EPOCH:
                     if bar is not None:
                         bar.close()
                         bar = None
@@ -123,14 +123,14 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
                     say(f"{ev.phase} epoch {ev.epoch}/{ev.epochs} step {ev.step}/{ev.total_steps}: "
                         f"loss {ev.metrics.get('train_loss', float('nan')):.4f} "
                         f"{format_metrics(ev.metrics)} ({ev.metrics.get('epoch_time_s', 0):.0f} s)")
-                elif ev.kind == "checkpoint":
+                elif ev.kind == EventKind.CHECKPOINT:
                     summary[ev.metrics.get("name", "last")] = str(ev.checkpoint)
-                elif ev.kind == "stopped":
+                elif ev.kind == EventKind.STOPPED:
                     summary["stopped"] = True
                     summary["last"] = str(ev.checkpoint)
                     say(f"stopped at step {ev.step}/{ev.total_steps}; last checkpoint {ev.checkpoint} "
                         "(continue with resume / --resume)")
-                elif ev.kind == "done":
+                elif ev.kind == EventKind.DONE:
                     summary["best"] = ev.metrics.get("best")
                     summary["last"] = ev.metrics.get("last")
                     say(f"done: best {summary['best']} ({cfg.best_metric} {ev.metrics.get('best_score', float('nan')):.4g}), "
