@@ -32,15 +32,14 @@ def main() -> None:
     loaded = load_model(device="cpu")
     s = list_samples()["acdc"]
     deg = read_image(f"{s['dir']}/degraded.nii.gz").data[:1]
-    k, m = sample_measurement("acdc")
-    k, m = k[:1], (m if m.ndim == 2 else m[:1])
+    meas = sample_measurement("acdc").slice(0)
     rows = []
     for delay in args.delays:
         ev, out = threading.Event(), {}
 
         def run() -> None:
             try:
-                list(iter_predict(loaded, deg, kspace=k, mask=m, interrupt=interrupt_on(ev)))
+                list(iter_predict(loaded, deg, measurement=meas, interrupt=interrupt_on(ev)))
             except JobCancelled:
                 out["t"] = time.perf_counter()
 

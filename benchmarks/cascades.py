@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_vldun.data.sources import SOURCES, volume_slices
-from napari_vldun.degradation import acquire
+from napari_vldun.degradation.measurement import Measurement
 from napari_vldun.evaluate.metrics import dice, psnr
 from napari_vldun.inference import load_model, predict
 
@@ -41,15 +41,14 @@ def sweep(weights: str | None, dataset: str, slices: int, cascades: list[int], a
             dices.setdefault(name, []).append(dice(labels[0], true, n_classes))
 
     for j, (clean, true) in enumerate(items):
-        zf, k, acquired = acquire(clean, kind, accel, seed=1000 + j)
-        zf, k, m = np.asarray(zf, np.float32), k[None], np.asarray(acquired.mask)
+        zf, meas = Measurement.simulate(clean, kind, accel, seed=1000 + j)
         scores.setdefault("zero-filled", []).append(psnr(np.clip(zf, 0, 1), clean))
         add_dice("clean", predict(loaded, clean, label_set=label_set).labels, true)
         free = predict(loaded, zf, label_set=label_set)
         scores.setdefault("free", []).append(psnr(free.restored[0], clean))
         add_dice("free", free.labels, true)
         for c in cascades:
-            r = predict(loaded, zf, label_set=label_set, kspace=k, mask=m, cascades=c)
+            r = predict(loaded, zf, label_set=label_set, measurement=meas, cascades=c)
             scores.setdefault(f"cascades={c}", []).append(psnr(r.restored[0], clean))
             add_dice(f"cascades={c}", r.labels, true)
     return {"dataset": dataset, "mask": kind, "accel": accel, "slices": len(items),

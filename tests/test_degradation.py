@@ -319,3 +319,45 @@ def test_mirror_maps_a_real_images_spectrum_to_its_conjugate(acdc_slice):
     for h, w in ((96, 112), (95, 111)):
         k = fft2c(torch.from_numpy(acdc_slice[:h, :w].copy()).to(torch.complex64))
         torch.testing.assert_close(mirror(k), k.conj(), atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- Measurement
+def test_measurement_algebra_file_and_checks(tmp_path, acdc_slice) -> None:
+    """One known acquisition: simulate -> zero-filled is the scanner image; the projection keeps the measured
+    frequencies and is idempotent; a rescaled image is refused; the file round-trips and stores a shared mask
+    once; shapes that do not fit are refused with the shapes named."""
+    from napari_vldun.degradation import fft2c
+    from napari_vldun.degradation.measurement import Measurement, MeasurementError
+
+    clean = np.stack([acdc_slice[:64, :64], acdc_slice[64:128, 64:128]]).astype(np.float32)
+    zf, meas = Measurement.simulate(clean, "cartesian", 4.0, seed=3)
+    assert meas.shape == (2, 64, 64) and meas.mask.shape == (2, 64, 64) and meas.mask.strides[0] == 0
+    assert meas.kind == "cartesian" and 0.2 < meas.fraction < 0.35
+    np.testing.assert_allclose(meas.zero_filled(), zf, atol=1e-6)
+    assert meas.mismatch(zf) < 1e-6
+    meas.check(zf)
+    with pytest.raises(MeasurementError, match="does not belong"):
+        meas.check(zf * 0.9)
+    x = torch.rand(2, 1, 64, 64)
+    p = meas.project(x)
+    np.testing.assert_allclose(meas.project(p).numpy(), p.numpy(), atol=1e-5)  # a projection
+    k = np.asarray(fft2c(p[:, 0].to(torch.complex64))).astype(np.complex64)
+    on = meas.mask > 0
+    np.testing.assert_allclose(k[on], meas.kspace[on], atol=1e-4)  # measured frequencies kept
+    assert float((p - x).abs().max()) > 0.1  # a random image is not consistent: the projection moved it
+    meas.save(tmp_path / "m.npz")
+    back = Measurement.load(tmp_path / "m.npz")
+    np.testing.assert_allclose(back.kspace, meas.kspace, atol=1e-5)
+    np.testing.assert_array_equal(back.mask, meas.mask)
+    with np.load(tmp_path / "m.npz") as f:
+        assert f["mask"].shape == (64, 64)  # one mask for both slices, stored once
+    with pytest.raises(FileExistsError):
+        meas.save(tmp_path / "m.npz")
+    one = meas.slice(1)
+    assert one.shape == (1, 64, 64) and one.mismatch(zf[1:]) < 1e-6
+    with pytest.raises(MeasurementError, match=r"\(2, 64, 64\).*3 slices"):
+        Measurement.of(meas.kspace, meas.mask, (3, 64, 64))
+    with pytest.raises(MeasurementError, match="only 0 and 1"):
+        Measurement.of(meas.kspace, meas.mask * 0.5)
+    _, radial = Measurement.simulate(clean[0], "radial", 4.0, seed=0)
+    assert radial.shape == (1, 64, 64) and radial.kind == "radial"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_vldun.degradation.measurement import Measurement
 from napari_vldun.inference import (InferenceError, LoadedModel, Prediction, Progress, iter_predict, load_model,
                                     predict, resolve_device)
 from napari_vldun.io import read_image
@@ -132,16 +133,18 @@ def test_kspace_file_round_trip_and_data_consistency(tmp_path, tiny_loaded: Load
     image than without, slice by slice) and refuses a k-space that belongs to another image."""
     from napari_vldun.degradation import ifft2c
     from napari_vldun.evaluate.metrics import psnr
-    from napari_vldun.pipeline import read_measurement
+    from napari_vldun.degradation.measurement import MeasurementError
 
     s = list_samples()["acdc"]
     ref = np.asarray(nib.load(f"{s['dir']}/clean.nii.gz").dataobj)[64:192, 48:176, 4:6].transpose(2, 1, 0)
     clean = tmp_path / "clean.npy"
     np.save(clean, np.ascontiguousarray(ref, dtype=np.float32))
     degrade_file(clean, tmp_path / "r4.npy", mask="cartesian", accel=4, seed=5, kspace_out=tmp_path / "r4.npz")
-    k, m = read_measurement(tmp_path / "r4.npz")
+    meas = Measurement.load(tmp_path / "r4.npz")
+    k, m = meas.kspace, meas.mask
     deg = np.load(tmp_path / "r4.npy")
-    assert k.shape == deg.shape == ref.shape and m.shape == k.shape[1:] and abs(float(m.mean()) - 0.25) < 0.03
+    assert k.shape == deg.shape == ref.shape == m.shape and abs(meas.fraction - 0.25) < 0.03
+    assert meas.kind == "cartesian" and meas.mismatch(deg) < 1e-5
     assert (tmp_path / "r4.npz").stat().st_size < 0.5 * k.nbytes  # only the sampled entries are stored
     np.testing.assert_allclose(np.abs(np.asarray(ifft2c(k))), deg, atol=1e-5)
     runs = {}
@@ -159,7 +162,7 @@ def test_kspace_file_round_trip_and_data_consistency(tmp_path, tiny_loaded: Load
                        kspace=tmp_path / "r4.npz", cascades=2)
     assert two["cascades"] == 2
     out2 = read_image(tmp_path / "two" / "restored.nii.gz").data
-    direct = predict(tiny_loaded, deg, kspace=k, mask=m, cascades=2).restored
+    direct = predict(tiny_loaded, deg, measurement=meas, cascades=2).restored
     assert np.abs(out2 - out["dc"]).max() > 1e-4  # a second pass changes the image ...
     np.testing.assert_allclose(out2, direct, atol=1e-4)  # ... exactly as iter_predict(cascades=2) does
     # the same weights with a per-mask-kind default: the Cartesian acquisition gets (and reports) its count
@@ -177,10 +180,12 @@ def test_kspace_file_round_trip_and_data_consistency(tmp_path, tiny_loaded: Load
         predict_file(tmp_path / "r8.npy", tmp_path / "bad", loaded=tiny_loaded, progress=False,
                      kspace=tmp_path / "r4.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="junk.npz"):
-        read_measurement(tmp_path / "junk.npz")
+    with pytest.raises(MeasurementError, match="junk.npz"):
+        Measurement.load(tmp_path / "junk.npz")
     with pytest.raises(InferenceError, match="do not match"):
-        predict(tiny_loaded, deg[0], kspace=k, mask=m)
+        predict(tiny_loaded, deg[0], measurement=meas)
+    with pytest.raises(InferenceError, match="must be a Measurement"):
+        predict(tiny_loaded, deg, measurement=(k, m))
 
 
 def test_predict_file_writes_aligned_outputs(tmp_path, tiny_loaded: LoadedModel) -> None:
@@ -316,7 +321,7 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
     tiny_loaded.model.unfold_images = counting
     try:
         vol = np.stack([deg, deg])
-        pred = predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
+        pred = predict(tiny_loaded, vol, measurement=Measurement.of(np.stack([k, k]), mask), cascades=3, tile=tile,
                        interrupt=lambda: calls.append(1))
         tiles = 1 if tile == 0 else 4  # 80 px in 48 px tiles with 12 px overlap: 2 x 2
         assert pred.restored.shape == vol.shape and len(passes_run) == 2 * 3 * tiles
@@ -329,7 +334,8 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
             raise _Stop
 
         with pytest.raises(_Stop):
-            list(iter_predict(tiny_loaded, vol, kspace=np.stack([k, k]), mask=mask, cascades=3, tile=tile,
+            list(iter_predict(tiny_loaded, vol, measurement=Measurement.of(np.stack([k, k]), mask), cascades=3,
+                              tile=tile,
                               interrupt=stop_at_second_pass))
         assert len(passes_run) == 1  # stopped in the first pass (first tile) of the first slice
     finally:

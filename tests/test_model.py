@@ -212,6 +212,7 @@ def test_pass_count_per_mask_kind(acdc_slice: np.ndarray) -> None:
     ``cascades``, whatever the mask); an explicit count wins, other kinds keep ``cascades``, bad entries are
     refused."""
     from napari_vldun.degradation import cartesian_mask, measure, radial_mask, undersample
+    from napari_vldun.degradation.measurement import Measurement
     from napari_vldun.inference import InferenceError, LoadedModel, passes, predict
 
     model = build_model("tiny", use_priors=False, cascades=3, cascades_by_mask={"radial": 1}).eval()
@@ -230,7 +231,7 @@ def test_pass_count_per_mask_kind(acdc_slice: np.ndarray) -> None:
     torch.testing.assert_close(default.restored, three.restored)
     assert not torch.allclose(one.restored, three.restored)
     # a job: the policy's count for the radial mask, the same numbers as the module at 1 pass
-    job = predict(loaded, y[0, 0].numpy(), kspace=k[0].numpy(), mask=radial.numpy())
+    job = predict(loaded, y[0, 0].numpy(), measurement=Measurement.of(k[0].numpy(), radial.numpy()))
     np.testing.assert_allclose(job.restored[0], one.restored[0, 0].clamp(0, 1).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="not a mask kind"):
         build_model("tiny", cascades_by_mask={"spiral": 2})

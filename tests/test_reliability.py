@@ -161,7 +161,7 @@ def test_overwrite_never_writes_through_a_symlink(tmp_path, small, capsys) -> No
 
 def _write_each(kind: str, path: Path, shipped: LoadedModel, small) -> None:
     from napari_vldun._writer import write_image
-    from napari_vldun.pipeline import write_measurement
+    from napari_vldun.degradation.measurement import Measurement
 
     img = read_image(small["clean"]).data
     if kind == "nifti":
@@ -171,7 +171,7 @@ def _write_each(kind: str, path: Path, shipped: LoadedModel, small) -> None:
     elif kind == "napari":
         write_image(str(path), img, {})
     elif kind == "kspace":
-        write_measurement(path, np.zeros(img.shape, np.complex64), np.ones(img.shape[-2:]), overwrite=True)
+        Measurement.of(np.zeros(img.shape, np.complex64), np.ones(img.shape[-2:])).save(path, overwrite=True)
     elif kind == "degrade":
         degrade_file(small["clean"], path, mask="cartesian", accel=4, overwrite=True)
     elif kind == "checkpoint":

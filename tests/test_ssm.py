@@ -98,7 +98,10 @@ def test_chunked_half_inputs(dtype):
 
 def test_selective_scan_falls_back_on_cpu(monkeypatch):
     ins = [t.detach().float() for t in _inputs(1, 40, 2, 4, 4)]
-    assert isinstance(mamba_ssm_available(), bool)
+    import importlib.util
+
+    if importlib.util.find_spec("mamba_ssm") is None:  # CI and this machine: the extra is not installed
+        assert mamba_ssm_available() is False
 
     def boom(*a, **k):
         raise AssertionError("mamba_ssm kernel must not be used for CPU tensors")

@@ -76,12 +76,13 @@ def test_prediction_says_the_pass_of_every_stage(acdc_slice):
     """``Prediction.stage_passes``: one entry per stage, the pass it came from (a 'tiny' model reports every
     pass of the cascade; the first release's architecture only the last pass's, numbered 0)."""
     from napari_vldun.degradation import acquire
+    from napari_vldun.degradation.measurement import Measurement
     from napari_vldun.inference import LoadedModel, predict
     from napari_vldun.model import build_model
 
     clean = np.ascontiguousarray(acdc_slice[:32, :32], np.float32)[None]
     y, k, m = acquire(clean, "cartesian", 4.0, seed=0)
-    meas = {"kspace": np.asarray(k), "mask": m.mask.numpy()}
+    meas = {"measurement": Measurement.of(np.asarray(k), m.mask.numpy())}
     for config, expected in (("tiny", [0] * 6 + [1] * 6), ("tiny_v1", [0] * 6)):
         model = build_model(config).eval()
         loaded = LoadedModel(model, next(model.parameters()).device, "random", True)

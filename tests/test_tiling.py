@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_vldun.degradation import acquire
+from napari_vldun.degradation.measurement import Measurement
 from napari_vldun.degradation.consistency import measure
 from napari_vldun.evaluate.metrics import psnr
 from napari_vldun.inference import InferenceError, check_tiling, load_model, predict
@@ -73,7 +74,7 @@ def test_tiled_matches_whole_slice_and_stays_data_consistent(acdc_160: np.ndarra
     assert tiled.label_set == whole.label_set and tiled.modality_probs.shape == whole.modality_probs.shape
     # with k-space, the stitched estimate is projected onto the measurement after every pass
     mask = np.asarray(acq.mask)
-    dc = predict(loaded, deg, tile=96, kspace=k[None], mask=mask, cascades=2)
+    dc = predict(loaded, deg, tile=96, measurement=Measurement.of(k, mask), cascades=2)
     kk = measure(torch.from_numpy(dc.restored[0]), torch.from_numpy(mask))
     sampled = torch.from_numpy(mask) > 0
     err = (kk - torch.from_numpy(k))[sampled].abs().max()

@@ -672,8 +672,8 @@ def test_stage_explorer_uses_the_recorded_kspace(make_napari_viewer, qtbot, erro
     assert "with recorded k-space, 2 passes" in w.status.text()
     loaded = get_model(None, "cpu")
     meas = layer_measurement(deg, np.asarray(deg.data))
-    expected = predict(loaded, meas["unit"], slices=[1], return_stages=True, kspace=meas["kspace"],
-                       mask=meas["mask"], cascades=2).stages[0]
+    expected = predict(loaded, meas["unit"], slices=[1], return_stages=True, measurement=meas["measurement"],
+                       cascades=2).stages[0]
     np.testing.assert_allclose(w.stages, expected, atol=1e-5)
     assert viewer.layers[f"{deg.name} stages full"].metadata["vldun"]["cascades"] == 2
     w.measurement.use_kspace.setChecked(False)
@@ -762,7 +762,7 @@ def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors,
     assert wait_job(qtbot, w) == "done", w.last_message
     meas = layer_measurement(deg, np.asarray(deg.data))
     pred = predict(get_model(str(tmp_path / "model.safetensors"), "cpu"), meas["unit"], slices=[0],
-                   return_stages=True, kspace=meas["kspace"], mask=meas["mask"], cascades=2)
+                   return_stages=True, measurement=meas["measurement"], cascades=2)
     assert pred.stage_passes == [0] * k + [1] * k
     np.testing.assert_allclose(w.stages, pred.stages[0], atol=1e-5)
     assert w.passes == pred.stage_passes

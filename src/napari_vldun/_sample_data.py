@@ -73,10 +73,10 @@ def sample_layers(name: str) -> list[tuple]:
         from ._widgets._layers import MEASUREMENT_KEY
         from .pipeline import sample_measurement
 
-        kspace, mask = sample_measurement(name)
-        if kspace.shape == np.shape(degraded.data):
+        meas = sample_measurement(name)
+        if meas.shape == np.shape(degraded.data):
             meta_d = dict(out[1][1]["metadata"])
-            meta_d[MEASUREMENT_KEY] = {"kspace": kspace, "mask": mask,
+            meta_d[MEASUREMENT_KEY] = {"kspace": meas.kspace, "mask": meas.mask,
                                        "normalisation": {"method": "none", "lo": 0.0, "hi": 1.0}}
             out[1][1]["metadata"] = meta_d
     lkw = kwargs(clean, f"{name} labels")

@@ -17,6 +17,7 @@ import torch
 
 from .model import VLDUN, build_model
 from .degradation.masks import mask_kind
+from .degradation.measurement import Measurement, MeasurementError
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.precision import Precision, autocast
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
@@ -221,27 +222,6 @@ def check_label_set(loaded: LoadedModel, image: np.ndarray, slices: list[int] | 
                          label_set_warning(model, probs, chosen, label_set is not None))
 
 
-def validate_measurement(kspace, mask, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Check a known acquisition for a (Z, H, W) image: ``kspace`` centred complex k-space (Z, H, W)
-    or (H, W) (zeros where not sampled), ``mask`` {0, 1} (H, W) or (Z, H, W). Returns both as
-    (Z, H, W) arrays (complex64, float32). Raises :class:`InferenceError`."""
-    k = np.asarray(kspace)
-    m = np.asarray(mask)
-    z, h, w = shape
-    if k.ndim == 2:
-        k = k[None]
-    if m.ndim == 2:
-        m = np.broadcast_to(m, (k.shape[0], h, w)) if m.shape == (h, w) else m[None]
-    if k.shape[-2:] != (h, w) or m.shape[-2:] != (h, w) or k.shape[0] != z or m.shape[0] != z:
-        raise InferenceError(f"k-space {k.shape} and mask {m.shape} do not match the image's {z} slices of "
-                             f"{h}x{w}; give (Z, H, W) k-space and an (H, W) or (Z, H, W) mask")
-    if not np.isfinite(k).all():
-        raise InferenceError("the k-space holds NaN or infinite values")
-    if m.size and not np.isin(m, (0, 1)).all():
-        raise InferenceError("the sampling mask must hold only 0 and 1")
-    return k.astype(np.complex64), m.astype(np.float32)
-
-
 def _available_bytes() -> float | None:
     try:
         import psutil
@@ -311,17 +291,17 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
 
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,
-                 slices: list[int] | None = None, return_stages: bool = False, kspace=None,
-                 mask=None, cascades: int | None = None, precision: str = "fp32",
+                 slices: list[int] | None = None, return_stages: bool = False,
+                 measurement: Measurement | None = None, cascades: int | None = None, precision: str = "fp32",
                  return_uncertainty: bool = False, tile: int | None = None,
                  interrupt: Callable[[], None] | None = None) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
-    When the acquisition is known, ``kspace`` (the measured centred k-space of the [0, 1] image, (Z, H, W)
-    complex) and its ``mask`` ((H, W) or (Z, H, W), {0, 1}) make the restored slices consistent with it
+    When the acquisition is known, ``measurement`` (a :class:`~napari_vldun.degradation.measurement.Measurement`
+    of the [0, 1] image: (Z, H, W) k-space and its mask) makes the restored slices consistent with it
     (:func:`~napari_vldun.degradation.data_consistency`), over ``cascades`` passes (default: the checkpoint's,
-    for the mask's kind).
+    for the mask's kind, decided once for the job).
 
     ``precision``: "fp32" or "bf16" (autocast; see :mod:`~napari_vldun.model.precision`).
     ``return_uncertainty``: also give :attr:`Prediction.uncertainty` (per-pixel normalised entropy).
@@ -340,11 +320,15 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             f"image values span [{lo:.3g}, {hi:.3g}]; normalise to [0, 1] first (napari_vldun.io.normalize); "
             "zero-filled magnitudes up to 1.5 are accepted"
         )
-    if (kspace is None) != (mask is None):
-        raise InferenceError("data consistency needs both the k-space and its sampling mask")
-    if kspace is not None:
-        kspace, mask = validate_measurement(kspace, mask, vol.shape)
-    cascades = passes(loaded, kspace is not None, cascades, mask)  # once per job; refuses a bad count first
+    if measurement is not None:
+        if not isinstance(measurement, Measurement):
+            raise InferenceError(f"measurement must be a Measurement (k-space + mask), got {type(measurement).__name__}")
+        try:
+            measurement = Measurement.of(measurement.kspace, measurement.mask, vol.shape)
+        except MeasurementError as exc:
+            raise InferenceError(str(exc)) from None
+    cascades = passes(loaded, measurement is not None, cascades,
+                      None if measurement is None else measurement.mask)  # once per job; refuses a bad count first
     try:
         precision = Precision.parse(precision).value
     except ValueError as exc:
@@ -354,9 +338,9 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     tile = check_tiling(model, dev, vol.shape[-2:], tile, return_stages)
     restored, seg_logits, mod, deg, stages, levels, stage_passes = [], [], [], [], [], [], []
     for n, z in enumerate(idx):
-        meas = (kspace[z], mask[z], cascades) if kspace is not None else (None, None, None)
-        out = _run_slice(model, dev, vol[z], return_stages, *meas, precision=precision, tile=tile,
-                         interrupt=interrupt)
+        meas = (measurement.kspace[z], measurement.mask[z]) if measurement is not None else (None, None)
+        out = _run_slice(model, dev, vol[z], return_stages, *meas, cascades=cascades, precision=precision,
+                         tile=tile, interrupt=interrupt)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .degradation.measurement import Measurement, MeasurementError
 from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
                         label_set_warning, load_model, passes)
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
@@ -26,7 +26,7 @@ from .io.lock import locks_output
 
 __all__ = ["UNIT_RANGE_MAX", "to_unit_range", "from_unit_range", "restore_units", "unit_bounds", "check_out_dir",
            "check_inputs", "degrade_file", "predict_file", "run_demo", "list_samples", "sample_measurement",
-           "sample_dir", "write_measurement", "read_measurement", "check_measurement", "measurement_mismatch"]
+           "sample_dir", "Measurement"]
 
 #: Suffixes :func:`degrade_file` (and ``_write_array``) can write.
 ARRAY_SUFFIXES = (".nii", ".nii.gz", ".png", ".npy")
@@ -78,8 +78,7 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
                  kspace_out: str | Path | None = None) -> dict:
     """Read an image, normalise it to [0, 1], undersample every slice's k-space with the same
     mask, write the magnitude (and, with ``kspace_out``, the measurement as ``.npz``, see
-    :func:`write_measurement`). Returns the sampling fraction and the normalisation used."""
-    from .degradation import acquire
+    :meth:`Measurement.save`). Returns the sampling fraction and the normalisation used."""
     from .io import read_image
 
     out = Path(output_path).expanduser()
@@ -94,83 +93,15 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     _check_array_target(out, vol.data.shape)
     data, norm = to_unit_range(vol)
     kwargs = {"center_fraction": center_fraction} if mask == "cartesian" else {}
-    y, kspace, m = acquire(data, mask, accel, seed=seed, **kwargs)
-    summary = {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(m.fraction, 4),
+    y, meas = Measurement.simulate(data, mask, accel, seed=seed, **kwargs)
+    summary = {"output": str(out), "mask": mask, "accel": accel, "seed": seed, "fraction": round(meas.fraction, 4),
                "normalisation": norm}
     with atomic_outputs(targets, overwrite) as tmp:
         _write_array(np.asarray(y, np.float32), tmp[out], vol, overwrite=True)
         if kspace_out:
-            write_measurement(tmp[targets[1]], kspace, m.mask.numpy(), overwrite=True)
+            meas.save(tmp[targets[1]], overwrite=True)
             summary["kspace"] = str(kspace_out)
     return summary
-
-
-def write_measurement(path: str | Path, kspace: np.ndarray, mask: np.ndarray, *, overwrite: bool = False) -> None:
-    """Save a known acquisition as ``.npz``: ``kspace`` (Z, H, W) or (H, W) complex64 centred k-space of
-    the [0, 1] image (zeros where not sampled), ``mask`` (H, W) or (Z, H, W) uint8 {0, 1}. Only the
-    sampled entries are stored (``values``), so a 4x acquisition takes about a quarter of the space.
-    Written atomically; an existing file is refused unless ``overwrite``."""
-    k = np.asarray(kspace, np.complex64)
-    m = np.asarray(mask) > 0
-    full = np.broadcast_to(m, k.shape)
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, shape=np.array(k.shape), mask=m.astype(np.uint8), values=k[full])
-
-    write_with(path, save, overwrite)
-
-
-def read_measurement(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load :func:`write_measurement`'s file (no pickles): ``(kspace (..., H, W) complex64, mask float32)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"k-space file {p} not found")
-    bad = (f"{p}: not a k-space file written by `vldun degrade --kspace-out` (an .npz holding the arrays "
-           "shape, mask and values); give the .npz written with this image")
-    try:
-        f = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # not .npy/.npz (numpy's hints do not apply)
-        raise ValueError(bad) from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{bad} (this is a single .npy array)")
-    with f:
-        missing = [k for k in ("shape", "mask", "values") if k not in f.files]
-        if missing:
-            raise ValueError(f"{bad} (it lacks {', '.join(missing)})")
-        try:
-            shape, m, values = tuple(int(v) for v in f["shape"]), f["mask"] > 0, f["values"]
-        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile):
-            raise ValueError(f"{bad} (its arrays are unreadable or corrupt)") from None
-    full = np.broadcast_to(m, shape) if m.shape != tuple(shape) else m
-    if full.shape != tuple(shape) or int(full.sum()) != values.size:
-        raise ValueError(f"{p}: the mask {m.shape} and {values.size} sampled values do not fit the shape {shape}")
-    k = np.zeros(shape, np.complex64)
-    k[full] = values
-    return k, m.astype(np.float32)
-
-
-def measurement_mismatch(image: np.ndarray, kspace: np.ndarray) -> float:
-    """Relative RMS difference between ``image`` (Z, H, W) and the zero-filled magnitude of ``kspace``
-    (same shape): ~1e-7 when the k-space was measured from this image, large otherwise."""
-    from .degradation import ifft2c
-
-    zf = np.abs(np.asarray(ifft2c(np.asarray(kspace, np.complex64)))).astype(np.float64)
-    ref = np.asarray(image, np.float64)
-    return float(np.sqrt(np.mean((zf - ref) ** 2)) / max(float(np.sqrt(np.mean(ref**2))), 1e-8))
-
-
-def check_measurement(image: np.ndarray, kspace: np.ndarray, tol: float = 1e-3) -> None:
-    """Refuse a k-space that does not belong to ``image`` (Z, H, W) (:func:`measurement_mismatch` > ``tol``):
-    data consistency would pull the result towards another image (e.g. one rescaled or clipped after the
-    k-space was written)."""
-    if kspace.shape != image.shape:
-        raise InferenceError(f"the k-space {kspace.shape} does not match the image {image.shape}")
-    err = measurement_mismatch(image, kspace)
-    if err > tol:
-        raise InferenceError(
-            f"the k-space does not belong to this image: its zero-filled magnitude differs by {err:.2%} "
-            "(RMS); give the image written with it, unscaled (see `vldun degrade --kspace-out`)")
 
 
 def _slice_metrics(pred: Prediction, image: np.ndarray, clean: np.ndarray | None, ref_labels: np.ndarray | None,
@@ -239,7 +170,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                  device: str = "auto", label_set: str | None = None, labels: str | Path | None = None,
                  clean: str | Path | None = None, overwrite: bool = False, stages: bool = False,
                  progress: bool = True, loaded: LoadedModel | None = None,
-                 kspace: str | Path | tuple[np.ndarray, np.ndarray] | None = None,
+                 kspace: str | Path | Measurement | None = None,
                  cascades: int | None = None, precision: str = "fp32", tile: int | None = None,
                  dicom_seg: bool = True) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
@@ -248,8 +179,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     ``labels.seg.dcm``, a DICOM SEG referencing the series (:mod:`napari_vldun.io.dicom_seg`), unless
     ``dicom_seg=False``.
 
-    ``kspace``: the known acquisition of the input (a ``.npz`` from :func:`write_measurement`, or a
-    ``(kspace, mask)`` pair), checked against the input, for data consistency; ``cascades`` passes of
+    ``kspace``: the known acquisition of the input (a ``.npz`` from :meth:`Measurement.save`, or a
+    :class:`Measurement`), checked against the input, for data consistency; ``cascades`` passes of
     the network with it (default: the checkpoint's for the mask's kind; fewer is faster). Without ``kspace``
     there is one pass.
 
@@ -292,18 +223,24 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     ref_name = labels if labels is not None else f"(in {input_path})"
     if ref is not None:
         _check_label_values(ref, ref_name, loaded, label_set)
-    measurement = {}
+    measurement = None
     if kspace is not None:
-        k, m = read_measurement(kspace) if isinstance(kspace, (str, Path)) else kspace
-        k = np.asarray(k).reshape(image3.shape) if np.asarray(k).size == image3.size else np.asarray(k)
-        check_measurement(image3, k)
-        measurement = {"kspace": k, "mask": m, "cascades": cascades}
-    n_passes = passes(loaded, bool(measurement), cascades, measurement.get("mask"))  # refuses a bad count first
+        try:
+            measurement = Measurement.load(kspace) if isinstance(kspace, (str, Path)) else kspace
+            if measurement.kspace.size == image3.size:
+                measurement = Measurement.of(measurement.kspace.reshape(image3.shape),
+                                             measurement.mask.reshape((-1, *image3.shape[-2:])), image3.shape)
+            measurement.check(image3)
+        except MeasurementError as exc:
+            raise InferenceError(str(exc)) from None
+    n_passes = passes(loaded, measurement is not None, cascades,
+                      None if measurement is None else measurement.mask)  # refuses a bad count first
     used_tile = check_tiling(loaded.model, loaded.device, image3.shape[-2:], tile, stages)  # refuses before work
     t0 = time.perf_counter()
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
-        for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, tile=tile, **measurement):
+        for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, tile=tile,
+                                 measurement=measurement, cascades=cascades):
             if isinstance(item, Progress):
                 bar.update(1)
             else:
@@ -317,7 +254,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     with_stages = None
     if stages:
         with_stages = next(x for x in iter_predict(loaded, image3, label_set=pred.label_set, slices=[z],
-                                                   return_stages=True, precision=precision, **measurement)
+                                                   return_stages=True, precision=precision,
+                                                   measurement=measurement, cascades=cascades)
                            if isinstance(x, Prediction))
         _check_finite(with_stages, loaded.source)
     cfg = loaded.model.cfg
@@ -344,7 +282,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "normalisation": norm,
         "label_set": pred.label_set,
         "label_names": names,
-        "data_consistency": bool(measurement),
+        "data_consistency": measurement is not None,
         "cascades": n_passes,
         "precision": precision,
         "tile": used_tile,
@@ -394,13 +332,12 @@ def list_samples() -> dict[str, dict]:
     return samples
 
 
-def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
-    """The acquisition of a bundled sample's degraded image, ``(kspace (Z, H, W), mask (H, W))``.
+def sample_measurement(sample: str) -> Measurement:
+    """The acquisition of a bundled sample's degraded image (:class:`Measurement`, (Z, H, W)).
 
     The samples are simulated (``scripts/make_sample_data.py``): the k-space is the recorded mask
     (kind, acceleration, seed in ``meta.json``) applied to the clean image's centred FFT, exactly what
     an acquisition with that mask measures."""
-    from .degradation import acquire
     from .io import read_image
 
     s = list_samples()[sample]
@@ -408,8 +345,7 @@ def sample_measurement(sample: str) -> tuple[np.ndarray, np.ndarray]:
     clean = np.asarray(read_image(Path(s["dir"]) / s["files"]["clean"]).data, np.float32)
     clean = clean[None] if clean.ndim == 2 else clean
     kw = {"center_fraction": deg.get("center_fraction", 0.08)} if deg["mask"] == "cartesian" else {}
-    _, kspace, m = acquire(clean, deg["mask"], deg["accel"], seed=deg["seed"], **kw)
-    return np.asarray(kspace, np.complex64), m.mask.numpy()
+    return Measurement.simulate(clean, deg["mask"], deg["accel"], seed=deg["seed"], **kw)[1]
 
 
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,

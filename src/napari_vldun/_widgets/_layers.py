@@ -338,10 +338,10 @@ def inherited_metadata(layer) -> dict:
 def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None:
     """The acquisition recorded with ``layer`` (:data:`MEASUREMENT_KEY`), if it still describes ``data``
     (the layer's array): ``{"unit": (Z, H, W) zero-filled magnitude in [0, 1] units, "params",
-    "kspace", "mask"}``. None when there is none, or the layer was cropped or edited since (shape or
+    "measurement": Measurement}``. None when there is none, or the layer was cropped or edited since (shape or
     values no longer match, relative RMS > ``tol``)."""
-    from ..degradation import ifft2c
-    from ..pipeline import measurement_mismatch, unit_bounds
+    from ..degradation.measurement import Measurement, MeasurementError
+    from ..io.normalize import unit_bounds
 
     meas = (layer.metadata or {}).get(MEASUREMENT_KEY)
     if not isinstance(meas, dict) or "kspace" not in meas or "mask" not in meas:
@@ -354,11 +354,13 @@ def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None
     params = dict(meas.get("normalisation") or {"method": "none", "lo": 0.0, "hi": 1.0})
     # the layer holds the measurement's zero-filled magnitude in its own units: compare in [0, 1] units
     lo, hi = unit_bounds(params)
-    if not hi > lo or measurement_mismatch((stack - lo) / (hi - lo), k) > tol:
+    try:
+        m = Measurement.of(k, np.asarray(meas["mask"], np.float32), stack.shape)
+    except MeasurementError:
         return None
-    unit = np.abs(np.asarray(ifft2c(k))).astype(np.float32)
-    return {"unit": unit, "params": params, "kspace": k.astype(np.complex64),
-            "mask": np.asarray(meas["mask"], np.float32)}
+    if not hi > lo or m.mismatch((stack - lo) / (hi - lo)) > tol:
+        return None
+    return {"unit": m.zero_filled(), "params": params, "measurement": m}
 
 
 def provenance(layer) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
+from ..degradation.measurement import Measurement
 from ..inference import InferenceError, Prediction, Progress
 from ..train.loop import EventKind
 from ._messages import USER_ERRORS, error_text, report_error
@@ -99,13 +100,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, label_set: str | None = None,
-                slices: list[int] | None = None, return_stages: bool = False, kspace: np.ndarray | None = None,
-                mask: np.ndarray | None = None, cascades: int | None = None,
+                slices: list[int] | None = None, return_stages: bool = False,
+                measurement: Measurement | None = None, cascades: int | None = None,
                 precision: str = "fp32", return_uncertainty: bool = False,
                 cancel: threading.Event | None = None, ask_label_set: bool = False) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
-    ``image`` is ``(Z, H, W)`` in [0, 1]; ``kspace``/``mask``: its known acquisition (data consistency), over
+    ``image`` is ``(Z, H, W)`` in [0, 1]; ``measurement``: its known acquisition (data consistency), over
     ``cascades`` passes (``None``: the checkpoint's); ``precision`` "fp32" | "bf16"; ``return_uncertainty``:
     the per-pixel normalised entropy too (``Prediction.uncertainty``); ``cancel``: once set, the job stops
     at the next stage (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
@@ -129,7 +130,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         yield Status(f"restoring and segmenting {len(idx)} slice(s) on {loaded.device} ...", str(loaded.device))
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
-                                 kspace=kspace, mask=mask, cascades=cascades, precision=precision,
+                                 measurement=measurement, cascades=cascades, precision=precision,
                                  return_uncertainty=return_uncertainty, interrupt=interrupt_on(cancel)):
             if isinstance(item, Prediction):
                 pred = item
@@ -150,7 +151,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         label_colors={k: list(v) for k, v in loaded.label_colors.items()},
         modalities=list(cfg.modalities), degradations=list(cfg.degradations),
         seconds=time.perf_counter() - t0,
-        cascades=passes(loaded, kspace is not None, cascades, mask),
+        cascades=passes(loaded, measurement is not None, cascades, None if measurement is None else measurement.mask),
         label_set_warning=label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
     )
 

@@ -115,7 +115,8 @@ class DegradeWidget(QWidget):
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
         """Degrade the clean layer; returns the new layer (None on error)."""
-        from ..degradation import acquire, gaussian_blur, gaussian_noise
+        from ..degradation import gaussian_blur, gaussian_noise
+        from ..degradation.measurement import Measurement
         from ..evaluate.metrics import psnr, ssim
 
         layer = self.clean_picker.current_layer()
@@ -126,13 +127,12 @@ class DegradeWidget(QWidget):
             clean, params = unit_stack(layer, data)
             x = gaussian_blur(clean, blur) if blur > 0 else clean
             kw = {"center_fraction": float(self.center.value())} if kind == "cartesian" else {}
-            y, kspace, mask = acquire(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
-            y = np.asarray(y, np.float32)
+            y, meas = Measurement.simulate(np.ascontiguousarray(x, np.float32), kind, accel, seed=seed, **kw)
             if noise > 0:
                 y = np.asarray(gaussian_noise(y, noise, seed=seed + 1), np.float32)
             shown = np.clip(y, 0.0, 1.0)
             metrics = {"psnr": float(psnr(shown, clean)), "ssim": float(ssim(shown, clean)),
-                       "fraction": float(mask.fraction), "slices": int(clean.shape[0])}
+                       "fraction": meas.fraction, "slices": int(clean.shape[0])}
         except USER_ERRORS as exc:
             report_error(self, error_text(exc), self.degrade_result)
             return None
@@ -148,7 +148,7 @@ class DegradeWidget(QWidget):
         out = from_unit(y, params).reshape(data.shape)
         meta = inherited_metadata(layer)
         if noise == 0:  # noise is added in image space: then there is no k-space measurement to keep
-            meta[MEASUREMENT_KEY] = {"kspace": np.asarray(kspace, np.complex64), "mask": mask.mask.numpy(),
+            meta[MEASUREMENT_KEY] = {"kspace": meas.kspace, "mask": meas.mask,
                                      "normalisation": {k: v for k, v in params.items() if k != "mask"}}
         new = put_layer(self.viewer, "image", f"{layer.name} degraded ({label})", out, widget=WIDGET,
                           source_layer=layer, prov=prov, metadata=meta, colormap="gray",

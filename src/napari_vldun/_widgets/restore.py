@@ -130,7 +130,7 @@ class MeasurementChooser:
         if meas is None:
             unit, params = unit_stack(layer, data)
             return unit, params, prec
-        return meas["unit"], meas["params"], {"kspace": meas["kspace"], "mask": meas["mask"],
+        return meas["unit"], meas["params"], {"measurement": meas["measurement"],
                                               "cascades": self.passes.value() or None, **prec}
 
 
@@ -285,12 +285,12 @@ class RestoreSegmentWidget(JobDock):
             self._error(error_text(exc))
             return None
         mask = None
-        if "mask" in dc:
+        if "measurement" in dc:
             src = provenance(layer)
-            mask = {"sampled_fraction": float(np.mean(dc["mask"])),
+            mask = {"sampled_fraction": dc["measurement"].fraction,
                     **{k: src[k] for k in ("mask", "accel", "center_fraction", "seed") if k in src}}
         self._job = {"layer": layer, "shape": data.shape, "params": params, "weights": weights, "device": device,
-                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": "kspace" in dc,
+                     "slices": slices, "stages": self.keep_stages.isChecked(), "data_consistency": "measurement" in dc,
                      "input": data.reshape(unit.shape), "unit": unit, "precision": dc["precision"], "mask": mask}
         self._t0 = self._t_slices = time.perf_counter()
         self._hint = device_hint(device, cuda_available())

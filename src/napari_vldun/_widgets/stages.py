@@ -133,7 +133,7 @@ class StageExplorerWidget(JobDock):
         except USER_ERRORS as exc:
             self._error(error_text(exc))
             return None
-        self._job = {"layer": layer, "z": z, "data_consistency": "kspace" in dc, "params": params,
+        self._job = {"layer": layer, "z": z, "data_consistency": "measurement" in dc, "params": params,
                      "input": np.array(unit[z], np.float32)}
         self._outcome = None
         self.progress.setRange(0, 0)  # busy

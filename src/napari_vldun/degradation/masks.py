@@ -251,7 +251,7 @@ def mask_kind(mask: np.ndarray | torch.Tensor) -> str | None:
     """``"cartesian"`` when every ``(H, W)`` mask in ``mask`` (..., H, W) samples whole lines (all rows equal,
     or all columns equal), ``"radial"`` when none does (radial spokes and any other 2-D pattern), ``None``
     when the masks are of both kinds or ``mask`` is empty."""
-    m = torch.as_tensor(mask).detach()
+    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).detach()
     if m.ndim < 2 or m.numel() == 0:
         return None
     m = m.reshape(-1, *m.shape[-2:]) != 0

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..degradation import acquire
+from ..degradation.measurement import Measurement
 from ..io.lock import locks_output
 from ..inference import load_model, passes, predict
 from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
@@ -196,11 +196,9 @@ class Evaluator:
     def add(self, case: Case, accel: float, seed: int) -> None:
         from .baselines import tv_reconstruction
 
-        degraded, kspace, acquired = acquire(case.clean, case.mask_kind, accel, seed=seed)
-        degraded, mask = np.asarray(degraded, np.float32), np.asarray(acquired.mask)
+        degraded, meas = Measurement.simulate(case.clean, case.mask_kind, accel, seed=seed)
         ls = self.label_set or case.label_set
-        self._measurement = ({"kspace": kspace[None], "mask": mask,
-                              "cascades": self.cascades} if self.data_consistency else {})
+        self._measurement = ({"measurement": meas, "cascades": self.cascades} if self.data_consistency else {})
         self.want_stages = bool(self.main.model.cfg.stage_images)
         restored, labels, used = self._run(self.main, degraded, ls)
         self.want_stages = False
@@ -216,7 +214,7 @@ class Evaluator:
                 lab = self.unet(torch.from_numpy(np.ascontiguousarray(degraded))[None, None]).argmax(1)[0].numpy()
             self._score(UNET_ROW, case, None, lab, len(self.unet.cfg.classes))
         if self.tv:
-            tv = tv_reconstruction(kspace, mask, self.tv_lambda, self.tv_iters)
+            tv = tv_reconstruction(meas.kspace[0], meas.mask[0], self.tv_lambda, self.tv_iters)
             self._score("tv", case, np.clip(tv, 0.0, 1.0), None, None)
         rec_only = None
         for key, name in VARIANTS.items():
