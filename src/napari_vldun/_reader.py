@@ -35,6 +35,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .io import read_image, read_label
+from .io.readers import suffix_of
+from .io.volume import REVERSE3
+
 __all__ = ["napari_get_reader", "read_paths", "layers_from_file", "volume_layer_kwargs", "READER_SUFFIXES"]
 
 #: Suffixes this reader claims (``io.read_image`` understands more; napari has readers for those).
@@ -44,8 +48,6 @@ VOLUME_KEY = "vldun_volume"
 
 
 def _suffix(path: Path) -> str:
-    from .io.readers import suffix_of
-
     return suffix_of(path)
 
 
@@ -96,8 +98,6 @@ def read_paths(path: str | list[str]) -> list[tuple]:
 
 def napari_transform(volume) -> dict:
     """scale / translate (/ affine) for napari from a Volume (see the module docstring)."""
-    from .io.volume import REVERSE3
-
     nd = volume.data.ndim
     m = REVERSE3 @ np.asarray(volume.affine, float)  # rows: world S, A, R
     if nd == 2:
@@ -185,8 +185,6 @@ def _looks_like_labels(path: Path, volume) -> bool:
 
 def layers_from_file(path: str | Path) -> list[tuple]:
     """One Image (or Labels) layer per file; HDF5 with a ``label`` dataset adds a Labels layer."""
-    from .io import read_image, read_label
-
     p = Path(str(path)).expanduser()
     vol = read_image(p)
     name = _display_name(p)

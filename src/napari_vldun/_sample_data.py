@@ -15,6 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ._reader import volume_layer_kwargs
+from ._widgets._labels import label_colormap, label_features
+from ._widgets._layers import MEASUREMENT_KEY
+from .io import read_image, read_label
+from .model.config import LABEL_COLORS, LABEL_SETS
+from .pipeline import list_samples, sample_measurement
+
 __all__ = ["sample_layers", "acdc", "brain", "ct"]
 
 
@@ -27,12 +34,6 @@ def _licence_text(d: Path, meta: dict) -> str:
 
 def sample_layers(name: str) -> list[tuple]:
     """Layer data tuples (clean, degraded, labels) of bundled sample ``name``."""
-    from ._reader import volume_layer_kwargs
-    from ._widgets._labels import label_colormap, label_features
-    from .io import read_image, read_label
-    from .model.config import LABEL_COLORS, LABEL_SETS
-    from .pipeline import list_samples
-
     samples = list_samples()
     if name not in samples:
         raise ValueError(f"unknown sample {name!r}; bundled samples: {sorted(samples)}")
@@ -70,9 +71,6 @@ def sample_layers(name: str) -> list[tuple]:
                          "colormap": "gray", "contrast_limits": (0.0, 1.0)}, "image"),
     ]
     if deg.get("mask"):
-        from ._widgets._layers import MEASUREMENT_KEY
-        from .pipeline import sample_measurement
-
         meas = sample_measurement(name)
         if meas.shape == np.shape(degraded.data):
             meta_d = dict(out[1][1]["metadata"])

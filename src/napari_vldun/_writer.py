@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ._reader import VOLUME_KEY
+from .io import Volume, write_nifti
+from .io.volume import REVERSE3
 
 __all__ = ["write_image", "write_labels", "layer_volume"]
 
@@ -48,9 +50,6 @@ def _layer_affine(meta: dict, nd: int) -> np.ndarray:
 
 def layer_volume(data: np.ndarray, meta: dict):
     """A :class:`~napari_vldun.io.Volume` (``like=`` for ``write_nifti``) for a layer's data + meta."""
-    from .io import Volume
-    from .io.volume import REVERSE3
-
     arr = np.asarray(data)
     nd = arr.ndim
     info = (meta.get("metadata") or {}).get(VOLUME_KEY)
@@ -81,8 +80,6 @@ def layer_volume(data: np.ndarray, meta: dict):
 
 
 def _write(path: str, data: Any, meta: dict, labels: bool) -> list[str]:
-    from .io import write_nifti
-
     if isinstance(data, (list, tuple)):  # multiscale: the full resolution
         data = data[0]
     arr = np.asarray(data)

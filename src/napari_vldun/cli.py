@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .io.atomic import dumps_json
+from .io.atomic import check_out_dir, check_outputs, dumps_json
 
 
 #: Exit status of a training stopped by Ctrl-C (128 + SIGINT, as shells report it).
@@ -23,7 +23,7 @@ STOPPED_EXIT = 130
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .model import build_model
+    from .model import build_model  # lazy: imports torch (CLI start stays light)
     from .model.complexity import model_info
     from .model.ssm import mamba_ssm_available
 
@@ -39,7 +39,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
-    from .pipeline import degrade_file
+    from .pipeline import degrade_file  # lazy: imports torch (CLI start stays light)
 
     out = degrade_file(args.input, args.output, mask=args.mask, accel=args.accel, seed=args.seed,
                        center_fraction=args.center_fraction, overwrite=args.overwrite, kspace_out=args.kspace_out)
@@ -48,7 +48,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .pipeline import predict_file
+    from .pipeline import predict_file  # lazy: imports torch (CLI start stays light)
 
     summary = predict_file(args.input, args.out, weights=args.weights, device=args.device,
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
@@ -62,8 +62,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_train_unet(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io.atomic import check_out_dir, check_outputs
-    from .train.unet import UNetTrainConfig, iter_train_unet
+    from .train.unet import UNetTrainConfig, iter_train_unet  # lazy: imports torch (CLI start stays light)
 
     out = check_out_dir(args.out)
     check_outputs([out / "unet.safetensors", out / "unet.json"], args.overwrite)
@@ -80,7 +79,7 @@ def _cmd_train_unet(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import run_demo
+    from .pipeline import run_demo  # lazy: imports torch (CLI start stays light)
 
     summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
                        overwrite=args.overwrite, data_consistency=not args.no_dc, cascades=args.cascades,
@@ -90,7 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.runner import train_from_file
+    from .train.runner import train_from_file  # lazy: imports torch (CLI start stays light)
 
     try:
         overrides = json.loads(args.set) if args.set else None
@@ -111,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.runner import evaluate_from_args
+    from .evaluate.runner import evaluate_from_args  # lazy: imports torch (CLI start stays light)
 
     return evaluate_from_args(args)
 
@@ -206,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train_unet)
 
     try:
-        from .evaluate.args import add_evaluate_args
+        from .evaluate.args import add_evaluate_args  # lazy: guarded; imports torch
     except ImportError:  # evaluation not installed in this build
         return p
     s = sub.add_parser("evaluate", help="PSNR/SSIM/Dice/IoU tables against baselines")

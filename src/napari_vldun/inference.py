@@ -18,6 +18,7 @@ import torch
 from .model import VLDUN, build_model
 from .degradation.masks import mask_kind
 from .degradation.measurement import Measurement, MeasurementError
+from .measure import normalised_entropy
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.precision import Precision, autocast
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
@@ -358,8 +359,6 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     labels = np.stack([s[chosen].argmax(0).numpy() for s in seg_logits]).astype(np.uint8) if chosen else None
     uncertainty = None
     if return_uncertainty and chosen:
-        from .measure import normalised_entropy
-
         uncertainty = np.stack([normalised_entropy(s[chosen].numpy()) for s in seg_logits])
     yield Prediction(
         restored=np.stack(restored) if restored else None,

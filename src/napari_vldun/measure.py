@@ -16,12 +16,15 @@ import math
 import platform
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator, Iterable, Sequence
+from typing import Any, Generator, Iterable, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .io.dicom_seg import SegExport
+from . import __version__
+from .evaluate.metrics import dice_per_class
+from .io import write_nifti
+from .io.atomic import atomic_outputs, check_out_dir, write_text
+from .io.dicom_seg import SegExport, write_dicom_seg
 
 __all__ = ["label_measurements", "measurements_csv", "write_measurements_csv", "dice_table",
            "normalised_entropy", "versions", "result_file_names", "save_results", "iter_save_results", "safe_stem"]
@@ -131,8 +134,6 @@ def measurements_csv(rows: Sequence[dict]) -> str:
 def write_measurements_csv(path: str | Path, rows: Sequence[dict], overwrite: bool = False) -> Path:
     """Write :func:`measurements_csv` atomically; ``FileExistsError`` for an existing file unless
     ``overwrite`` (:mod:`napari_vldun.io.atomic`)."""
-    from .io.atomic import write_text
-
     return write_text(path, measurements_csv(rows), overwrite)
 
 
@@ -143,8 +144,6 @@ def dice_table(pred: np.ndarray, true: np.ndarray, num_classes: int, class_names
     together and slice by slice (:func:`napari_vldun.evaluate.metrics.dice_per_class`):
     ``{"classes": [names], "per_class": {name: dice | None}, "per_slice": [{"slice": z, "dice": {name: ...}}]}``.
     ``None``: the class is absent from both (per slice as over all); 0.0: predicted but absent."""
-    from .evaluate.metrics import dice_per_class
-
     p, t = _stack(pred, "pred labels"), _stack(true, "true labels")
     idx = list(range(p.shape[0])) if slices is None else [int(z) for z in slices]
     names = [str(class_names[k]) if k < len(class_names) else f"label {k}" for k in range(1, num_classes)]
@@ -174,8 +173,6 @@ def normalised_entropy(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------- saving a result set
 def versions() -> dict[str, str]:
     """Versions of napari-vldun, torch, numpy, napari (when importable) and Python, for provenance."""
-    from . import __version__
-
     out = {"napari_vldun": __version__, "numpy": np.__version__, "python": platform.python_version()}
     for mod in ("torch", "napari", "nibabel"):
         try:
@@ -234,9 +231,7 @@ def iter_save_results(folder: str | Path, stem: str, *, summary: dict, restored:
     ``folder``, renamed once all are written); an error, or closing the generator early (cancel), leaves
     nothing behind, and no file outside ``folder`` is touched. Existing files are refused before any
     work (``FileExistsError`` naming every one) unless ``overwrite``."""
-    from .io import write_nifti
-    from .io.atomic import atomic_outputs, check_out_dir, write_json
-    from .io.dicom_seg import write_dicom_seg
+    from .io.atomic import write_json  # lazy: tests patch napari_vldun.io.atomic.write_json
 
     check_out_dir(folder, "output folder")
     arrays = {"restored": restored, "labels": labels, "uncertainty": uncertainty}

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .degradation.measurement import Measurement, MeasurementError
+from .evaluate.metrics import dice, iou, psnr, ssim
 from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
                         label_set_warning, load_model, passes)
+from .io import read_image, read_label, write_nifti, write_png
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
 from .io.dicom_seg import DicomSegError, SegSource, build_dicom_seg
 from .io.normalize import UNIT_RANGE_MAX, from_unit_range, restore_units, to_unit_range, unit_bounds
@@ -57,8 +60,6 @@ def _check_array_target(path: Path, shape: tuple[int, ...] | None = None, what: 
 
 
 def _write_array(array: np.ndarray, path: Path, like, overwrite: bool) -> None:
-    from .io import write_nifti, write_png
-
     _check_array_target(path, array.shape)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -79,7 +80,7 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
     """Read an image, normalise it to [0, 1], undersample every slice's k-space with the same
     mask, write the magnitude (and, with ``kspace_out``, the measurement as ``.npz``, see
     :meth:`Measurement.save`). Returns the sampling fraction and the normalisation used."""
-    from .io import read_image
+    from .io import read_image  # lazy: tests patch napari_vldun.io.read_image
 
     out = Path(output_path).expanduser()
     _check_array_target(out)
@@ -106,8 +107,6 @@ def degrade_file(input_path: str | Path, output_path: str | Path, *, mask: str, 
 
 def _slice_metrics(pred: Prediction, image: np.ndarray, clean: np.ndarray | None, ref_labels: np.ndarray | None,
                    n_classes: int | None) -> dict:
-    from .evaluate.metrics import dice, iou, psnr, ssim
-
     m: dict = {}
     if clean is not None and pred.restored is not None:
         m["psnr_input"] = float(np.mean([psnr(a, c) for a, c in zip(image, clean)]))
@@ -189,8 +188,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     metric that is undefined (NaN, e.g. Dice without foreground) is ``null``."""
     from tqdm import tqdm
 
-    from .evaluate.figures import overview_figure
-    from .io import read_image, read_label
+    from .evaluate.figures import overview_figure  # lazy: tests patch napari_vldun.evaluate.figures.overview_figure
 
     out = check_out_dir(out_dir)
     names_out = ["restored.nii.gz", "labels.nii.gz", "overview.png", "metrics.json"]
@@ -264,8 +262,6 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     shape = image.shape
     seg = None
     if seg_datasets is not None and pred.labels is not None:
-        from . import __version__
-
         seg = _no_seg_hint(lambda: build_dicom_seg(
             pred.labels.reshape(shape), seg_datasets, names, series_description="napari-vldun labels",
             algorithm_version=__version__, checkpoint=Path(loaded.source).name))
@@ -338,8 +334,6 @@ def sample_measurement(sample: str) -> Measurement:
     The samples are simulated (``scripts/make_sample_data.py``): the k-space is the recorded mask
     (kind, acceleration, seed in ``meta.json``) applied to the clean image's centred FFT, exactly what
     an acquisition with that mask measures."""
-    from .io import read_image
-
     s = list_samples()[sample]
     deg = s["degradation"]
     clean = np.asarray(read_image(Path(s["dir"]) / s["files"]["clean"]).data, np.float32)

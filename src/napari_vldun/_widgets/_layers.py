@@ -16,7 +16,12 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox
 
 from .._reader import VOLUME_KEY
+from .._writer import layer_volume
+from ..degradation.measurement import Measurement, MeasurementError
 from ..inference import InferenceError, validate_image
+from ..io import Volume
+from ..io.dicom_seg import PRODUCT, SegExport, SegSource
+from ..io.normalize import from_unit_range, to_unit_range, unit_bounds
 
 #: ``layer.metadata`` key of VL-DUN provenance.
 VLDUN_KEY = "vldun"
@@ -174,9 +179,6 @@ def to_unit(data: np.ndarray, modality: str | None = None) -> tuple[np.ndarray, 
     """:func:`napari_vldun.pipeline.to_unit_range` on an array: data already in [0, 1] is kept,
     anything else goes through :func:`napari_vldun.io.normalize` (CT window / MRI percentiles).
     The params always carry ``lo``/``hi`` so that :func:`from_unit` can map back."""
-    from ..io import Volume
-    from ..pipeline import to_unit_range, unit_bounds
-
     arr = np.asarray(data, dtype=np.float32)
     vol = Volume(data=arr, spacing=(1.0,) * arr.ndim, modality=modality)
     unit, params = to_unit_range(vol)
@@ -194,15 +196,11 @@ def unit_stack(layer, data: np.ndarray) -> tuple[np.ndarray, dict]:
 
 def from_unit(x: np.ndarray, params: dict) -> np.ndarray:
     """Map [0, 1] values back to the input's units (inverse of :func:`to_unit`)."""
-    from ..pipeline import from_unit_range
-
     return from_unit_range(np.asarray(x, dtype=np.float32), params)
 
 
 def apply_unit(x: np.ndarray, params: dict) -> np.ndarray:
     """Apply the linear part of a normalisation (``(x - lo) / (hi - lo)``, clipped to [0, 1])."""
-    from ..pipeline import unit_bounds
-
     lo, hi = unit_bounds(params)
     if not hi > lo:
         return np.zeros(np.shape(x), np.float32)
@@ -300,8 +298,6 @@ def layer_like(layer):
     """The :class:`~napari_vldun.io.Volume` to write arrays of ``layer``'s shape with its geometry
     (``write_nifti(like=)``): the file's own affine and header when the reader's geometry is unchanged,
     else the layer transform (:func:`napari_vldun._writer.layer_volume`)."""
-    from .._writer import layer_volume
-
     state = {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear,
              "affine": layer.affine.affine_matrix, "metadata": layer.metadata}
     return layer_volume(np.asarray(layer.data), state)
@@ -313,8 +309,6 @@ def layer_seg_export(layer, label_names: Iterable[str], slices: Iterable[int] | 
     the labels of ``slices`` (the computed ones) named ``label_names``, made with checkpoint ``weights``.
     None for any other layer (no DICOM SEG)."""
     from pathlib import Path
-
-    from ..io.dicom_seg import PRODUCT, SegExport, SegSource
 
     info = (layer.metadata or {}).get(VOLUME_KEY) or {}
     shape = tuple(np.shape(layer.data))
@@ -340,9 +334,6 @@ def layer_measurement(layer, data: np.ndarray, tol: float = 1e-3) -> dict | None
     (the layer's array): ``{"unit": (Z, H, W) zero-filled magnitude in [0, 1] units, "params",
     "measurement": Measurement}``. None when there is none, or the layer was cropped or edited since (shape or
     values no longer match, relative RMS > ``tol``)."""
-    from ..degradation.measurement import Measurement, MeasurementError
-    from ..io.normalize import unit_bounds
-
     meas = (layer.metadata or {}).get(MEASUREMENT_KEY)
     if not isinstance(meas, dict) or "kspace" not in meas or "mask" not in meas:
         return None

@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 from qtpy.QtWidgets import QComboBox, QLabel
 
-from ..inference import InferenceError, resolve_device
+from ..inference import SHIPPED_WEIGHTS, InferenceError, load_model, resolve_device
+from ..model import CONFIGS, get_config
+from ..model.checkpoint import checkpoint_paths, read_checkpoint_config
+from ..model.config import LABEL_COLORS, LABEL_SETS
 
 
 # ------------------------------------------------------------------------- model cache
@@ -54,16 +57,12 @@ _MODEL_LOCK = threading.Lock()
 
 
 def shipped_checkpoint_exists() -> bool:
-    from ..inference import SHIPPED_WEIGHTS
-
     return SHIPPED_WEIGHTS.with_suffix(".json").exists()
 
 
 def _weights_key(weights: str | Path | None) -> tuple:
     if weights is None:
         return ("shipped",)
-    from ..model.checkpoint import checkpoint_paths
-
     w, c = checkpoint_paths(weights)
     stamp = tuple(p.stat().st_mtime_ns if p.exists() else -1 for p in (w, c))
     return (str(Path(weights).expanduser().resolve()), stamp)
@@ -73,8 +72,6 @@ def get_model(weights: str | Path | None, device: str):
     """:func:`napari_vldun.inference.load_model`, cached per (checkpoint file + mtime, device).
     Runs in worker threads; returns ``LoadedModel``."""
     import warnings
-
-    from ..inference import load_model, resolve_device
 
     avoid_llvm_clash()
     dev = str(resolve_device(device))
@@ -114,15 +111,9 @@ def clear_model_cache() -> None:
 
 def checkpoint_label_sets(weights: str | Path | None) -> tuple[dict, dict]:
     """(label sets, label colours) of a checkpoint (only its JSON is read), or of the default config."""
-    from ..model.config import LABEL_COLORS, LABEL_SETS
-
     if weights is None and shipped_checkpoint_exists():
-        from ..inference import SHIPPED_WEIGHTS
-
         weights = SHIPPED_WEIGHTS
     if weights is not None:
-        from ..model.checkpoint import read_checkpoint_config
-
         cfg, _ = read_checkpoint_config(weights)
         return dict(cfg.label_sets), dict(cfg.label_colors)
     return ({k: list(v) for k, v in LABEL_SETS.items()}, {k: list(v) for k, v in LABEL_COLORS.items()})
@@ -131,9 +122,6 @@ def checkpoint_label_sets(weights: str | Path | None) -> tuple[dict, dict]:
 def model_modalities(model: str | Path) -> list[str]:
     """Modality classes of the model training starts from: a named config (``"tiny"``) or a checkpoint
     (only its JSON is read); raises ValueError (``CheckpointError``) for an unreadable checkpoint."""
-    from ..model import CONFIGS, get_config
-    from ..model.checkpoint import read_checkpoint_config
-
     if str(model) in CONFIGS:
         return list(get_config(str(model)).modalities)
     return list(read_checkpoint_config(model)[0].modalities)

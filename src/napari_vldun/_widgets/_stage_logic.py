@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluate.metrics import psnr
+
 
 def stage_passes(passes: Sequence[int] | None, n: int) -> list[int]:
     """The pass of each of ``n`` stages: ``passes`` (:attr:`napari_vldun.inference.Prediction.stage_passes`)
@@ -61,8 +63,6 @@ def band_range(maps: np.ndarray, band: str) -> tuple[float, float]:
 def stage_psnrs(full: np.ndarray, reference: np.ndarray) -> list[float]:
     """PSNR in dB (:func:`napari_vldun.evaluate.metrics.psnr`, data range 1) of every full-band estimate
     ``full`` (S, H, W) against the ``reference`` slice (H, W), both already on the reference's [0, 1] scale."""
-    from ..evaluate.metrics import psnr
-
     full = np.asarray(full, np.float32)
     ref = np.asarray(reference, np.float32)
     if full.ndim != 3 or full.shape[-2:] != ref.shape:

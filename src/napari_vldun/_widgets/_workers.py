@@ -22,7 +22,11 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from ..degradation.measurement import Measurement
-from ..inference import InferenceError, Prediction, Progress
+from ..inference import (InferenceError, Prediction, Progress, check_label_set, iter_predict, label_set_warning,
+                         passes)
+from ..io import ImageReadError
+from ..model.checkpoint import CheckpointError
+from ..train import iter_train
 from ..train.loop import EventKind
 from ._messages import USER_ERRORS, error_text, report_error
 from ._models import avoid_llvm_clash, free_memory, get_model
@@ -93,9 +97,6 @@ def interrupt_on(cancel: threading.Event | None):
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from ..io import ImageReadError
-    from ..model.checkpoint import CheckpointError
-
     return (InferenceError, ImageReadError, CheckpointError, *USER_ERRORS)
 
 
@@ -115,8 +116,6 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
     :class:`Failure`.
     """
-    from ..inference import check_label_set, iter_predict, label_set_warning, passes
-
     t0 = time.perf_counter()
     try:
         yield Status("loading the model ...")
@@ -212,8 +211,6 @@ def train_job(cfg: Any, *, resume: bool = False, stop: threading.Event | None = 
     built from layers or folders) is handed to ``iter_train``. Returns :class:`TrainResult` or
     :class:`Failure`.
     """
-    from ..train import iter_train
-
     result = TrainResult(outcome=Outcome.DONE, out_dir=str(getattr(cfg, "out_dir", "")))
     gen = None
     try:

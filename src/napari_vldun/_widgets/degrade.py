@@ -29,7 +29,11 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTableWidget, QWidget
 
+from ..degradation import gaussian_blur, gaussian_noise
+from ..degradation.measurement import Measurement
+from ..evaluate.metrics import dice, iou, psnr, ssim
 from ..inference import InferenceError
+from ..measure import dice_table, label_measurements, write_measurements_csv
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,
                       labels_data, known_spacing, now, provenance, put_layer, unit_stack)
 from ._logic import MEASUREMENT_COLUMNS, computed_slices, dice_cells, measurement_cells
@@ -115,10 +119,6 @@ class DegradeWidget(QWidget):
     # ------------------------------------------------------------------ degrade
     def run_degrade(self):
         """Degrade the clean layer; returns the new layer (None on error)."""
-        from ..degradation import gaussian_blur, gaussian_noise
-        from ..degradation.measurement import Measurement
-        from ..evaluate.metrics import psnr, ssim
-
         layer = self.clean_picker.current_layer()
         kind, accel, seed = self.kind.currentText(), float(self.accel.value()), int(self.seed.value())
         noise, blur = float(self.noise.value()), float(self.blur.value())
@@ -188,9 +188,6 @@ class DegradeWidget(QWidget):
 
     def run_compare(self) -> dict | None:
         """PSNR / SSIM (and Dice / IoU when labels are picked) of the result; returns the metrics."""
-        from ..evaluate.metrics import dice, iou, psnr, ssim
-        from ..measure import dice_table, label_measurements
-
         ref, res = self.ref_picker.current_layer(), self.result_picker.current_layer()
         ref_lab, pred_lab = self.ref_labels_picker.current_layer(), self.pred_labels_picker.current_layer()
         try:
@@ -270,8 +267,6 @@ class DegradeWidget(QWidget):
     def export_measurements(self, path: str | Path, overwrite: bool = False) -> Path | None:
         """Write the last Compare's measurements as CSV (:func:`napari_vldun.measure.write_measurements_csv`,
         atomic); an existing file only with ``overwrite``. Returns the path, None when refused."""
-        from ..measure import write_measurements_csv
-
         try:
             if not self.last_measurements:
                 raise InferenceError("no measurements yet: pick labels and press Compare")

@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QPushButton, QSpinBox)
 
 from ..inference import InferenceError
+from ..measure import iter_save_results, label_measurements, safe_stem
 from ..pipeline import restore_units
 from ._labels import label_colormap, label_features
 from ._layers import (VOLUME_KEY, LayerPicker, current_index, geometry, image_data, layer_like, layer_measurement,
@@ -519,8 +520,6 @@ class RestoreSegmentWidget(JobDock):
 
     def _save_steps(self, folder: str | Path, overwrite: bool):
         """:func:`napari_vldun.measure.iter_save_results` (not started) for the last result's layers."""
-        from ..measure import iter_save_results, label_measurements, safe_stem
-
         layers = self.result_layers()
         src = layers.get("source")
         parts = {k: layers.get(k) for k in ("restored", "labels", "uncertainty")}

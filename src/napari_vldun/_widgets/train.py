@@ -19,7 +19,9 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QListWidget,
                             QMessageBox, QProgressBar, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
-from ..inference import InferenceError, resolve_device
+from ..data import folder_pair_datasets, make_pair_datasets
+from ..inference import SHIPPED_WEIGHTS, InferenceError, resolve_device
+from ..train import TrainConfig, make_run_builder
 from ..train.loop import EventKind
 from ..train.setup import RUN_FILES
 from ._layers import LayerPicker, image_data, labels_data, layer_modality, provenance, to_unit
@@ -27,7 +29,7 @@ from ._layout import scrolled_layout
 from ._messages import USER_ERRORS, error_text, form_group, set_status, spin_box, status_label
 from ._models import model_modalities, shipped_checkpoint_exists
 from ._plots import TrainPlot
-from ._workers import Failure, JobDock, Outcome, Status, TrainResult, train_job
+from ._workers import Failure, JobDock, Outcome, Status, TrainResult, _expected_errors, train_job
 
 
 
@@ -259,8 +261,6 @@ class TrainWidget(JobDock):
     def _pairs_factory(self, cfg):
         """A callable (run in the worker) that returns the ``(train, val)`` datasets. Layer pairs are
         read and checked now, in the GUI thread; folders are read in the worker."""
-        from ..data import folder_pair_datasets, make_pair_datasets
-
         label_set = self.label_set.text().strip()
         if not label_set or not label_set.replace("_", "").replace("-", "").isalnum():
             raise InferenceError("give the label set a name (letters, digits, '_' or '-')")
@@ -288,8 +288,6 @@ class TrainWidget(JobDock):
 
     def start_model(self) -> str:
         """What training starts from: ``"tiny"`` (scratch) or the shipped checkpoint's path."""
-        from ..inference import SHIPPED_WEIGHTS
-
         if self.start_from.currentIndex() == 1:
             if not shipped_checkpoint_exists():
                 raise InferenceError("no checkpoint is shipped yet: train from scratch")
@@ -310,8 +308,6 @@ class TrainWidget(JobDock):
     # ------------------------------------------------------------------ run
     def config(self, resume: bool = False):
         """The :class:`~napari_vldun.train.TrainConfig` of the form (raises ValueError)."""
-        from ..train import TrainConfig
-
         if self.out_dir is None:
             raise InferenceError("choose an output folder for the checkpoints first")
         crop = int(self.crop.value())
@@ -416,9 +412,6 @@ class TrainWidget(JobDock):
 
 def _train_with_factory(cfg, resume, stop, factory):
     """Worker generator: build the datasets (folders are read here, off the GUI thread), then train."""
-    from ..train import make_run_builder
-    from ._workers import _expected_errors
-
     try:
         yield Status("reading the training data ...")
         train, val = factory()

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..model.config import DEGRADATIONS
+from ..io import SUPPORTED_SUFFIXES, file_stem, read_image, read_label
+from ..io.normalize import to_unit_range
+from ..io.readers import suffix_of
+from ..model.config import DEGRADATIONS, LABEL_COLORS, LABEL_SETS
 from .datasets import _check_range, crop_pair, degrade_sample, item_rngs, make_sample
 
 __all__ = ["PairsDataset", "LABEL_TOKENS", "check_pairs", "class_names_for", "split_pairs", "make_pair_datasets",
@@ -43,8 +46,6 @@ LABEL_TOKENS = ("_labels", "_label", "_seg", "_gt", "_mask", "-labels", "-label"
 
 def class_names_for(label_set: str, n_classes: int) -> tuple[list[str], list[str]]:
     """Class names and colours: the known ones of ``label_set`` when the count matches, else generic."""
-    from ..model.config import LABEL_COLORS, LABEL_SETS
-
     if label_set in LABEL_SETS and len(LABEL_SETS[label_set]) == n_classes:
         return list(LABEL_SETS[label_set]), list(LABEL_COLORS.get(label_set, _DEFAULT_COLOURS[:n_classes]))
     names = ["background"] + [f"class {i}" for i in range(1, n_classes)]
@@ -279,8 +280,6 @@ def make_pair_datasets(pairs: Sequence[Pair], *, label_set: str, modality: str, 
 def pair_key(path: str | Path) -> str:
     """Matching key of a file: :func:`~napari_vldun.io.file_stem`, lower-case, without a
     :data:`LABEL_TOKENS` ending."""
-    from ..io import file_stem
-
     s = file_stem(path).lower()
     for tok in LABEL_TOKENS:
         if s.endswith(tok):
@@ -291,9 +290,6 @@ def pair_key(path: str | Path) -> str:
 def match_folders(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
     """``(image file, labels file)`` pairs of the two folders with the same :func:`pair_key`
     (suffixes and a ``_label`` / ``_seg`` / ``_gt`` / ``_mask`` ending ignored), sorted by key."""
-    from ..io import SUPPORTED_SUFFIXES
-    from ..io.readers import suffix_of
-
     a, b = Path(images_dir).expanduser(), Path(labels_dir).expanduser()
     for d, what in ((a, "images"), (b, "labels")):
         if not d.is_dir():
@@ -313,9 +309,6 @@ def match_folders(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[
 def load_folder_pairs(images_dir: str | Path, labels_dir: str | Path) -> tuple[list[Pair], list[str]]:
     """Read the :func:`match_folders` pairs with :mod:`napari_vldun.io` (images mapped to [0, 1] by
     :func:`~napari_vldun.io.normalize.to_unit_range`); returns ``(pairs, names)``, names = image file stems."""
-    from ..io import file_stem, read_image, read_label
-    from ..io.normalize import to_unit_range
-
     pairs, names = [], []
     for ip, lp in match_folders(images_dir, labels_dir):
         vol = read_image(ip)

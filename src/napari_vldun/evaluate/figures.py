@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_path
+
 
 def label_cmap(colors: list[str]):
     """A ListedColormap with background transparent, one colour per class."""
@@ -23,8 +25,6 @@ def overview_figure(path: str | Path, degraded: np.ndarray, restored: np.ndarray
     """Save one row per case: input | restored | |error| (needs ``clean``) | labels over restored
     (| reference labels). 2-D arrays (H, W) in [0, 1]; ``labels`` integer (H, W). Written as PNG
     through :func:`napari_vldun.io.atomic_path` (an existing file is refused unless ``overwrite``)."""
-    from ..io.atomic import atomic_path
-
     import matplotlib
 
     matplotlib.use("Agg", force=False)

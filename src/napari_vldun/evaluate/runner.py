@@ -30,9 +30,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..data.sources import SOURCES, volume_slices
 from ..degradation.measurement import Measurement
+from ..io import SUPPORTED_SUFFIXES, ImageReadError, file_stem, read_image, read_label
+from ..io.atomic import atomic_outputs, check_out_dir, check_outputs, dumps_json
 from ..io.lock import locks_output
+from ..io.normalize import to_unit_range
+from ..io.readers import suffix_of
 from ..inference import load_model, passes, predict
+from ..model.unet import load_unet
+from .baselines import tv_reconstruction
+from .figures import overview_figure
 from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
 #: the method name of the plain U-Net baseline's rows (``--unet``).
@@ -81,8 +89,6 @@ class Scores:
 
 def dataset_cases(names: list[str], root=None, max_slices: int | None = None) -> Iterator[Case]:
     """Validation slices of shared datasets, evenly thinned to ``max_slices`` per dataset."""
-    from ..data.sources import SOURCES, volume_slices
-
     for ds in names:
         if ds not in SOURCES:
             raise ValueError(f"--dataset {ds!r} unknown; choose from {sorted(SOURCES)}")
@@ -111,13 +117,8 @@ def _check_folder(path: str | Path, what: str) -> Path:
 def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int | None = None) -> Iterator[Case]:
     """Image/label pairs from two folders, matched by file name (suffixes ignored). Entries that are not
     images (a README, notes, hidden files) are skipped with a warning; an unreadable image too."""
-    from ..io import ImageReadError, SUPPORTED_SUFFIXES, read_image, read_label
-    from ..io import file_stem as stem
-    from ..io.readers import suffix_of
-    from ..io.normalize import to_unit_range
-
     images = _check_folder(images, "--images")
-    label_files = {stem(p): p for p in _check_folder(labels, "--labels").iterdir()} if labels else {}
+    label_files = {file_stem(p): p for p in _check_folder(labels, "--labels").iterdir()} if labels else {}
     files = []
     for p in sorted(images.iterdir()):
         if p.name.startswith("."):
@@ -140,14 +141,14 @@ def folder_cases(images: str | Path, labels: str | Path | None, max_slices: int 
         data = data[None] if data.ndim == 2 else data
         lab = None
         if labels:
-            if stem(p) not in label_files:
+            if file_stem(p) not in label_files:
                 raise ValueError(f"no label file for {p.name} in {labels} (matched by file name)")
-            lab = read_label(label_files[stem(p)], like=vol).reshape(data.shape)
+            lab = read_label(label_files[file_stem(p)], like=vol).reshape(data.shape)
         for z in range(data.shape[0]):
             if max_slices and n >= max_slices:
                 return
             n += 1
-            yield Case(name, f"{stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
+            yield Case(name, f"{file_stem(p)}:{z}", data[z], None if lab is None else lab[z], "cartesian", None)
 
 
 class Evaluator:
@@ -194,8 +195,6 @@ class Evaluator:
             s.monotone.append(stages_monotone([psnr(np.clip(st, 0, 1), case.clean) for st in stages]))
 
     def add(self, case: Case, accel: float, seed: int) -> None:
-        from .baselines import tv_reconstruction
-
         degraded, meas = Measurement.simulate(case.clean, case.mask_kind, accel, seed=seed)
         ls = self.label_set or case.label_set
         self._measurement = ({"measurement": meas, "cascades": self.cascades} if self.data_consistency else {})
@@ -308,11 +307,6 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     """The body of ``vldun evaluate``."""
     import torch
 
-    from ..data.sources import SOURCES
-    from ..io.atomic import atomic_outputs, check_outputs, dumps_json
-    from ..io.atomic import check_out_dir
-    from .figures import overview_figure
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.dataset and not args.images:
@@ -335,8 +329,6 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     main = load_model(args.weights, args.device)  # a missing or corrupt checkpoint is refused here
     unet = None
     if getattr(args, "unet", None):
-        from ..model.unet import load_unet
-
         unet = load_unet(args.unet, main.device)[0]
     n_passes = passes(main, not args.no_dc, args.cascades)  # refuses a bad count before any slice runs
     variants = {}

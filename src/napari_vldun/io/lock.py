@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .atomic import check_out_dir
+
 __all__ = ["LOCK_NAME", "OutputLockedError", "output_lock", "locks_output", "read_lock"]
 
 #: Name of the lock file inside the locked folder.
@@ -83,8 +85,6 @@ def output_lock(folder: str | Path, what: str = "run") -> Iterator[Path]:
     removed again at exit when it is still empty."""
     folder = Path(folder).expanduser()
     created = not folder.exists()
-    from .atomic import check_out_dir
-
     folder = check_out_dir(folder)  # a file or a dangling link: the same message as the job's own check
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..degradation.masks import MASK_KINDS
+
 #: The paper's eight modality classes (Sec. 4.1, CLIP fine-tuning sets).
 PAPER_MODALITIES: tuple[str, ...] = (
     "cardiac_mri",  # ACDC
@@ -169,8 +171,6 @@ class VLDUNConfig:
             raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
         if int(self.patch) not in (1, 2, 4):
             raise ValueError(f"config: patch must be 1, 2 or 4, got {self.patch}")
-        from ..degradation.masks import MASK_KINDS
-
         for kind, n in dict(self.cascades_by_mask).items():
             if kind not in MASK_KINDS:
                 raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")

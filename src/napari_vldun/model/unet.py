@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.atomic import write_json
+from .checkpoint import atomic_write
+
 __all__ = ["UNetConfig", "UNet", "save_unet", "load_unet"]
 
 
@@ -64,9 +67,6 @@ class UNet(nn.Module):
 def save_unet(model: UNet, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``path.safetensors`` + ``path.json`` (atomic, strict JSON)."""
     from safetensors.torch import save_file
-
-    from ..io.atomic import write_json
-    from .checkpoint import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..degradation.consistency import data_consistency
+from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
-from .config import VLDUNConfig
+from .config import VLDUNConfig, get_config
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
 from .unfolding import StageSettings, UnfoldingStage
 
@@ -144,8 +145,6 @@ class VLDUN(nn.Module):
         self.cfg = cfg
         n_tokens = 2 + len(cfg.degradations)
         if cfg.use_priors:
-            from ..degradation.primitives import DEGRADATION_PROMPTS
-
             prompts = [DEGRADATION_PROMPTS[d] for d in cfg.degradations]
             self.priors = VisionLanguagePriors(cfg.clip, prompts, len(cfg.modalities), cfg.prior_dim, text_embeddings)
         else:
@@ -370,8 +369,6 @@ def _zero(conv: nn.Conv2d) -> nn.Conv2d:
 
 def build_model(cfg: VLDUNConfig | str, seed: int | None = 0, **overrides) -> VLDUN:
     """Build a VL-DUN from a config or a config name, with a seeded initialisation."""
-    from .config import get_config
-
     if isinstance(cfg, str):
         cfg = get_config(cfg, **overrides)
     elif overrides:

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..data import SOURCES
 from ..data.datasets import check_source_weights
+from ..io.atomic import write_json
+from ..model.precision import Precision
 from .losses import REC_LOSSES
 
 __all__ = ["TrainConfig", "SOURCE_LICENSES", "IMMUTABLE_ON_RESUME"]
@@ -226,14 +229,10 @@ class TrainConfig:
         return cfg
 
     def save(self, path: str | Path) -> None:
-        from ..io.atomic import write_json
-
         write_json(path, self.to_dict(), overwrite=True)
 
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "config") -> None:
-        from ..data import SOURCES
-
         def bad(msg: str) -> ValueError:
             return ValueError(f"{source}: {msg}")
 
@@ -292,8 +291,6 @@ class TrainConfig:
             raise bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
         if float(self.stage_monotone) < 0:
             raise bad(f"stage_monotone must be >= 0, got {self.stage_monotone}")
-        from ..model.precision import Precision
-
         try:
             Precision.parse(self.precision)
         except ValueError as exc:
@@ -303,8 +300,6 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ resolved values
     def resolved_val_sources(self) -> list[str]:
-        from ..data import SOURCES
-
         if self.val_sources is not None:
             return list(self.val_sources)
         labelled = [s for s in self.sources if SOURCES[s].label_set is not None]

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data import set_loader_epoch
 from ..model.precision import autocast
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
@@ -247,8 +248,6 @@ class Trainer:
 
     def _epoch_loader(self, spec, epoch: int, skip: int) -> DataLoader:
         """This rank's batches of ``epoch`` (a pure function of seed and epoch), minus the first ``skip``."""
-        from ..data import set_loader_epoch
-
         loader, bs = spec.loader, self.cfg.batch_size
         set_loader_epoch(loader, epoch)
         if getattr(loader, "generator", None) is not None:
@@ -260,7 +259,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> Path:
-        from ..model.checkpoint import save_checkpoint
+        from ..model.checkpoint import save_checkpoint  # lazy: tests patch model.checkpoint.save_checkpoint
 
         path = self.out_dir / name
         if not self.ctx.is_main:

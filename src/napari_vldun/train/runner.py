@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..inference import resolve_device
 from .config import TrainConfig
 from .loop import EventKind, TrainEvent, iter_train
 
@@ -75,8 +76,6 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     wall_s, steps, stopped, history}``: checkpoint paths (``best`` None if never validated in the
     joint phase), epochs completed in this call, the last validation metrics, wall time (s)."""
     from tqdm.auto import tqdm
-
-    from ..inference import resolve_device
 
     resolve_device(cfg.device)  # CUDA asked for but absent: a clear error before any work
     stop = stop or threading.Event()

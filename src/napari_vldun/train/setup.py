@@ -26,8 +26,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..data import SOURCES, SliceDataset, make_loader
+from ..io.lock import OutputLockedError, output_lock
+from ..model import CONFIGS, build_model, get_config
+from ..model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_config
+from ..model.config import LABEL_COLORS, LABEL_SETS
 from .config import IMMUTABLE_ON_RESUME, SOURCE_LICENSES, TrainConfig
-from .distributed import DistContext
+from .distributed import DistContext, any_rank, unwrap
+from .state import SETS_DIR, find_resume_set, load_state, set_rng_state, state_paths
 
 __all__ = ["RunExistsError", "PhaseSpec", "Run", "build_run", "build_run_from_datasets", "make_run_builder",
            "checkpoint_meta", "check_out_dir", "make_phase", "check_resume_config", "validation_dataset",
@@ -89,9 +95,6 @@ class Run:
 def run_lock(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
     """Rank 0 holds :func:`~napari_vldun.io.lock.output_lock` of ``cfg.out_dir`` for the run; when it
     is refused (another run writes there) every rank raises :class:`~napari_vldun.io.lock.OutputLockedError`."""
-    from ..io.lock import OutputLockedError, output_lock
-    from .distributed import any_rank
-
     with contextlib.ExitStack() as stack:
         error = None
         if ctx.is_main:
@@ -105,8 +108,6 @@ def run_lock(cfg: TrainConfig, ctx: DistContext) -> Iterator[None]:
 
 
 def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
-    from .state import SETS_DIR
-
     out = Path(cfg.out_dir)
     present = [f for f in (*RUN_FILES, SETS_DIR) if (out / f).exists()]
     if resume:
@@ -150,8 +151,6 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
 # ----------------------------------------------------------------------------- model
 def _known_heads(label_sets: list[str]) -> tuple[dict, dict]:
     """Class names and colours of label sets of :data:`~napari_vldun.model.config.LABEL_SETS`."""
-    from ..model.config import LABEL_COLORS, LABEL_SETS
-
     unknown = [s for s in label_sets if s not in LABEL_SETS]
     if unknown:
         raise ValueError(f"label sets {unknown} have no class names in model.config.LABEL_SETS")
@@ -162,8 +161,6 @@ def _known_heads(label_sets: list[str]) -> tuple[dict, dict]:
 def _named_model(cfg: TrainConfig, modalities: list[str], heads: dict, colours: dict):
     """A fresh model of the named config ``cfg.model`` with these modalities and label-set heads
     (``heads``: label set -> class names)."""
-    from ..model import build_model, get_config
-
     mcfg = get_config(cfg.model, **cfg.model_overrides)
     mcfg = mcfg.replace(
         modalities=tuple(modalities),
@@ -189,8 +186,6 @@ def _load_matching(model, path: str) -> None:
     model's tensors left at their initialisation. Refuses a checkpoint that shares (almost) nothing."""
     from safetensors.torch import load_file
 
-    from ..model.checkpoint import checkpoint_paths
-
     wpath, _ = checkpoint_paths(path)
     if not wpath.is_file():
         raise ValueError(f"init_weights {path}: {wpath} not found")
@@ -211,8 +206,6 @@ def _load_priors(model, path: str) -> None:
     """Copy the CLIP prior tower (``priors.*`` tensors) of the checkpoint ``path`` into ``model``; its clip
     config and modality list must match."""
     from safetensors.torch import load_file
-
-    from ..model.checkpoint import checkpoint_paths, read_checkpoint_config
 
     src_cfg, _ = read_checkpoint_config(path)
     if src_cfg.clip != model.cfg.clip or tuple(src_cfg.modalities) != tuple(model.cfg.modalities):
@@ -236,8 +229,6 @@ def _checkpoint_model(cfg: TrainConfig, heads: dict):
     """The checkpoint ``cfg.model``, with ``cfg.model_overrides`` (only :data:`CHECKPOINT_OVERRIDES`); it
     must have a head for every label set of ``heads`` (label set -> class names, or None when the class
     count is not known) with the same number of classes."""
-    from ..model.checkpoint import checkpoint_paths, load_checkpoint
-
     wpath, cpath = checkpoint_paths(cfg.model)
     if not cpath.is_file():
         raise ValueError(f"model {cfg.model!r} is neither a named config ('tiny', 'paper') nor a checkpoint "
@@ -270,9 +261,6 @@ def _resume_model(cfg: TrainConfig, out: Path):
     """(state tensors, state doc, model, notes) of the newest complete 'last' set of ``out``
     (:func:`~.state.find_resume_set`), checked against ``cfg``; ``notes`` says when that set is not
     ``out/last.*`` (an interrupted save)."""
-    from ..model.checkpoint import load_checkpoint, read_checkpoint_config
-    from .state import find_resume_set, load_state, state_paths
-
     prefix, note = find_resume_set(out, "last")
     tensors, state = load_state(prefix)
     _check_resume_config(cfg, state.get("train_config", {}), state_paths(prefix)[1])
@@ -296,16 +284,12 @@ def _dataset_args(cfg: TrainConfig, modalities: list[str]) -> dict:
 def validation_dataset(cfg: TrainConfig, modalities: list[str]):
     """The joint validation set a run of ``cfg`` validates on: ``val_crop`` crops of the validation splits
     of its sources at ``val_accel``, seeded by ``val_seed`` (the same inputs whatever the run's seed)."""
-    from ..data import SliceDataset
-
     return SliceDataset(cfg.resolved_val_sources(), "val", crop=cfg.val_crop or cfg.crop, mode="joint",
                         fixed_accel=cfg.val_accel, max_slices_per_source=cfg.val_max_slices, augment=False,
                         **{**_dataset_args(cfg, modalities), "seed": cfg.val_seed})
 
 
 def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict:
-    from ..data import SliceDataset
-
     common = _dataset_args(cfg, modalities)
     val_crop = cfg.val_crop or cfg.crop
     val = {**common, "seed": cfg.val_seed}  # prior validation, seeded as validation_dataset
@@ -326,8 +310,6 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
 
 
 def _phase(name: str, epochs: int, dataset, cfg: TrainConfig, ctx: DistContext, steps_cap) -> PhaseSpec:
-    from ..data import make_loader
-
     loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=0, distributed=ctx.distributed,
                          drop_last=True)
     n = len(loader)
@@ -338,18 +320,12 @@ def _phase(name: str, epochs: int, dataset, cfg: TrainConfig, ctx: DistContext, 
 
 
 def _modalities_of(sources: list[str]) -> list[str]:
-    from ..data import SOURCES
-
     return sorted({SOURCES[s].modality for s in sources})
 
 
 # ----------------------------------------------------------------------------- the run
 def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     """Check ``out_dir``, seed, build (or reload) the model, the datasets and the phases."""
-    from ..data import SOURCES
-    from ..model import CONFIGS
-    from .state import set_rng_state
-
     if not cfg.sources:
         raise ValueError("no training sources: set TrainConfig.sources (names in napari_vldun.data.SOURCES), "
                          "or train on ready-made datasets with iter_train(cfg, run_builder=make_run_builder(...))")
@@ -367,8 +343,6 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     elif cfg.model in CONFIGS:
         model = _named_model(cfg, _modalities_of(used), *_known_heads(label_sets))
     else:
-        from ..model.config import LABEL_SETS
-
         model = _checkpoint_model(cfg, {s: LABEL_SETS.get(s) for s in label_sets})
     modalities = list(model.cfg.modalities)
     missing = [m for m in _modalities_of(used) if m not in modalities]
@@ -425,9 +399,6 @@ def build_run_from_datasets(cfg: TrainConfig, ctx: DistContext, resume: bool, tr
     The checkpoints record ``provenance`` under ``meta["data_provenance"]`` and its origin in
     ``meta["data_sources"]``.
     """
-    from ..model import CONFIGS, get_config
-    from .state import set_rng_state
-
     for name, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
         for attr in ("label_sets", "modalities"):
             if not hasattr(ds, attr):
@@ -493,8 +464,6 @@ def make_run_builder(train_ds, val_ds, **kwargs):
 
 def checkpoint_meta(trainer, name: str) -> dict:
     """What a checkpoint records beside the weights (JSON)."""
-    from .distributed import unwrap
-
     cfg, m = trainer.cfg, unwrap(trainer.model).cfg
     run: Run = trainer.run_
     meta = {

@@ -17,6 +17,7 @@ import torch
 
 from ..data import SliceDataset
 from ..data.datasets import make_loader, set_loader_epoch
+from ..data.sources import SOURCES
 from ..model.config import LABEL_SETS
 from ..model.precision import autocast
 from ..model.unet import UNet, UNetConfig, save_unet
@@ -47,8 +48,6 @@ class UNetTrainConfig:
 def iter_train_unet(cfg: UNetTrainConfig) -> Iterator[dict]:
     """Train and yield ``{"step", "steps", "loss", "seconds"}`` after every step; the last event also has
     ``"checkpoint"`` (the saved ``out_dir/unet`` prefix). Stop iterating to stop (nothing is saved then)."""
-    from ..data.sources import SOURCES
-
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     spec = SOURCES.get(cfg.source)

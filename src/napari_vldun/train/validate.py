@@ -23,6 +23,7 @@ import math
 import torch
 from torch.utils.data import DataLoader
 
+from ..evaluate.metrics import dice, iou, psnr, ssim
 from .distributed import DistContext, all_reduce_sums
 
 __all__ = ["measured", "validate_joint", "validate_prior", "score_of"]
@@ -53,8 +54,6 @@ def validate_joint(model, dataset, ctx: DistContext, batch_size: int, zero_fille
                    data_consistency: bool = False) -> dict:
     """Validation metrics of the joint task (see the module docstring). ``model`` unwrapped;
     ``data_consistency``: pass the samples' measured k-space to the model."""
-    from ..evaluate.metrics import dice, iou, psnr, ssim
-
     was_training = model.training
     model.eval()
     heads = dict(model.cfg.label_sets)
