@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vldun.degradation import acquire
+from napari_vldun.degradation.measurement import Measurement
 from napari_vldun.evaluate.metrics import psnr
 from napari_vldun.inference import InferenceError, load_model, predict
 from napari_vldun.model.precision import Precision, autocast
@@ -23,15 +23,15 @@ def test_bf16_inference_of_the_shipped_model_matches_fp32(acdc_slice: np.ndarray
     measured k-space (the product's main path)."""
     loaded = load_model()
     clean = acdc_slice[:128, :128]
-    y, k, m = acquire(clean, "cartesian", 4, seed=0)
-    kw = {"kspace": np.asarray(k)[None], "mask": np.asarray(m.mask), "cascades": 1}
-    a = predict(loaded, np.asarray(y, np.float32), precision="fp32", **kw)
-    b = predict(loaded, np.asarray(y, np.float32), precision="bf16", **kw)
+    y, meas = Measurement.simulate(clean, "cartesian", 4, seed=0)
+    kw = {"measurement": meas, "cascades": 1}
+    a = predict(loaded, y, precision="fp32", **kw)
+    b = predict(loaded, y, precision="bf16", **kw)
     pa, pb = psnr(a.restored[0], clean), psnr(b.restored[0], clean)
     assert abs(pa - pb) < 0.1, (pa, pb)
     assert (a.labels == b.labels).mean() >= 0.99
     with pytest.raises(InferenceError, match="precision"):
-        predict(loaded, np.asarray(y, np.float32), precision="half")
+        predict(loaded, y, precision="half")
 
 
 def test_autocast_is_a_no_op_for_fp32() -> None:
