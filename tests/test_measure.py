@@ -11,8 +11,9 @@ import math
 import numpy as np
 import pytest
 
+from napari_vldun.inference import normalised_entropy
 from napari_vldun.measure import (dice_table, iter_save_results, label_measurements, measurements_csv,
-                                  normalised_entropy, result_file_names, save_results, write_measurements_csv)
+                                  result_file_names, save_results, write_measurements_csv)
 
 
 def _labels() -> np.ndarray:

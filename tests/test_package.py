@@ -8,10 +8,12 @@ import sys
 
 
 def test_core_imports_no_qt_and_no_open_clip() -> None:
+    """The core and the napari hooks that need no widget (reader, writer, sample data) load without Qt."""
     code = (
         "import sys, json\n"
         "import napari_vldun, napari_vldun.model, napari_vldun.degradation, napari_vldun.io, "
-        "napari_vldun.inference, napari_vldun.pipeline, napari_vldun.data, napari_vldun.train, napari_vldun.cli\n"
+        "napari_vldun.inference, napari_vldun.pipeline, napari_vldun.data, napari_vldun.train, napari_vldun.cli, "
+        "napari_vldun._reader, napari_vldun._writer, napari_vldun._sample_data\n"
         "heavy = ['PyQt5', 'PyQt6', 'qtpy', 'napari', 'magicgui', 'open_clip', 'mamba_ssm']\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )

@@ -44,7 +44,12 @@ __all__ = ["napari_get_reader", "read_paths", "layers_from_file", "volume_layer_
 #: Suffixes this reader claims (``io.read_image`` understands more; napari has readers for those).
 READER_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".h5", ".hdf5")
 _LABEL_NAME = re.compile(r"(label|labels|seg|segmentation|mask|_gt\b|_gt[._-])", re.IGNORECASE)
+#: ``layer.metadata`` key where this reader keeps the file geometry (:class:`~napari_vldun.io.Volume`).
 VOLUME_KEY = "vldun_volume"
+#: ``layer.metadata`` key of a known acquisition (the Degrade dock, the bundled samples):
+#: ``{"kspace": (Z, H, W) complex64, "mask": (H, W) float32, "normalisation": params}``, the k-space of
+#: the layer's data in [0, 1] units (see :func:`napari_vldun._widgets._layers.layer_measurement`).
+MEASUREMENT_KEY = "vldun_measurement"
 
 
 def _suffix(path: Path) -> str:

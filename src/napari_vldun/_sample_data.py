@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reader import volume_layer_kwargs
+from ._reader import MEASUREMENT_KEY, volume_layer_kwargs
 from ._widgets._labels import label_colormap, label_features
-from ._widgets._layers import MEASUREMENT_KEY
 from .io import read_image, read_label
 from .model.config import LABEL_COLORS, LABEL_SETS
 from .pipeline import list_samples, sample_measurement

@@ -7,6 +7,7 @@ The CLI and the napari widgets both call these functions. Long work is a generat
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,6 @@ import torch
 from .model import VLDUN, build_model
 from .degradation.masks import mask_kind
 from .degradation.measurement import Measurement, MeasurementError
-from .measure import normalised_entropy
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.precision import Precision, autocast
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
@@ -99,7 +99,7 @@ class Prediction:
     ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked (``stage_levels``: the U
     level of each, ``stage_passes``: the 0-based pass each belongs to); ``uncertainty``
     (Z, H, W) float32 in [0, 1], the normalised entropy of the chosen label set's softmax
-    (:func:`napari_vldun.measure.normalised_entropy`), only when asked.
+    (:func:`normalised_entropy`), only when asked.
     """
 
     restored: np.ndarray | None
@@ -289,6 +289,20 @@ def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mas
         return loaded.model.passes(measured, cascades)
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
+
+
+def normalised_entropy(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Entropy of ``softmax(logits)`` along the class ``axis`` divided by ``log(C)``: float32 in [0, 1]
+    (0: one class certain, 1: all ``C`` classes equally likely); shape of ``logits`` without ``axis``,
+    e.g. (C, H, W) -> (H, W). One class gives zeros."""
+    x = np.asarray(logits, np.float64)
+    c = x.shape[axis]
+    if c < 2:
+        return np.zeros(np.delete(x.shape, axis), np.float32)
+    x = x - x.max(axis=axis, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+    h = -(np.exp(logp) * logp).sum(axis=axis) / math.log(c)
+    return np.clip(h, 0.0, 1.0).astype(np.float32)
 
 
 def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | None = None,

@@ -27,7 +27,7 @@ from .io.atomic import atomic_outputs, check_out_dir, write_text
 from .io.dicom_seg import SegExport, write_dicom_seg
 
 __all__ = ["label_measurements", "measurements_csv", "write_measurements_csv", "dice_table",
-           "normalised_entropy", "versions", "result_file_names", "save_results", "iter_save_results", "safe_stem"]
+           "versions", "result_file_names", "save_results", "iter_save_results", "safe_stem"]
 
 
 # ------------------------------------------------------------------------- label measurements
@@ -153,21 +153,6 @@ def dice_table(pred: np.ndarray, true: np.ndarray, num_classes: int, class_names
 
     return {"classes": names, "per_class": named(dice_per_class(p[idx], t[idx], num_classes)),
             "per_slice": [{"slice": z, "dice": named(dice_per_class(p[z], t[z], num_classes))} for z in idx]}
-
-
-# ------------------------------------------------------------------------- uncertainty
-def normalised_entropy(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Entropy of ``softmax(logits)`` along the class ``axis`` divided by ``log(C)``: float32 in [0, 1]
-    (0: one class certain, 1: all ``C`` classes equally likely); shape of ``logits`` without ``axis``,
-    e.g. (C, H, W) -> (H, W). One class gives zeros."""
-    x = np.asarray(logits, np.float64)
-    c = x.shape[axis]
-    if c < 2:
-        return np.zeros(np.delete(x.shape, axis), np.float32)
-    x = x - x.max(axis=axis, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
-    h = -(np.exp(logp) * logp).sum(axis=axis) / math.log(c)
-    return np.clip(h, 0.0, 1.0).astype(np.float32)
 
 
 # ------------------------------------------------------------------------- saving a result set

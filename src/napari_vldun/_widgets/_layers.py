@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
-from .._reader import VOLUME_KEY
+from .._reader import MEASUREMENT_KEY, VOLUME_KEY
 from .._writer import layer_volume
 from ..degradation.measurement import Measurement, MeasurementError
 from ..inference import InferenceError, validate_image
@@ -25,11 +25,6 @@ from ..io.normalize import from_unit_range, to_unit_range, unit_bounds
 
 #: ``layer.metadata`` key of VL-DUN provenance.
 VLDUN_KEY = "vldun"
-#: ``layer.metadata`` key where :mod:`napari_vldun._reader` keeps the file geometry.
-#: ``layer.metadata`` key of a known acquisition (the Degrade dock, the bundled samples):
-#: ``{"kspace": (Z, H, W) complex64, "mask": (H, W) float32, "normalisation": params}``, the k-space of
-#: the layer's data in [0, 1] units (see :func:`layer_measurement`).
-MEASUREMENT_KEY = "vldun_measurement"
 
 
 # ------------------------------------------------------------------------- layer picker

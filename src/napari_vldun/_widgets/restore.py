@@ -10,7 +10,7 @@ prediction has arrived, so a cancelled or failed run leaves the layer list untou
 * ``<name> labels`` (Labels, the checkpoint's class colours; class names in ``features``),
 * with "keep stage maps": hidden ``<name> stages full|low|high`` Images with a leading stage axis,
 * with "uncertainty layer": ``<name> uncertainty`` (Image, 'magma', additive): the per-pixel normalised
-  entropy of the segmentation softmax, in [0, 1] (:func:`napari_vldun.measure.normalised_entropy`).
+  entropy of the segmentation softmax, in [0, 1] (:func:`napari_vldun.inference.normalised_entropy`).
 
 While running, the status shows the slice, the device, the time elapsed and an estimate of the time left
 (from the mean time per slice so far), and a hint when the CPU was chosen though a CUDA GPU is there.
