@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from napari_vldun.cli import main
@@ -24,6 +25,7 @@ def test_tv_beats_zero_filled(acdc_slice: np.ndarray) -> None:
     assert psnr(tv, x) > psnr(zf, x) + 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_acdc(tmp_path) -> None:
     # 2 passes instead of the checkpoint's 5 keep it short; the pass count is checked in the file it writes
     rc = main(["evaluate", "--dataset", "acdc", "--accel", "4", "--max-slices", "2", "--tv-iters", "20", "--cascades",

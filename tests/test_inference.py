@@ -221,6 +221,7 @@ def test_demo_runs_on_a_bundled_sample(tmp_path) -> None:
         run_demo(tmp_path / "x", sample="liver")
 
 
+@pytest.mark.slow
 def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) -> None:
     """The shipped weights load offline and do what they were trained for on a validation patient:
     recognise cardiac MRI and its undersampling, find the heart and restore it. Slices 2-5 of the bundled

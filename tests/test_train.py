@@ -299,6 +299,7 @@ def test_runner_stop_and_sigint(tmp_path):
 
 
 # ----------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
