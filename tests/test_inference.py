@@ -226,7 +226,7 @@ def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) ->
     """The shipped weights load offline and do what they were trained for on a validation patient:
     recognise cardiac MRI and its undersampling, find the heart and restore it. Slices 2-5 of the bundled
     sample (its files cut with nibabel's slicer, its recorded k-space cut alike: 37 s instead of 83 s for all
-    10 slices at one thread). Measured on these 4 slices (2026-12-03): magnitude image only +0.16 dB, Dice 0.49;
+    10 slices at one thread). Measured on these 4 slices by this test's own two runs (2026-12-03): magnitude image only +0.16 dB, Dice 0.49;
     with their k-space (data consistency, the checkpoint's 5 cascades) +5.32 dB, Dice 0.55 (all 10 slices:
     +0.13 / 0.46 and +5.20 / 0.56). Random weights give Dice ~0."""
     from napari_vldun.inference import SHIPPED_WEIGHTS

@@ -6,7 +6,7 @@ after epoch 1 and 0.18 after epoch 2. 2026-12-02 with stage feedback (the curren
 ``precision="auto"`` on an AVX2-only CPU, ~2.5 min): Dice 0.0 after epoch 1 and 0.104 after epoch 2 -- feedback
 learns segmentation more slowly in the first 160 steps (it segments better at run 11's budget, BENCHMARKS.md);
 PSNR with k-space 26.86 dB vs 25.65 zero-filled; without k-space 25.34 -> 25.64 dB. 2026-12-03 (AVX512-bf16 CPU,
-1 thread, ~70 s): fp32 Dice 0.0 -> 0.110, PSNR 26.87 dB; bf16 (what ``precision="auto"`` picks on such a CPU)
+1 thread, ~65 s, ``python benchmarks/precision_training.py``): fp32 Dice 0.0 -> 0.110, PSNR 26.87 dB; bf16 (what ``precision="auto"`` picks on such a CPU)
 Dice 0.0 -> 0.030, PSNR 26.86 dB: at 160 steps segmentation is at its onset, where rounding decides how soon it
 starts. The run is pinned to fp32 so that the bar means the same on every CPU (0.104 on AVX2, 0.110 on AVX512);
 bf16 vs fp32 training at a longer budget is left to the speed issue."""
