@@ -237,3 +237,20 @@ def test_pass_count_per_mask_kind(acdc_slice: np.ndarray) -> None:
         build_model("tiny", cascades_by_mask={"spiral": 2})
     with pytest.raises(ValueError, match="cascades_by_mask"):
         build_model("tiny", cascades_by_mask={"radial": 0})
+
+
+def test_segmentation_decoder_head(acdc_slice: np.ndarray) -> None:
+    """``seg_decoder_width``: the top-down decoder over three U levels gives full-size logits on odd sizes,
+    every one of its parameters learns, and it needs ``stage_images``."""
+    m = build_model("tiny", seed=0, seg_decoder_width=24)
+    assert type(m.seg_head).__name__ == "SegmentationDecoder"
+    y = torch.from_numpy(acdc_slice[:75, :98].copy())[None, None]
+    out = m(y)
+    for name, logits in out.seg_logits.items():
+        assert logits.shape == (1, len(m.cfg.label_sets[name]), 75, 98)
+    loss = sum(v.square().mean() for v in out.seg_logits.values())
+    loss.backward()
+    missing = [n for n, p in m.seg_head.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"seg decoder parameters without gradient: {missing}"
+    with pytest.raises(ValueError, match="seg_decoder_width"):
+        get_config("tiny", seg_decoder_width=16, stage_images=False)

@@ -402,3 +402,23 @@ def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):
     assert 0.4 < np.mean(half) < 0.6 and half == draws(small(tmp_path, dc_fraction=0.5))
     assert all(draws(small(tmp_path), 20)) and not any(draws(small(tmp_path, data_consistency=False), 20))
     assert half != draws(small(tmp_path, dc_fraction=0.5, seed=1))
+
+
+def test_init_weights_keeps_the_checkpoint_modality_classifier(tmp_path):
+    """A run without a prior phase that starts from a checkpoint trained on more modalities keeps its
+    modality list and classifier (run 17 restarted a 3-class classifier from run 16's 6-class one)."""
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+    from napari_vldun.train.setup import _fresh_modalities
+
+    six = ("abdomen_ct", "abdomen_mri", "brain_mri", "cardiac_mri", "lung_ct", "spine_mri")
+    save_checkpoint(build_model("tiny", seed=1, modalities=six), tmp_path / "six")
+    cfg = small(tmp_path / "run", init_weights=str(tmp_path / "six"), prior_epochs=0)
+    assert _fresh_modalities(cfg, ["acdc", "covid_ct"]) == list(six)
+    # without a checkpoint: the training, validation and configured prior sources' modalities
+    cfg = small(tmp_path / "run", prior_epochs=0, prior_sources=["acdc", "brats2015"])
+    assert _fresh_modalities(cfg, ["acdc", "covid_ct"]) == ["brain_mri", "cardiac_mri", "lung_ct"]
+    # a checkpoint that lacks a modality of the data: the data's list (its classifier cannot be copied)
+    save_checkpoint(build_model("tiny", seed=1, modalities=("cardiac_mri",)), tmp_path / "one")
+    cfg = small(tmp_path / "run", init_weights=str(tmp_path / "one"))
+    assert _fresh_modalities(cfg, ["acdc", "covid_ct"]) == ["cardiac_mri", "lung_ct"]

@@ -136,6 +136,10 @@ class VLDUNConfig:
     #: segmentation head on multi-scale decoder features (last two levels, upsampled) + the restored image
     #: (a deviation from the paper's "light CNN on the last stage", docs/architecture.md).
     seg_multiscale: bool = False
+    #: > 0: the segmentation head is a light top-down decoder of this width over the last three U levels
+    #: and the restored image (:class:`~napari_vldun.model.heads.SegmentationDecoder`; ``stage_images``
+    #: configs only; overrides ``seg_multiscale``): a deviation for capacity, docs/architecture.md.
+    seg_decoder_width: int = 0
     #: ``stage_images`` only: every stage's features receive the current (data-consistent) estimate x_{k-1},
     #: embedded at the stage's level by a zero-initialised conv, so what data consistency restored reaches the
     #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
@@ -171,6 +175,9 @@ class VLDUNConfig:
             raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
         if int(self.patch) not in (1, 2, 4):
             raise ValueError(f"config: patch must be 1, 2 or 4, got {self.patch}")
+        if int(self.seg_decoder_width) < 0 or (self.seg_decoder_width and not self.stage_images):
+            raise ValueError(f"config: seg_decoder_width must be >= 0 and needs stage_images, got "
+                             f"{self.seg_decoder_width} (stage_images {self.stage_images})")
         for kind, n in dict(self.cascades_by_mask).items():
             if kind not in MASK_KINDS:
                 raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")

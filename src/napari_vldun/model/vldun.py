@@ -14,6 +14,7 @@ from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
 from .config import VLDUNConfig, get_config
+from .heads import MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, StageImageHead
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
 from .unfolding import StageSettings, UnfoldingStage
 
@@ -54,73 +55,6 @@ class VLDUNOutput:
     @property
     def degradation_probs(self) -> torch.Tensor | None:
         return None if self.degradation_logits is None else self.degradation_logits.softmax(-1)
-
-
-class SegmentationHead(nn.Module):
-    """Light CNN on the last stage's features and the restored image: two 3x3 conv + ReLU, then one
-    1x1 classifier per label set. (B, C + 1, H, W) -> {name: (B, n_classes, H, W)}."""
-
-    def __init__(self, in_channels: int, width: int, label_sets: dict[str, list[str]]) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-        )
-        self.classifiers = nn.ModuleDict({name: nn.Conv2d(width, len(names), 1) for name, names in label_sets.items()})
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.trunk(x)
-        return {name: head(h) for name, head in self.classifiers.items()}
-
-
-class MultiScaleSegmentationHead(nn.Module):
-    """Light CNN on the last two decoder levels' features (1x1 lateral convs, upsampled bilinearly) plus a
-    3x3 conv of the restored image, summed, then two 3x3 conv + ReLU and one 1x1 classifier per label set.
-    ``z0`` (B, C0, h0, w0), ``z1`` (B, C1, h1, w1), ``image`` (B, 1, H, W) -> {name: (B, n_classes, H, W)}."""
-
-    def __init__(self, channels: tuple[int, int], in_channels: int, width: int,
-                 label_sets: dict[str, list[str]]) -> None:
-        super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.image = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.trunk = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-        )
-        self.classifiers = nn.ModuleDict({name: nn.Conv2d(width, len(names), 1) for name, names in label_sets.items()})
-
-    def forward(self, z0: torch.Tensor, z1: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = image.shape[-2:]
-        h = self.image(image)
-        for lat, z in zip(self.lateral, (z0, z1)):
-            h = h + F.interpolate(lat(z), size=size, mode="bilinear", align_corners=False)
-        h = self.trunk(h)
-        return {name: head(h) for name, head in self.classifiers.items()}
-
-
-class StageImageHead(nn.Module):
-    """A stage's residual image: 1x1 conv to ``patch**2`` channels, PixelShuffle(patch), bilinear upsampling
-    by ``scale`` (the level's factor) to the padded input's size. (B, C, h, w) -> (B, 1, h * patch * scale, ...)."""
-
-    def __init__(self, channels: int, patch: int, scale: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(channels, patch * patch, 1)
-        self.patch, self.scale = patch, scale
-        nn.init.zeros_(self.proj.weight)  # training starts from x_k = y: every stage adds nothing yet
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self._upsample(self.proj(z))
-
-    def band(self, t: torch.Tensor) -> torch.Tensor:
-        """The same linear map (no bias) on band features, for the stage viewer."""
-        return self._upsample(F.conv2d(t, self.proj.weight))
-
-    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
-        if self.scale > 1:
-            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
-        return x
 
 
 class VLDUN(nn.Module):
@@ -184,6 +118,9 @@ class VLDUN(nn.Module):
             self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
         if not cfg.seg_head:
             self.seg_head = None
+        elif cfg.seg_decoder_width:
+            self.seg_head = SegmentationDecoder(tuple(w[min(i, L - 1)] for i in range(3)), cfg.in_channels, p,
+                                                cfg.seg_decoder_width, cfg.label_sets)
         elif cfg.seg_multiscale:
             self.seg_head = MultiScaleSegmentationHead((w[0], w[min(1, L - 1)]), cfg.in_channels, cfg.seg_width,
                                                        cfg.label_sets)
@@ -303,7 +240,8 @@ class VLDUN(nn.Module):
         every stage adds its residual image to a running estimate of size ``size`` (h, w), made consistent
         with ``kspace``/``mask`` after each stage when given. Returns ``(x, x_free, stages, (z0, z1))``:
         the estimate (B, 1, h, w) float32, the same without data consistency, the stage maps (when asked)
-        and the last two decoder levels' features for the segmentation head. ``interrupt`` is called before
+        and the features of every level for the segmentation head (level 0 the refinement stage, 1..L-2 the
+        decoder stages, L-1 the bottleneck). ``interrupt`` is called before
         each stage but the first of pass 0 (cancel)."""
         h, w = size
         p, L = int(self.cfg.patch), len(self.cfg.widths)
@@ -341,12 +279,13 @@ class VLDUN(nn.Module):
             skips.append(z)
             z = down(z)
         z = run(self.bottleneck, z, L - 1)
+        dec[L - 1] = z
         for i in reversed(range(len(skips))):
             z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
             z = run(self.decoder[i], z, i)
             dec[i] = z
-        z0 = run(self.refine, z, 0)
-        return x, x_free, stages, (z0, dec.get(1, z0))
+        dec[0] = run(self.refine, z, 0)
+        return x, x_free, stages, [dec[i] for i in range(L)]
 
     def _stage_maps(self, level: int, z: torch.Tensor, bands, y_level: torch.Tensor, size: tuple[int, int]) -> StageMaps:
         proj = self.to_image[level]

@@ -323,6 +323,19 @@ def _modalities_of(sources: list[str]) -> list[str]:
     return sorted({SOURCES[s].modality for s in sources})
 
 
+def _fresh_modalities(cfg: TrainConfig, used: list[str]) -> list[str]:
+    """The modality classes of a fresh named model: those of every source the run uses and of the configured
+    prior sources (also when this run has no prior phase: the classifier keeps every class it was trained
+    on), or the ``init_weights`` checkpoint's list when it covers them, so that its classifier is copied
+    instead of restarting at random (run 17, 2026-12-03, lost run 16's 6-class classifier this way)."""
+    wanted = _modalities_of(list(dict.fromkeys(used + cfg.resolved_prior_sources())))
+    if cfg.init_weights:
+        src_cfg, _ = read_checkpoint_config(cfg.init_weights)
+        if set(wanted) <= set(src_cfg.modalities):
+            return list(src_cfg.modalities)
+    return wanted
+
+
 # ----------------------------------------------------------------------------- the run
 def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     """Check ``out_dir``, seed, build (or reload) the model, the datasets and the phases."""
@@ -341,7 +354,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     if resume:
         tensors, state, model, notes = _resume_model(cfg, out)
     elif cfg.model in CONFIGS:
-        model = _named_model(cfg, _modalities_of(used), *_known_heads(label_sets))
+        model = _named_model(cfg, _fresh_modalities(cfg, used), *_known_heads(label_sets))
     else:
         model = _checkpoint_model(cfg, {s: LABEL_SETS.get(s) for s in label_sets})
     modalities = list(model.cfg.modalities)
