@@ -21,7 +21,7 @@ import torch
 
 from napari_vldun.data.sources import SOURCES, volume_slices
 from napari_vldun.degradation.measurement import Measurement
-from napari_vldun.evaluate.metrics import dice, psnr
+from napari_vldun.metrics import dice, psnr
 from napari_vldun.inference import load_model, predict
 
 

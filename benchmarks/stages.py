@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from napari_vldun.degradation.measurement import Measurement
-from napari_vldun.evaluate.metrics import psnr
+from napari_vldun.metrics import psnr
 from napari_vldun.evaluate.runner import dataset_cases
 from napari_vldun.inference import load_model, predict
 

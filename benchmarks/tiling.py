@@ -58,7 +58,7 @@ def seams(weights: str | None, threads: int) -> list[dict]:
     import torch
 
     from napari_vldun.degradation import acquire
-    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.metrics import psnr
     from napari_vldun.inference import load_model, predict
     from napari_vldun.tiling import plan_tiles
 

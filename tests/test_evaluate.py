@@ -11,7 +11,7 @@ import torch
 from napari_vldun.cli import main
 from napari_vldun.degradation import cartesian_mask, undersample
 from napari_vldun.evaluate.baselines import tv_from_image
-from napari_vldun.evaluate.metrics import psnr
+from napari_vldun.metrics import psnr
 from napari_vldun.evaluate.runner import markdown_table
 
 torch.set_num_threads(1)

@@ -132,7 +132,7 @@ def test_kspace_file_round_trip_and_data_consistency(tmp_path, tiny_loaded: Load
     """`degrade --kspace-out` writes the measurement; `predict --kspace` uses it (closer to the clean
     image than without, slice by slice) and refuses a k-space that belongs to another image."""
     from napari_vldun.degradation import ifft2c
-    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.metrics import psnr
     from napari_vldun.degradation.measurement import MeasurementError
 
     s = list_samples()["acdc"]

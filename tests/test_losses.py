@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_vldun.model import StageMaps, VLDUNOutput
-from napari_vldun.evaluate.metrics import ssim
+from napari_vldun.metrics import ssim
 from napari_vldun.train.losses import (DiceCELoss, FocalLoss, JointLoss, PriorLoss, charbonnier,
                                        degradation_contrastive_loss, ssim_l1)
 

@@ -68,7 +68,7 @@ def test_measurements_csv_round_trip(tmp_path):
 
 
 def test_dice_table_per_class_and_slice():
-    from napari_vldun.evaluate.metrics import dice_per_class
+    from napari_vldun.metrics import dice_per_class
 
     true = _labels()
     pred = true.copy()

@@ -1,4 +1,4 @@
-"""Tests for napari_vldun.evaluate.metrics (PSNR, SSIM, Dice, IoU)."""
+"""Tests for napari_vldun.metrics (PSNR, SSIM, Dice, IoU)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vldun.evaluate import PSNR_CAP, dice, dice_per_class, iou, iou_per_class, psnr, ssim
+from napari_vldun.metrics import PSNR_CAP, dice, dice_per_class, iou, iou_per_class, psnr, ssim
 
 torch.set_num_threads(1)
 

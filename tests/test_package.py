@@ -35,3 +35,59 @@ def test_cpu_forward_without_mamba_ssm() -> None:
 def test_npe2_manifest_validates() -> None:
     out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-vldun"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+#: the import layers of docs/architecture.md, bottom first: a module may import its own unit and lower layers only.
+LAYERS = {
+    "io": 0, "metrics": 0, "__version__": 0,
+    "degradation": 1,
+    "model": 2, "tiling": 2,
+    "inference": 3, "data": 3,
+    "measure": 4, "pipeline": 4, "train": 4, "evaluate": 4,
+    "cli": 5, "_reader": 5, "_writer": 5,
+    "_widgets": 6, "_sample_data": 6,
+}
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Top-level unit of ``napari_vldun`` (``io``, ``model``, ``pipeline``, ...) -> the units it imports,
+    module-level and function-local imports alike, read from the source with :mod:`ast`."""
+    import ast
+    from pathlib import Path
+
+    import napari_vldun
+
+    root = Path(napari_vldun.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for f in root.rglob("*.py"):
+        parts = list(f.relative_to(root).with_suffix("").parts)
+        pkg = parts[:-1]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not parts:
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = pkg[:len(pkg) - node.level + 1]
+                target = base + (node.module.split(".") if node.module else [node.names[0].name])
+            elif node.module and node.module.split(".")[0] == "napari_vldun":
+                target = node.module.split(".")[1:] or [node.names[0].name]
+            else:
+                continue
+            if target and target[0] != parts[0]:
+                edges.setdefault(parts[0], set()).add(target[0])
+    return edges
+
+
+def test_imports_point_down_the_layers() -> None:
+    """docs/architecture.md's import direction holds in the source: no unit imports one of a higher layer
+    (e.g. ``data`` or ``evaluate`` importing ``pipeline``, the core importing a napari hook), and every
+    unit is placed in a layer."""
+    edges = _package_imports()
+    unplaced = sorted((set(edges) | {t for ts in edges.values() for t in ts}) - set(LAYERS))
+    assert not unplaced, f"units without a layer in LAYERS: {unplaced}"
+    upward = sorted(f"{a} -> {b}" for a, ts in edges.items() for b in ts if LAYERS[b] > LAYERS[a])
+    assert not upward, f"imports that point up: {upward}"
+    assert "degradation" in edges["model"] and "inference" in edges["pipeline"]  # the scan sees real imports

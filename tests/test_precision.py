@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_vldun.degradation.measurement import Measurement
-from napari_vldun.evaluate.metrics import psnr
+from napari_vldun.metrics import psnr
 from napari_vldun.inference import InferenceError, load_model, predict
 from napari_vldun.model.precision import Precision, autocast
 

@@ -292,7 +292,7 @@ def test_permission_error_is_one_line(tmp_path, small, monkeypatch, capsys) -> N
 def test_full_disk_after_two_outputs_leaves_nothing_and_a_rerun_works(tmp_path, small, monkeypatch, capsys) -> None:
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr("napari_vldun.evaluate.figures.overview_figure", full)  # the 3rd of 4 outputs
+    monkeypatch.setattr("napari_vldun.io.figures.overview_figure", full)  # the 3rd of 4 outputs
     out = tmp_path / "o"
     assert main(["predict", str(small["degraded"]), "--out", str(out), "--device", "cpu"]) == 2
     assert "no space left" in _one_line(capsys.readouterr().err)

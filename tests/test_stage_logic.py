@@ -8,7 +8,7 @@ import pytest
 
 from napari_vldun._widgets._stage_logic import (band_range, pass_blocks, pass_starts, psnr_text, stage_passes,
                                                 stage_psnrs, stage_titles)
-from napari_vldun.evaluate.metrics import PSNR_CAP
+from napari_vldun.metrics import PSNR_CAP
 
 
 def test_stage_passes_falls_back_to_one_pass():

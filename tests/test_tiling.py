@@ -9,7 +9,7 @@ import torch
 from napari_vldun.degradation import acquire
 from napari_vldun.degradation.measurement import Measurement
 from napari_vldun.degradation.consistency import measure
-from napari_vldun.evaluate.metrics import psnr
+from napari_vldun.metrics import psnr
 from napari_vldun.inference import InferenceError, check_tiling, load_model, predict
 from napari_vldun.tiling import AUTO_TILE_PIXELS, blend_window, choose_tile, plan_tiles, whole_slice_bytes
 

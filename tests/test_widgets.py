@@ -689,7 +689,7 @@ def test_stage_explorer_grid_and_psnr_per_stage(make_napari_viewer, qtbot, error
     full-band estimate has its PSNR (the project's psnr of the stage vs the reference slice) under its
     thumbnail and in the plot, the input's as the dashed line; a click on a thumbnail selects it."""
     from napari_vldun._widgets.stages import NO_REFERENCE
-    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.metrics import psnr
 
     viewer = make_napari_viewer()
     w, clean, deg = stage_dock_on_degraded(viewer, qtbot, z=1)
@@ -746,7 +746,7 @@ def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors,
     """A model that reports the stages of every pass (a 'tiny' checkpoint, random weights): one block of
     thumbnails per pass, the plot's pass boundary, a click in the second pass selects that stage."""
     from napari_vldun._widgets._layers import layer_measurement
-    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.metrics import psnr
     from napari_vldun.inference import predict
     from napari_vldun.model import build_model
     from napari_vldun.model.checkpoint import save_checkpoint
@@ -782,7 +782,7 @@ def test_stage_explorer_grid_shows_every_pass(make_napari_viewer, qtbot, errors,
 
 # --------------------------------------------------------------------------- Degrade & Compare
 def test_degrade_and_compare(make_napari_viewer, qtbot, errors):
-    from napari_vldun.evaluate.metrics import dice, psnr, ssim
+    from napari_vldun.metrics import dice, psnr, ssim
 
     viewer = make_napari_viewer()
     layers = sample_crop("acdc", 2, 64, scale=(10.0, 1.5, 1.5))
@@ -830,7 +830,7 @@ def test_restore_uses_the_recorded_kspace(make_napari_viewer, qtbot, errors):
     leaves no k-space; a bundled sample's degraded layer carries its own."""
     from napari_vldun._widgets._layers import MEASUREMENT_KEY
     from napari_vldun._widgets.restore import RestoreSegmentWidget
-    from napari_vldun.evaluate.metrics import psnr
+    from napari_vldun.metrics import psnr
 
     assert MEASUREMENT_KEY in sample_layers("acdc")[1][1]["metadata"]
     viewer = make_napari_viewer()
@@ -865,7 +865,7 @@ def test_compare_restored_result(make_napari_viewer, qtbot, errors):
     """Restore & Segment output compared with the clean image and the reference labels."""
     from napari_vldun._widgets.degrade import DegradeWidget
     from napari_vldun._widgets.restore import RestoreSegmentWidget
-    from napari_vldun.evaluate.metrics import dice, psnr
+    from napari_vldun.metrics import dice, psnr
 
     viewer = make_napari_viewer()
     layers = sample_crop("ct", 1, 64)
@@ -894,7 +894,7 @@ def test_compare_scores_computed_slices_only(make_napari_viewer, qtbot, errors):
     """A result that computed 1 of 3 slices is scored over that slice (and says so); the result-labels
     picker follows the result image and never keeps labels of another result."""
     from napari_vldun._widgets.restore import RestoreSegmentWidget
-    from napari_vldun.evaluate.metrics import dice, psnr
+    from napari_vldun.metrics import dice, psnr
 
     viewer = make_napari_viewer()
     layers = sample_crop("acdc", 3, 32)

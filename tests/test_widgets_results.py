@@ -253,7 +253,7 @@ def test_compare_dice_and_measurement_tables(make_napari_viewer, qtbot, errors, 
     from qtpy.QtWidgets import QFileDialog
 
     from napari_vldun._widgets._messages import read_table
-    from napari_vldun.evaluate.metrics import dice_per_class
+    from napari_vldun.metrics import dice_per_class
     from napari_vldun.model.config import LABEL_SETS
 
     names = list(LABEL_SETS["acdc"])

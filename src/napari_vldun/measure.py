@@ -21,7 +21,7 @@ from typing import Any, Generator, Iterable, Sequence
 import numpy as np
 
 from . import __version__
-from .evaluate.metrics import dice_per_class
+from .metrics import dice_per_class
 from .io import write_nifti
 from .io.atomic import atomic_outputs, check_out_dir, write_text
 from .io.dicom_seg import SegExport, write_dicom_seg
@@ -141,7 +141,7 @@ def write_measurements_csv(path: str | Path, rows: Sequence[dict], overwrite: bo
 def dice_table(pred: np.ndarray, true: np.ndarray, num_classes: int, class_names: Sequence[str] = (),
                slices: Iterable[int] | None = None) -> dict:
     """Dice of ``pred`` vs ``true`` (Z, H, W) int labels per foreground class, over ``slices`` (default all)
-    together and slice by slice (:func:`napari_vldun.evaluate.metrics.dice_per_class`):
+    together and slice by slice (:func:`napari_vldun.metrics.dice_per_class`):
     ``{"classes": [names], "per_class": {name: dice | None}, "per_slice": [{"slice": z, "dice": {name: ...}}]}``.
     ``None``: the class is absent from both (per slice as over all); 0.0: predicted but absent."""
     p, t = _stack(pred, "pred labels"), _stack(true, "true labels")

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .degradation.measurement import Measurement, MeasurementError
-from .evaluate.metrics import dice, iou, psnr, ssim
+from .metrics import dice, iou, psnr, ssim
 from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
                         label_set_warning, load_model, passes)
 from .io import read_image, read_label, write_nifti, write_png
@@ -188,7 +188,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     metric that is undefined (NaN, e.g. Dice without foreground) is ``null``."""
     from tqdm import tqdm
 
-    from .evaluate.figures import overview_figure  # lazy: tests patch napari_vldun.evaluate.figures.overview_figure
+    from .io.figures import overview_figure  # lazy: tests patch napari_vldun.io.figures.overview_figure
 
     out = check_out_dir(out_dir)
     names_out = ["restored.nii.gz", "labels.nii.gz", "overview.png", "metrics.json"]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluate.metrics import psnr
+from ..metrics import psnr
 
 
 def stage_passes(passes: Sequence[int] | None, n: int) -> list[int]:
@@ -61,7 +61,7 @@ def band_range(maps: np.ndarray, band: str) -> tuple[float, float]:
 
 
 def stage_psnrs(full: np.ndarray, reference: np.ndarray) -> list[float]:
-    """PSNR in dB (:func:`napari_vldun.evaluate.metrics.psnr`, data range 1) of every full-band estimate
+    """PSNR in dB (:func:`napari_vldun.metrics.psnr`, data range 1) of every full-band estimate
     ``full`` (S, H, W) against the ``reference`` slice (H, W), both already on the reference's [0, 1] scale."""
     full = np.asarray(full, np.float32)
     ref = np.asarray(reference, np.float32)

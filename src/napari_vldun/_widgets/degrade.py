@@ -6,7 +6,7 @@ Degrade: the clean layer is brought to [0, 1] (as Restore & Segment does), optio
 every slice (:func:`~napari_vldun.degradation.degrade`), optionally given Gaussian noise
 (:func:`~napari_vldun.degradation.gaussian_noise`), mapped back to the clean layer's units and added
 as ``<name> degraded (cartesian 4x)``. PSNR / SSIM against the clean layer are computed in [0, 1]
-(the degraded image clipped to [0, 1]; mean over slices) with :mod:`napari_vldun.evaluate.metrics`.
+(the degraded image clipped to [0, 1]; mean over slices) with :mod:`napari_vldun.metrics`.
 
 Compare: PSNR / SSIM of any result image against a clean reference, and Dice / IoU of a result
 labels layer against reference labels, each only over the slices that result computed
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QGroupBox, QPushButton, QTabl
 
 from ..degradation import gaussian_blur, gaussian_noise
 from ..degradation.measurement import Measurement
-from ..evaluate.metrics import dice, iou, psnr, ssim
+from ..metrics import dice, iou, psnr, ssim
 from ..inference import InferenceError
 from ..measure import dice_table, label_measurements, write_measurements_csv
 from ._layers import (MEASUREMENT_KEY, LayerPicker, apply_unit, from_unit, image_data, inherited_metadata,

@@ -11,7 +11,7 @@ Image layers ``<name> stages full|low|high`` with a leading stage axis (see
 viewer's stage slider with the dock's.
 
 With a "clean reference" (an Image layer of the input's shape; default none) every full-band estimate
-gets its PSNR against the reference slice (:func:`napari_vldun.evaluate.metrics.psnr` on the reference's
+gets its PSNR against the reference slice (:func:`napari_vldun.metrics.psnr` on the reference's
 [0, 1] scale, as the Compare box of the Degrade dock: the reference normalised by
 :func:`._layers.unit_stack`, the estimate mapped to the input's units and through that normalisation),
 under its thumbnail and in a plot of PSNR per stage with the input's PSNR as a dashed line.

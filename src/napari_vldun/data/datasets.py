@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..degradation import acquire, cartesian_mask, gaussian_noise, radial_mask, random_primitive
+from ..degradation import cartesian_mask, gaussian_noise, radial_mask, random_primitive
+from ..degradation.measurement import Measurement
 from ..degradation.masks import MASK_KINDS
 from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
@@ -165,13 +166,15 @@ def degrade_sample(clean: torch.Tensor, mask_kind: str, rng: np.random.Generator
     accel = fixed_accel if fixed_accel is not None else drawn
     mseed, nseed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
     kw = {"center_fraction": center_fraction} if mask_kind == "cartesian" else {}
-    y, kspace, m = acquire(clean, mask_kind, accel, seed=mseed, **kw)
-    mask = m.mask.reshape(1, *m.mask.shape).clone()
+    zf, meas = Measurement.simulate(clean.detach().cpu().numpy().reshape(1, *clean.shape[-2:]), mask_kind, accel,
+                                    seed=mseed, **kw)
+    y = torch.from_numpy(zf).to(clean.dtype)
+    kspace, mask = torch.from_numpy(meas.kspace), torch.from_numpy(np.array(meas.mask))
     sigma = float(rng.uniform(*noise_sigma_range))
     if sigma > 0:
         y = gaussian_noise(y, sigma, seed=nseed)
         mask.zero_()
-    return y, float(accel), float(m.fraction), kspace, mask
+    return y, float(accel), meas.fraction, kspace, mask
 
 
 def make_sample(clean: torch.Tensor, degraded: torch.Tensor, label: Optional[np.ndarray], *, label_set_index: int,

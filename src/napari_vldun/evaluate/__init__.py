@@ -1,5 +1,4 @@
-"""Evaluation metrics (PSNR, SSIM, Dice, IoU); see :mod:`napari_vldun.evaluate.metrics`."""
-
-from .metrics import PSNR_CAP, dice, dice_per_class, iou, iou_per_class, psnr, ssim
-
-__all__ = ["PSNR_CAP", "dice", "dice_per_class", "iou", "iou_per_class", "psnr", "ssim"]
+"""The evaluation face of the core: ``vldun evaluate`` (:mod:`.runner`, :mod:`.args`) and the classical
+baselines it compares against (:mod:`.baselines`: TV-regularised reconstruction). The metrics themselves live
+one layer down, in :mod:`napari_vldun.metrics`, and the overview figure in :mod:`napari_vldun.io.figures`, so
+that inference, the pipeline, training and the widgets use them without importing the runner."""

@@ -40,8 +40,8 @@ from ..io.readers import suffix_of
 from ..inference import load_model, passes, predict
 from ..model.unet import load_unet
 from .baselines import tv_reconstruction
-from .figures import overview_figure
-from .metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
+from ..io.figures import overview_figure
+from ..metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
 
 #: the method name of the plain U-Net baseline's rows (``--unet``).
 UNET_ROW = "U-Net (seg only, degraded input)"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.metrics import ssim_map
+from ..metrics import ssim_map
 
 __all__ = [
     "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "ssim_l1", "monotone_hinge",
@@ -78,7 +78,7 @@ def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Te
 
 def ssim_l1(x: torch.Tensor, y: torch.Tensor, alpha: float = SSIM_ALPHA) -> torch.Tensor:
     """``alpha (1 - SSIM(x, y)) + (1 - alpha) L1(x, y)`` on (B, 1, H, W) images in [0, 1], computed in fp32
-    (the SSIM of :func:`~napari_vldun.evaluate.metrics.ssim`: Gaussian 11 px window, data range 1).
+    (the SSIM of :func:`~napari_vldun.metrics.ssim`: Gaussian 11 px window, data range 1).
     Images smaller than the window get the L1 alone. E2E-VarNet trains on SSIM; the L1 keeps the
     intensities (SSIM alone is blind to a uniform offset in flat regions)."""
     x, y = x.float(), y.float()

@@ -8,7 +8,7 @@ Joint metrics (``restored`` and the degraded input clamped to [0, 1]):
 * ``val_psnr`` / ``val_ssim``: mean over slices (needs the rec head), after data consistency when asked;
   then also ``val_psnr_free``, the network's estimate before it (as for a magnitude image without k-space);
 * ``val_dice_<set>`` / ``val_iou_<set>``: mean over the labelled slices of that label set whose
-  ground truth has a foreground class (:func:`~napari_vldun.evaluate.metrics.dice`: mean over the
+  ground truth has a foreground class (:func:`~napari_vldun.metrics.dice`: mean over the
   classes present); ``val_dice`` / ``val_iou``: mean over the label sets (macro average);
 * ``zero_filled_psnr`` / ``zero_filled_ssim``: the degraded input itself (computed on request);
 * ``score`` = ``val_psnr / 40 + val_dice`` (a missing part counts 0).
@@ -23,7 +23,7 @@ import math
 import torch
 from torch.utils.data import DataLoader
 
-from ..evaluate.metrics import dice, iou, psnr, ssim
+from ..metrics import dice, iou, psnr, ssim
 from .distributed import DistContext, all_reduce_sums
 
 __all__ = ["measured", "validate_joint", "validate_prior", "score_of"]

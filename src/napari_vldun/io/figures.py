@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from .atomic import atomic_path
 
 
 def label_cmap(colors: list[str]):
