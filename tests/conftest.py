@@ -7,6 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests run first: with the suite split over the cores (``-n``, pyproject.toml), the
+    longest tests start at once instead of ending the session alone (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Every test module runs torch on one thread (the 2 CI cores are shared), then restores it."""

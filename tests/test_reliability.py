@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def _nan_checkpoint(tmp_path: Path, shipped: LoadedModel, with_checksum: bool) -
         save_checkpoint(model, base)
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(base) + ".safetensors")
-        Path(str(base) + ".json").write_text(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+        doc = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+        doc.pop("weights_sha256", None)  # written before checksums existed
+        Path(str(base) + ".json").write_text(json.dumps(doc))
     return base, name
 
 
@@ -120,9 +123,14 @@ def test_checkpoint_checksum_recorded_and_verified(tmp_path, shipped) -> None:
     with pytest.raises(CheckpointError, match="SHA-256") as info:
         load_checkpoint(tmp_path / "ck")
     assert "ck.safetensors" in str(info.value) and "ck.json" in str(info.value)
-    # the shipped checkpoint predates the checksum and still loads
+    # a checkpoint written before checksums existed (no weights_sha256 in its JSON) still loads, and so do the
+    # shipped weights (verified when their JSON has the checksum)
     from napari_vldun.inference import SHIPPED_WEIGHTS
-    assert "weights_sha256" not in json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+    doc = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+    doc.pop("weights_sha256", None)
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    shutil.copyfile(SHIPPED_WEIGHTS.with_suffix(".safetensors"), tmp_path / "old.safetensors")
+    load_checkpoint(tmp_path / "old")
     load_checkpoint(SHIPPED_WEIGHTS)
 
 
