@@ -9,9 +9,14 @@ import pytest
 
 
 def pytest_collection_modifyitems(config, items):
-    """The ``slow`` tests run first: with the suite split over the cores (``-n``, pyproject.toml), the
-    longest tests start at once instead of ending the session alone (longest-first scheduling)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    """The ``slow`` tests run first, interleaved with fast ones (slow, fast, slow, fast, ...): with the suite
+    split over the cores (``-n auto --maxschedchunk 1``, pyproject.toml) each worker starts on its own slow test
+    instead of the longest tests ending the session alone (longest-first scheduling)."""
+    slow = [i for i in items if i.get_closest_marker("slow") is not None]
+    fast = [i for i in items if i.get_closest_marker("slow") is None]
+    head = [t for pair in zip(slow, fast) for t in pair]
+    items[:] = head + slow[len(fast):] + fast[len(slow):]
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

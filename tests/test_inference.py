@@ -1,7 +1,7 @@
-"""Inference and file-level jobs on the bundled samples and real slices (tiny model)."""
+"""Inference (:mod:`napari_vldun.inference`) on real slices and the shipped weights on the bundled samples; the
+file-level jobs are in test_pipeline.py."""
 
 from __future__ import annotations
-
 
 import nibabel as nib
 import numpy as np

@@ -406,15 +406,22 @@ def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):
 
 def test_init_weights_keeps_the_checkpoint_modality_classifier(tmp_path):
     """A run without a prior phase that starts from a checkpoint trained on more modalities keeps its
-    modality list and classifier (run 17 restarted a 3-class classifier from run 16's 6-class one)."""
+    modality list and copies its classifier (run 17 restarted a 3-class classifier from run 16's 6-class one)."""
     from napari_vldun.model import build_model
     from napari_vldun.model.checkpoint import save_checkpoint
-    from napari_vldun.train.setup import _fresh_modalities
+    from napari_vldun.train.setup import _fresh_modalities, _named_model
 
     six = ("abdomen_ct", "abdomen_mri", "brain_mri", "cardiac_mri", "lung_ct", "spine_mri")
-    save_checkpoint(build_model("tiny", seed=1, modalities=six), tmp_path / "six")
+    src = build_model("tiny", seed=1, modalities=six)
+    save_checkpoint(src, tmp_path / "six")
     cfg = small(tmp_path / "run", init_weights=str(tmp_path / "six"), prior_epochs=0)
-    assert _fresh_modalities(cfg, ["acdc", "covid_ct"]) == list(six)
+    mods = _fresh_modalities(cfg, ["acdc", "covid_ct"])
+    assert mods == list(six)
+    heads = {k: list(v) for k, v in src.cfg.label_sets.items()}
+    model = _named_model(cfg, mods, heads, dict(src.cfg.label_colors))
+    own, ref = model.state_dict(), src.state_dict()
+    cls = [k for k in ref if k.startswith("priors.") and ref[k].ndim and ref[k].shape[0] == len(six)]
+    assert cls and all(torch.equal(own[k], ref[k]) for k in cls)
     # without a checkpoint: the training, validation and configured prior sources' modalities
     cfg = small(tmp_path / "run", prior_epochs=0, prior_sources=["acdc", "brats2015"])
     assert _fresh_modalities(cfg, ["acdc", "covid_ct"]) == ["brain_mri", "cardiac_mri", "lung_ct"]

@@ -238,7 +238,7 @@ class VLDUN(nn.Module):
                       pass_index: int = 0, interrupt: Callable[[], None] | None = None):
         """One pass of the U on the padded observation ``yp`` (B, 1, H', W') for ``stage_images`` configs:
         every stage adds its residual image to a running estimate of size ``size`` (h, w), made consistent
-        with ``kspace``/``mask`` after each stage when given. Returns ``(x, x_free, stages, (z0, z1))``:
+        with ``kspace``/``mask`` after each stage when given. Returns ``(x, x_free, stages, feats)``:
         the estimate (B, 1, h, w) float32, the same without data consistency, the stage maps (when asked)
         and the features of every level for the segmentation head (level 0 the refinement stage, 1..L-2 the
         decoder stages, L-1 the bottleneck). ``interrupt`` is called before

@@ -326,12 +326,14 @@ def _modalities_of(sources: list[str]) -> list[str]:
 def _fresh_modalities(cfg: TrainConfig, used: list[str]) -> list[str]:
     """The modality classes of a fresh named model: those of every source the run uses and of the configured
     prior sources (also when this run has no prior phase: the classifier keeps every class it was trained
-    on), or the ``init_weights`` checkpoint's list when it covers them, so that its classifier is copied
-    instead of restarting at random (run 17, 2026-12-03, lost run 16's 6-class classifier this way)."""
+    on). A checkpoint whose classifier is copied -- ``init_priors`` (its tower must match exactly), else
+    ``init_weights`` -- gives its own list instead when that covers the sources the run uses, so the
+    classifier is not restarted at random (run 17, 2026-12-03, lost run 16's 6-class classifier that way)."""
     wanted = _modalities_of(list(dict.fromkeys(used + cfg.resolved_prior_sources())))
-    if cfg.init_weights:
-        src_cfg, _ = read_checkpoint_config(cfg.init_weights)
-        if set(wanted) <= set(src_cfg.modalities):
+    source = cfg.init_priors or cfg.init_weights
+    if source:
+        src_cfg, _ = read_checkpoint_config(source)
+        if set(_modalities_of(used)) <= set(src_cfg.modalities):
             return list(src_cfg.modalities)
     return wanted
 
