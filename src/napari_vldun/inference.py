@@ -256,11 +256,13 @@ def check_tiling(model: VLDUN, device: torch.device, shape: tuple[int, int], til
 def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
                kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None,
                precision: str = "fp32", tile: int | None = None, interrupt=None):
-    y = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    def tensor(a: np.ndarray) -> torch.Tensor:  # C-ordered and writable (a read-only view is copied)
+        return torch.from_numpy(np.require(a, requirements=("C", "W")))[None, None].to(device)
+
+    y = tensor(image)
     dc = {}
     if kspace is not None:
-        dc = {"kspace": torch.from_numpy(np.ascontiguousarray(kspace))[None, None].to(device),
-              "mask": torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device), "cascades": cascades}
+        dc = {"kspace": tensor(kspace), "mask": tensor(mask), "cascades": cascades}
     try:
         if tile is not None:
             n = model.passes(kspace is not None, cascades)
