@@ -194,6 +194,34 @@ def test_overfits_one_batch():
     assert min(losses[-3:]) < 0.7 * losses[0], losses
 
 
+@pytest.mark.parametrize("config", ["tiny", "tiny_v1"])
+@pytest.mark.parametrize("data_consistency", [True, False])
+def test_every_trainable_parameter_gets_a_gradient_each_step(config: str, data_consistency: bool):
+    """What lets DDP run without ``find_unused_parameters``: with the loop's zero-weighted touch of every
+    output, one joint step on a batch of one label set gives every parameter a gradient, the other label
+    sets' heads included; without the touch those heads get none (so the check can fail)."""
+    from napari_vldun.data import SliceDataset
+    from napari_vldun.model import build_model
+    from napari_vldun.train.loop import _touch
+    from napari_vldun.train.validate import measured
+
+    ds = SliceDataset(["acdc"], "val", crop=32, max_slices_per_source=2, fixed_accel=4.0, seed=3)
+    items = [ds[0], ds[1]]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
+    sets = {"acdc": ["bg", "rv", "myo", "lv"], "brats2015": ["bg", "a", "b", "c", "d"], "covid_ct": ["bg", "inf"]}
+    model = build_model(config, seed=0, label_sets=sets)
+    loss = JointLoss(list(sets), 1.5, 0.5)
+    for touch in (True, False):
+        model.zero_grad(set_to_none=True)
+        out = model(batch["degraded"], return_stages=True, **measured(batch, data_consistency))
+        (loss(out, batch)["total"] + (_touch(out) if touch else 0)).backward()
+        missing = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+        if touch:
+            assert not missing
+        else:
+            assert missing and all(".brats2015." in n or ".covid_ct." in n for n in missing), missing
+
+
 # ----------------------------------------------------------------------------- resume / stop / overwrite
 def test_reproducible_stop_and_exact_resume(tmp_path):
     a = [e.metrics["loss"] for e in iter_train(small(tmp_path / "a")) if e.kind == "step"]

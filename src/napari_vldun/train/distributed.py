@@ -84,15 +84,18 @@ def teardown(ctx: DistContext) -> None:
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """DistributedDataParallel around ``model`` when distributed (``find_unused_parameters=True``:
-    the per-label-set heads, and the frozen or idle parts of a phase, get no gradient in some
-    steps); the model itself otherwise."""
+    """DistributedDataParallel around ``model`` when distributed; the model itself otherwise.
+
+    No ``find_unused_parameters`` (it walks the autograd graph after every forward): the training loop adds
+    a zero-weighted sum of every output (``loop._touch``), so every trainable parameter gets a gradient in
+    every step, the heads of label sets absent from a rank's batch included; the frozen parts of a phase
+    have ``requires_grad=False`` and DDP ignores them (``tests/test_train.py``)."""
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True)
+    return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
