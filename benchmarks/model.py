@@ -2,6 +2,7 @@
 
     python benchmarks/model.py --json                 # tiny, tiny_v1 and paper, 256x256, 1 thread, fp32 + bf16
     python benchmarks/model.py --configs tiny --size 256 --repeats 5
+    python benchmarks/model.py --configs shipped      # the packaged checkpoint (its config and weights)
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
 
 Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
@@ -45,8 +46,12 @@ def measure(config: str, size: int, repeats: int, cascades: int | None, precisio
     from napari_vldun.degradation import cartesian_mask
     from napari_vldun.degradation.consistency import measure as acquire
 
-    model = build_model(config).eval()
-    info = model_info(model, (256, 256))
+    if config == "shipped":  # the packaged checkpoint: its config (segmentation decoder, classes) and weights
+        from napari_vldun.inference import load_model
+        model = load_model(device="cpu").model.eval()
+    else:
+        model = build_model(config).eval()
+    info = {**model_info(model, (256, 256)), "config": config}
     y = torch.rand(1, 1, size, size)
     kw = {}
     if cascades:
@@ -71,7 +76,8 @@ def measure(config: str, size: int, repeats: int, cascades: int | None, precisio
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["tiny", "tiny_v1", "paper"])
+    p.add_argument("--configs", nargs="+", default=["tiny", "tiny_v1", "paper"],
+                   help="config names, or 'shipped' for the packaged checkpoint")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
