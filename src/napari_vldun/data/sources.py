@@ -200,9 +200,13 @@ def _load_brats(path: str) -> CaseData:
     lo, hi = (float(t) for t in np.percentile(x[brain], [0.5, 99.5]))
     img = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
     img[~brain] = 0.0
-    cov = brain.reshape(brain.shape[0], -1).mean(1)
     return CaseData(img, lab.astype(np.uint8), v.spacing,
-                    {"lo": lo, "hi": hi, "brain_coverage": cov})
+                    {"lo": lo, "hi": hi, "brain_coverage": _coverage(brain)})
+
+
+def _coverage(brain: np.ndarray) -> np.ndarray:
+    """Share of brain voxels per axial slice: (Z, H, W) bool -> (Z,) float."""
+    return brain.reshape(brain.shape[0], -1).mean(1)
 
 
 def _list_brats(sequence: str) -> Callable[[Path], Split]:
@@ -213,7 +217,8 @@ def _list_brats(sequence: str) -> Callable[[Path], Split]:
         for part, cases in ((0, BRATS_TRAIN), (1, BRATS_VAL)):
             for case in cases:
                 p = folder / case / f"{sequence}_subtrMeanDivStd.nii.gz"
-                cov = load_case(name, p).info["brain_coverage"]
+                # the mask alone decides which slices count (listing does not load and normalise the case)
+                cov = _coverage(read_image(p.parent / "brainmask.nii.gz").data > 0)
                 pat = case.split("_")[2]
                 out[part].extend(SliceItem(name, str(p), int(k), case, pat)
                                  for k in np.flatnonzero(cov >= MIN_BRAIN_COVERAGE))
