@@ -101,9 +101,9 @@ def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) ->
     """The shipped weights load offline and do what they were trained for on a validation patient:
     recognise cardiac MRI and its undersampling, find the heart and restore it. Slices 2-5 of the bundled
     sample (its files cut with nibabel's slicer, its recorded k-space cut alike). Measured on these 4 slices with
-    run 18's weights (2026-12-03, 1 thread): magnitude image only +0.83 dB, Dice 0.74; with their k-space (data
-    consistency, the checkpoint's 3 Cartesian passes) +3.85 dB, Dice 0.76 (all 10 slices: +0.85 / 0.62 and
-    +3.71 / 0.71). Random weights give Dice ~0."""
+    run 19's weights (2026-12-03, 1 thread): magnitude image only +0.71 dB, Dice 0.69; with their k-space (data
+    consistency, the checkpoint's 3 passes) +3.89 dB, Dice 0.75 (all 10 slices: +0.71 / 0.59 and +3.84 / 0.69).
+    Random weights give Dice ~0."""
     from napari_vldun.inference import SHIPPED_WEIGHTS
     from napari_vldun.pipeline import sample_measurement
 
