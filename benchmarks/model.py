@@ -3,6 +3,7 @@
     python benchmarks/model.py --json                 # tiny, tiny_v1 and paper, 256x256, 1 thread, fp32 + bf16
     python benchmarks/model.py --configs tiny --size 256 --repeats 5
     python benchmarks/model.py --configs shipped      # the packaged checkpoint (its config and weights)
+    python benchmarks/model.py --configs shipped --profile 12   # where the forward's time goes
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
 
 Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
@@ -42,15 +43,32 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _model(config: str) -> torch.nn.Module:
+    if config == "shipped":  # the packaged checkpoint: its config (segmentation decoder, classes) and weights
+        from napari_vldun.inference import load_model
+        return load_model(device="cpu").model.eval()
+    return build_model(config).eval()
+
+
+def profile(config: str, size: int, rows: int) -> str:
+    """torch.profiler's table of the ``rows`` operators with the most self CPU time over 3 forwards."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run_profile
+
+    model, y = _model(config), torch.rand(1, 1, size, size)
+    with torch.no_grad():
+        model(y)
+        with run_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                model(y)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def measure(config: str, size: int, repeats: int, cascades: int | None, precisions: list[str]) -> dict:
     from napari_vldun.degradation import cartesian_mask
     from napari_vldun.degradation.consistency import measure as acquire
 
-    if config == "shipped":  # the packaged checkpoint: its config (segmentation decoder, classes) and weights
-        from napari_vldun.inference import load_model
-        model = load_model(device="cpu").model.eval()
-    else:
-        model = build_model(config).eval()
+    model = _model(config)
     info = {**model_info(model, (256, 256)), "config": config}
     y = torch.rand(1, 1, size, size)
     kw = {}
@@ -84,8 +102,14 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--cascades", type=int, default=None, help="time N passes with k-space and data consistency")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing: the N operators with the most self CPU time over 3 fp32 forwards")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.profile:
+        for c in a.configs:
+            print(f"{c}, {a.size}x{a.size}, {a.threads} thread(s)\n" + profile(c, a.size, a.profile))
+        return
     rows = [measure(c, a.size, a.repeats, a.cascades, a.precisions) for c in a.configs]
     env = {"threads": a.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
     if a.json:

@@ -96,25 +96,33 @@ def test_load_model_from_checkpoint_and_corrupt(tmp_path) -> None:
         load_model(tmp_path / "mine", "cpu")
 
 
+def cut_acdc_sample(folder, cut: slice) -> Measurement:
+    """Slices ``cut`` of the bundled ACDC sample as ``folder/{degraded,labels,clean}.nii.gz`` (cut with nibabel's
+    slicer: the files are (X, Y, Z), Z the slice axis) and its recorded k-space cut alike. Also used by
+    ``benchmarks/sample_volume.py``."""
+    from napari_vldun.pipeline import sample_measurement
+
+    s = list_samples()["acdc"]
+    for name in ("degraded", "labels", "clean"):
+        nib.save(nib.load(f"{s['dir']}/{name}.nii.gz").slicer[:, :, cut], folder / f"{name}.nii.gz")
+    full = sample_measurement("acdc")
+    return Measurement.of(full.kspace[cut], full.mask[cut])
+
+
 @pytest.mark.slow
 def test_shipped_checkpoint_recognises_and_segments_the_acdc_sample(tmp_path) -> None:
     """The shipped weights load offline and do what they were trained for on a validation patient:
     recognise cardiac MRI and its undersampling, find the heart and restore it. Slices 2-5 of the bundled
-    sample (its files cut with nibabel's slicer, its recorded k-space cut alike). Measured on these 4 slices with
+    sample (its files cut with nibabel's slicer, its recorded k-space cut alike). `python benchmarks/sample_volume.py` with
     run 19's weights (2026-12-03, 1 thread): magnitude image only +0.71 dB, Dice 0.69; with their k-space (data
     consistency, the checkpoint's 3 passes) +3.89 dB, Dice 0.75 (all 10 slices: +0.71 / 0.59 and +3.84 / 0.69).
     Random weights give Dice ~0."""
     from napari_vldun.inference import SHIPPED_WEIGHTS
-    from napari_vldun.pipeline import sample_measurement
 
     assert SHIPPED_WEIGHTS.with_suffix(".json").exists() and SHIPPED_WEIGHTS.with_suffix(".safetensors").exists()
     loaded = load_model(device="cpu")
     assert not loaded.random_weights
-    s, cut = list_samples()["acdc"], slice(2, 6)
-    for name in ("degraded", "labels", "clean"):  # the files are (X, Y, Z): Z is the slice axis
-        nib.save(nib.load(f"{s['dir']}/{name}.nii.gz").slicer[:, :, cut], tmp_path / f"{name}.nii.gz")
-    full = sample_measurement("acdc")
-    measured = Measurement.of(full.kspace[cut], full.mask[cut])
+    measured = cut_acdc_sample(tmp_path, slice(2, 6))
     runs = {name: predict_file(tmp_path / "degraded.nii.gz", tmp_path / name, labels=tmp_path / "labels.nii.gz",
                                clean=tmp_path / "clean.nii.gz", loaded=loaded, progress=False, kspace=kspace)
             for name, kspace in (("free", None), ("dc", measured))}
