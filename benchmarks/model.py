@@ -5,12 +5,16 @@
     python benchmarks/model.py --configs shipped      # the packaged checkpoint (its config and weights)
     python benchmarks/model.py --configs shipped --profile 12   # where the forward's time goes
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
+    python benchmarks/model.py --configs shipped tiny --layouts nhwc nchw   # channels-last vs the old NCHW path
 
 Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
 warm-up pass; ``torch.set_num_threads(--threads)``. The floor is the forward's MACs as
 ``torch.utils.flop_counter.FlopCounterMode`` counts them (FLOPs / 2, the prior tower included) divided by the
 fp32 sgemm rate (2048^3) measured in the same process just before: ``ratio = latency / floor_s``. With
 ``--cascades N`` the model is given a Cartesian 4x measurement and runs N passes, each with data consistency.
+``--layouts``: the model's own channels-last weights (``nhwc``, what the package runs) and/or the same weights
+made NCHW-contiguous (``nchw``, the path before channels-last); a layout other than ``nhwc`` is keyed
+``fp32/nchw`` etc. in the JSON rows.
 """
 
 from __future__ import annotations
@@ -64,7 +68,13 @@ def profile(config: str, size: int, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def measure(config: str, size: int, repeats: int, cascades: int | None, precisions: list[str]) -> dict:
+def _layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    return model.to(memory_format=fmt)
+
+
+def measure(config: str, size: int, repeats: int, cascades: int | None, precisions: list[str],
+            layouts: tuple[str, ...] = ("nhwc",)) -> dict:
     from napari_vldun.degradation import cartesian_mask
     from napari_vldun.degradation.consistency import measure as acquire
 
@@ -81,14 +91,18 @@ def measure(config: str, size: int, repeats: int, cascades: int | None, precisio
     info.update({"latency_size": size, "flop_counter_gmacs": round(macs / 1e9, 3), "repeats": repeats,
                  "cascades": cascades or 0})
     for prec in precisions:
-        rate = sgemm_gmacs()
-        floor = macs / (rate * 1e9)
-        with torch.no_grad(), autocast("cpu", prec):
-            model(y, **kw)
-            times = [_timed(lambda: model(y, **kw)) for _ in range(repeats)]
-        t = statistics.median(times)
-        info[prec] = {"latency_s_median": round(t, 4), "latency_s_min": round(min(times), 4),
-                      "sgemm_gmacs_per_s": round(rate, 1), "floor_s": round(floor, 4), "ratio": round(t / floor, 2)}
+        for layout in layouts:
+            _layout(model, layout)
+            rate = sgemm_gmacs()
+            floor = macs / (rate * 1e9)
+            with torch.no_grad(), autocast("cpu", prec):
+                model(y, **kw)
+                times = [_timed(lambda: model(y, **kw)) for _ in range(repeats)]
+            t = statistics.median(times)
+            key = prec if layout == "nhwc" else f"{prec}/{layout}"
+            info[key] = {"latency_s_median": round(t, 4), "latency_s_min": round(min(times), 4),
+                         "sgemm_gmacs_per_s": round(rate, 1), "floor_s": round(floor, 4),
+                         "ratio": round(t / floor, 2)}
     return info
 
 
@@ -101,6 +115,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--cascades", type=int, default=None, help="time N passes with k-space and data consistency")
+    p.add_argument("--layouts", nargs="+", default=["nhwc"], choices=["nhwc", "nchw"],
+                   help="weight layouts to time: channels-last (the package's) and/or NCHW (the old path)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead of timing: the N operators with the most self CPU time over 3 fp32 forwards")
@@ -110,15 +126,16 @@ def main() -> None:
         for c in a.configs:
             print(f"{c}, {a.size}x{a.size}, {a.threads} thread(s)\n" + profile(c, a.size, a.profile))
         return
-    rows = [measure(c, a.size, a.repeats, a.cascades, a.precisions) for c in a.configs]
+    rows = [measure(c, a.size, a.repeats, a.cascades, a.precisions, tuple(a.layouts)) for c in a.configs]
     env = {"threads": a.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
     if a.json:
         print(json.dumps({"env": env, "rows": rows}))
         return
     print(f"threads={a.threads} torch={torch.__version__} size={a.size}")
     for r in rows:
-        cells = "  ".join(f"{pr}: {r[pr]['latency_s_median']:.3f} s = {r[pr]['ratio']:.1f}x floor "
-                          f"({r[pr]['floor_s']:.3f} s at {r[pr]['sgemm_gmacs_per_s']} GMAC/s)" for pr in a.precisions)
+        keys = [pr if lay == "nhwc" else f"{pr}/{lay}" for pr in a.precisions for lay in a.layouts]
+        cells = "  ".join(f"{k}: {r[k]['latency_s_median']:.3f} s = {r[k]['ratio']:.1f}x floor "
+                          f"({r[k]['floor_s']:.3f} s at {r[k]['sgemm_gmacs_per_s']} GMAC/s)" for k in keys)
         print(f"{r['config']:8} {r['params_m']:>6} M  {r['flop_counter_gmacs']:>7} GMAC  {cells}")
 
 

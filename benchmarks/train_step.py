@@ -7,7 +7,10 @@
 passes with data consistency, fp32). ``new``: the current ``tiny`` (half-resolution U, stage images with data
 consistency after every stage, 1 pass, bf16 autocast). Both: AdamW, the joint loss with stage supervision,
 real ACDC crops (``../shared/data``). One process: compare the ratio, not the absolute rate (the machine is
-shared). Add ``--paths new_fp32`` to separate the bf16 gain from the architecture's.
+shared). Add ``--paths new_fp32`` to separate the bf16 gain from the architecture's, ``new_nchw`` to separate
+the channels-last weights' gain (the model's default layout since 2026-12-03), and ``shipped`` / ``shipped_nchw``
+for the recipe of the shipped weights (``tiny`` + the segmentation decoder, 3 passes). ``old`` runs NCHW, as
+the first release did.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from napari_vldun.model.precision import autocast
 from napari_vldun.train.losses import JointLoss
 from napari_vldun.train.validate import measured
 
-PATHS = {  # name -> (config, passes, precision)
-    "old": ("tiny_v1", 5, "fp32"),
-    "new": ("tiny", 1, "bf16"),
-    "new_fp32": ("tiny", 1, "fp32"),
+PATHS = {  # name -> (config, passes, precision, weight layout, config overrides)
+    "old": ("tiny_v1", 5, "fp32", "nchw", {}),
+    "new": ("tiny", 1, "bf16", "nhwc", {}),
+    "new_fp32": ("tiny", 1, "fp32", "nhwc", {}),
+    "new_nchw": ("tiny", 1, "bf16", "nchw", {}),
+    "shipped": ("tiny", 3, "bf16", "nhwc", {"seg_decoder_width": 48}),
+    "shipped_nchw": ("tiny", 3, "bf16", "nchw", {"seg_decoder_width": 48}),
+    "shipped_fp32": ("tiny", 3, "fp32", "nhwc", {"seg_decoder_width": 48}),
 }
 
 
@@ -39,8 +46,10 @@ def batch_of(crop: int, batch: int) -> dict:
 
 
 def time_path(name: str, batch: dict, repeats: int) -> dict:
-    config, passes, precision = PATHS[name]
-    model = build_model(config, cascades=passes, label_sets={"acdc": ["bg", "rv", "myo", "lv"]}).train()
+    config, passes, precision, layout, overrides = PATHS[name]
+    model = build_model(config, cascades=passes, label_sets={"acdc": ["bg", "rv", "myo", "lv"]}, **overrides)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
     loss_fn = JointLoss(["acdc"], rec_weight=3.0, free_weight=1.0, stage_weight=0.5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
@@ -56,8 +65,8 @@ def time_path(name: str, batch: dict, repeats: int) -> dict:
             times.append(time.perf_counter() - t)
     s = statistics.median(times)
     n = batch["degraded"].shape[0]
-    return {"path": name, "config": config, "passes": passes, "precision": precision, "step_s": round(s, 3),
-            "samples_per_s": round(n / s, 3)}
+    return {"path": name, "config": config, "passes": passes, "precision": precision, "layout": layout,
+            "step_s": round(s, 3), "samples_per_s": round(n / s, 3)}
 
 
 def main() -> None:
@@ -81,7 +90,7 @@ def main() -> None:
         return
     print(f"threads={a.threads} batch={a.batch} crop={a.crop}")
     for r in rows:
-        print(f"{r['path']:9} {r['config']:8} passes={r['passes']} {r['precision']}: {r['step_s']:.3f} s/step, "
+        print(f"{r['path']:12} {r['config']:8} passes={r['passes']} {r['precision']} {r['layout']}: {r['step_s']:.3f} s/step, "
               f"{r['samples_per_s']:.2f} samples/s, x{r['speedup_vs_first']}")
 
 

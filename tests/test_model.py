@@ -254,3 +254,35 @@ def test_segmentation_decoder_head(acdc_slice: np.ndarray) -> None:
     assert not missing, f"seg decoder parameters without gradient: {missing}"
     with pytest.raises(ValueError, match="seg_decoder_width"):
         get_config("tiny", seg_decoder_width=16, stage_images=False)
+
+
+def _conv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p for n, p in model.named_parameters() if p.ndim == 4]
+
+
+def test_channels_last_weights_match_the_nchw_path(tmp_path, acdc_slice: np.ndarray) -> None:
+    """The model stores its 4-D weights channels-last (built and loaded alike); the same weights NCHW give
+    the same restoration and labels, and both give the float64 gradient: the layout is a speed choice only."""
+    import copy
+
+    model = build_model("tiny", seed=0, seg_decoder_width=16)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(model))
+    loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "ck"))
+    conv = [w for w in _conv_weights(loaded) if w.shape[-1] > 1 and w.shape[1] > 1]
+    assert conv and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in conv)
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert all(w.is_contiguous() for w in _conv_weights(nchw))
+    f64 = copy.deepcopy(nchw).double()
+    y = torch.from_numpy(acdc_slice[:64, :72].copy())[None, None]
+    outs, grads = [], []
+    for m, x in ((model, y), (nchw, y), (f64, y.double())):
+        out = m(x)
+        (out.restored.mean() + out.seg_logits["acdc"].logsumexp(1).mean()).backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.double().flatten() for p in m.parameters() if p.grad is not None]))
+    a, b, _ = outs
+    torch.testing.assert_close(a.restored, b.restored, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.seg_logits["acdc"], b.seg_logits["acdc"], rtol=1e-4, atol=1e-4)
+    # fp32 summation order differs between layouts; measured ~9e-4 (NHWC) and ~3e-4 (NCHW) from float64
+    errors = [((g - grads[2]).norm() / grads[2].norm()).item() for g in grads[:2]]
+    assert max(errors) < 5e-3, errors

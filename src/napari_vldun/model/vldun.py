@@ -126,6 +126,10 @@ class VLDUN(nn.Module):
                                                        cfg.label_sets)
         else:
             self.seg_head = SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, cfg.label_sets)
+        # NHWC (channels-last) 4-D weights: convolutions then return channels-last activations, whose
+        # (B, H*W, C) token view for the Bi-Mamba scans and cross-attention is free instead of a copy
+        # (BENCHMARKS.md, "Memory layout"). ``.to(device)`` and ``load_state_dict`` keep the layout.
+        self.to(memory_format=torch.channels_last)
 
     @property
     def multiple(self) -> int:
