@@ -13,13 +13,15 @@ warm-up pass; ``torch.set_num_threads(--threads)``. The floor is the forward's M
 fp32 sgemm rate (2048^3) measured in the same process just before: ``ratio = latency / floor_s``. With
 ``--cascades N`` the model is given a Cartesian 4x measurement and runs N passes, each with data consistency.
 ``--layouts``: the model's own channels-last weights (``nhwc``, what the package runs) and/or the same weights
-made NCHW-contiguous (``nchw``, the path before channels-last); a layout other than ``nhwc`` is keyed
-``fp32/nchw`` etc. in the JSON rows.
+made NCHW-contiguous (``nchw``, the path before channels-last), timed interleaved (one call of each in turn);
+a layout other than ``nhwc`` is keyed ``fp32/nchw`` etc. in the JSON rows. The sgemm rate is the mean of one
+measurement before and one after a precision's timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -90,17 +92,22 @@ def measure(config: str, size: int, repeats: int, cascades: int | None, precisio
     macs = fc.get_total_flops() / 2
     info.update({"latency_size": size, "flop_counter_gmacs": round(macs / 1e9, 3), "repeats": repeats,
                  "cascades": cascades or 0})
+    models = {lay: _layout(copy.deepcopy(model) if i else model, lay) for i, lay in enumerate(layouts)}
     for prec in precisions:
-        for layout in layouts:
-            _layout(model, layout)
-            rate = sgemm_gmacs()
-            floor = macs / (rate * 1e9)
-            with torch.no_grad(), autocast("cpu", prec):
-                model(y, **kw)
-                times = [_timed(lambda: model(y, **kw)) for _ in range(repeats)]
-            t = statistics.median(times)
-            key = prec if layout == "nhwc" else f"{prec}/{layout}"
-            info[key] = {"latency_s_median": round(t, 4), "latency_s_min": round(min(times), 4),
+        rate = sgemm_gmacs()
+        times: dict[str, list[float]] = {lay: [] for lay in layouts}
+        with torch.no_grad(), autocast("cpu", prec):
+            for m in models.values():
+                m(y, **kw)
+            for _ in range(repeats):  # layouts interleaved, so that load changes hit them alike
+                for lay, m in models.items():
+                    times[lay].append(_timed(lambda m=m: m(y, **kw)))
+        rate = (rate + sgemm_gmacs()) / 2  # the rate before and after the timings
+        floor = macs / (rate * 1e9)
+        for lay in layouts:
+            t = statistics.median(times[lay])
+            key = prec if lay == "nhwc" else f"{prec}/{lay}"
+            info[key] = {"latency_s_median": round(t, 4), "latency_s_min": round(min(times[lay]), 4),
                          "sgemm_gmacs_per_s": round(rate, 1), "floor_s": round(floor, 4),
                          "ratio": round(t / floor, 2)}
     return info

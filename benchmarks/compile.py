@@ -1,0 +1,73 @@
+"""Does ``torch.compile`` (inductor, CPU C++ backend) speed up the shipped model's forward? Eager vs compiled.
+
+    python benchmarks/compile.py                       # shipped weights, 256x256, 1 thread, channels-last
+    python benchmarks/compile.py --layout nchw         # the same with NCHW weights (the path before 2026-12-03)
+
+Compiles every unfolding stage and the segmentation head (``nn.Module.compile``, ``dynamic=False``); the prior
+tower stays eager (its open_clip code is a small share of the time). Inductor's attention-fusion pattern fails on
+the scan's broadcast matmuls in torch 2.14 (``RuntimeError: Attempting to broadcast a dimension of length 2``),
+so the compile runs with ``pattern_matcher`` off. Prints the compile time (first call), the median eager and
+compiled forward time (no grad, one pass, no k-space) and the largest output difference. Needs a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+
+def _median_time(fn, y: torch.Tensor, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(y)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    from napari_vldun.inference import load_model
+    from napari_vldun.model.unfolding import UnfoldingStage
+
+    eager = load_model(device="cpu").model.eval()
+    fmt = torch.channels_last if a.layout == "nhwc" else torch.contiguous_format
+    eager = eager.to(memory_format=fmt)
+    compiled = copy.deepcopy(eager)
+    opts = {"pattern_matcher": False}
+    for mod in compiled.modules():
+        if isinstance(mod, UnfoldingStage):
+            mod.compile(dynamic=False, options=opts)
+    if compiled.seg_head is not None:
+        compiled.seg_head.compile(dynamic=False, options=opts)
+    y = torch.rand(1, 1, a.size, a.size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = eager(y)
+        t = time.perf_counter()
+        out = compiled(y)
+        compile_s = time.perf_counter() - t
+        eager_s, compiled_s = [], []
+        for _ in range(2):  # interleaved: the machine is shared
+            eager_s.append(_median_time(eager, y, a.repeats))
+            compiled_s.append(_median_time(compiled, y, a.repeats))
+    diff = max((out.restored - ref.restored).abs().max().item(),
+               *((out.seg_logits[k] - ref.seg_logits[k]).abs().max().item() for k in ref.seg_logits))
+    row = {"size": a.size, "threads": a.threads, "layout": a.layout, "compile_s": round(compile_s, 1),
+           "eager_s": round(min(eager_s), 4), "compiled_s": round(min(compiled_s), 4),
+           "speedup": round(min(eager_s) / min(compiled_s), 3), "max_abs_diff": diff, "torch": torch.__version__}
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
