@@ -41,9 +41,9 @@ def main() -> None:
     from napari_vldun.inference import load_model
     from napari_vldun.model.unfolding import UnfoldingStage
 
-    eager = load_model(device="cpu").model.eval()
-    fmt = torch.channels_last if a.layout == "nhwc" else torch.contiguous_format
-    eager = eager.to(memory_format=fmt)
+    from model import to_layout  # benchmarks/model.py (this folder is on sys.path when run as a script)
+
+    eager = to_layout(load_model(device="cpu").model.eval(), a.layout)
     compiled = copy.deepcopy(eager)
     opts = {"pattern_matcher": False}
     for mod in compiled.modules():

@@ -70,7 +70,9 @@ def profile(config: str, size: int, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def _layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
+def to_layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
+    """``model`` with its 4-D weights channels-last (``"nhwc"``, the package's layout) or NCHW-contiguous
+    (``"nchw"``, the path before 2026-12-03), in place. Shared by the benchmarks that time both."""
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     return model.to(memory_format=fmt)
 
@@ -92,7 +94,7 @@ def measure(config: str, size: int, repeats: int, cascades: int | None, precisio
     macs = fc.get_total_flops() / 2
     info.update({"latency_size": size, "flop_counter_gmacs": round(macs / 1e9, 3), "repeats": repeats,
                  "cascades": cascades or 0})
-    models = {lay: _layout(copy.deepcopy(model) if i else model, lay) for i, lay in enumerate(layouts)}
+    models = {lay: to_layout(copy.deepcopy(model) if i else model, lay) for i, lay in enumerate(layouts)}
     for prec in precisions:
         rate = sgemm_gmacs()
         times: dict[str, list[float]] = {lay: [] for lay in layouts}

@@ -28,6 +28,8 @@ from napari_vldun.model.precision import autocast
 from napari_vldun.train.losses import JointLoss
 from napari_vldun.train.validate import measured
 
+from model import to_layout  # benchmarks/model.py (this folder is on sys.path when run as a script)
+
 PATHS = {  # name -> (config, passes, precision, weight layout, config overrides)
     "old": ("tiny_v1", 5, "fp32", "nchw", {}),
     "new": ("tiny", 1, "bf16", "nhwc", {}),
@@ -48,8 +50,7 @@ def batch_of(crop: int, batch: int) -> dict:
 def time_path(name: str, batch: dict, repeats: int) -> dict:
     config, passes, precision, layout, overrides = PATHS[name]
     model = build_model(config, cascades=passes, label_sets={"acdc": ["bg", "rv", "myo", "lv"]}, **overrides)
-    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    model = model.to(memory_format=fmt).train()
+    model = to_layout(model, layout).train()
     loss_fn = JointLoss(["acdc"], rec_weight=3.0, free_weight=1.0, stage_weight=0.5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
