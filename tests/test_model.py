@@ -256,6 +256,34 @@ def test_segmentation_decoder_head(acdc_slice: np.ndarray) -> None:
         get_config("tiny", seg_decoder_width=16, stage_images=False)
 
 
+def test_segmentation_unet_head(acdc_slice: np.ndarray) -> None:
+    """``seg_unet_widths``: the U-Net head gives full-size logits on odd sizes (the input is padded to its depth
+    too); a fresh head ignores the unfolding features (zero laterals), every parameter then learns, and they
+    reach the logits; it needs ``stage_images`` and two levels."""
+    m = build_model("tiny", seed=0, seg_unet_widths=(8, 16, 32, 64, 128))
+    assert type(m.seg_head).__name__ == "SegmentationUNet" and m.multiple == 16
+    assert m.seg_head.joins == {1: 0, 2: 1, 3: 2}  # patch 2: U level j joins the head's level j + 1
+    y = torch.from_numpy(acdc_slice[:75, :98].copy())[None, None]
+    out = m(y)
+    for name, logits in out.seg_logits.items():
+        assert logits.shape == (1, len(m.cfg.label_sets[name]), 75, 98)
+    image = torch.rand(1, 1, 80, 112)
+    feats = [torch.randn(1, c, 40 // 2**j, 56 // 2**j) for j, c in enumerate(m.cfg.widths)]
+    first = m.seg_head(feats, image)["acdc"]
+    torch.testing.assert_close(m.seg_head([2 * f + 1 for f in feats], image)["acdc"], first, rtol=0, atol=0)
+    loss = sum(v.square().mean() for v in out.seg_logits.values())
+    loss.backward()
+    missing = [n for n, p in m.seg_head.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"seg U-Net parameters without gradient: {missing}"
+    with torch.no_grad():
+        for conv in m.seg_head.lateral.values():
+            conv.weight.fill_(0.1)
+    assert not torch.allclose(m.seg_head(feats, image)["acdc"], m.seg_head([2 * f for f in feats], image)["acdc"])
+    for bad in ({"stage_images": False}, {"seg_unet_widths": (16,)}, {"seg_unet_widths": (16, 0)}):
+        with pytest.raises(ValueError, match="seg_unet_widths"):
+            get_config("tiny", **{"seg_unet_widths": (8, 16), **bad})
+
+
 def _conv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p for n, p in model.named_parameters() if p.ndim == 4]
 

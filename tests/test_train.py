@@ -409,6 +409,27 @@ def test_init_weights_warm_starts_a_new_architecture(tmp_path):
         _named_model(small(tmp_path, init_weights=str(tmp_path / "other")), list(old.cfg.modalities), heads, {})
 
 
+def test_train_only_trains_the_named_parameters_alone(tmp_path):
+    """``train_only: ["seg_head"]`` fine-tunes the segmentation head on a frozen network: after a few joint steps
+    every other tensor is bitwise the initial one, the head's changed; a prefix that names nothing is refused."""
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+
+    save_checkpoint(build_model("tiny", seed=3, seg_unet_widths=(8, 16, 32, 64)), tmp_path / "init")
+    cfg = small(tmp_path / "run", init_weights=str(tmp_path / "init"), train_only=["seg_head"],
+                model_overrides={"seg_unet_widths": [8, 16, 32, 64]}, lr=1e-2)
+    init = build_model("tiny", seed=3, seg_unet_widths=(8, 16, 32, 64)).state_dict()
+    final = next(e for e in iter_train(cfg) if e.kind == "done").model.state_dict()
+    head = [k for k in final if k.startswith("seg_head.")]
+    assert len(head) > 20 and len(final) - len(head) > 100
+    for k, v in final.items():
+        if not k.startswith("seg_head."):
+            torch.testing.assert_close(v, init[k], rtol=0, atol=0, msg=k)
+    assert sum(not torch.equal(final[k], init[k]) for k in head) > len(head) // 2
+    with pytest.raises(ValueError, match="train_only"):
+        next(e for e in iter_train(small(tmp_path / "bad", train_only=["no_such_module"])) if e.kind == "done")
+
+
 def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):
     """``dc_fraction``: a share of joint steps trains without k-space, drawn from (seed, step) only."""
     from types import SimpleNamespace

@@ -1,4 +1,5 @@
-"""Building blocks shared by the unfolding stages: norms, GDFN, prior cross-attention, resampling."""
+"""Building blocks shared by the unfolding stages and the heads: norms, GDFN, prior cross-attention,
+resampling, nnU-Net-style conv blocks."""
 
 from __future__ import annotations
 
@@ -104,3 +105,14 @@ def band_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     low = F.avg_pool2d(x, 2)
     return low, x - F.interpolate(low, scale_factor=2.0, mode="nearest")
+
+
+def conv_norm_act(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv (no bias) -> instance norm (GroupNorm with one channel per group, as nnU-Net) -> LeakyReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(cout, cout),
+                         nn.LeakyReLU(0.01, inplace=True))
+
+
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two :func:`conv_norm_act` as one flat Sequential (a U-Net level): (B, cin, H, W) -> (B, cout, H, W)."""
+    return nn.Sequential(*conv_norm_act(cin, cout), *conv_norm_act(cout, cout))

@@ -53,7 +53,7 @@ def run_cascade(model, y: torch.Tensor, kspace: torch.Tensor | None, mask: torch
         image = restored if restored is not None else y.float()
         image = F.pad(image, (0, pw, 0, ph), mode=mode) if ph or pw else image
         image = image.to(feats[0].dtype)
-        if model.cfg.seg_decoder_width:
+        if getattr(model.seg_head, "takes_pyramid", False):
             logits = model.seg_head(feats, image)
         elif model.cfg.seg_multiscale:
             logits = model.seg_head(feats[0], feats[min(1, len(feats) - 1)], image)

@@ -140,6 +140,10 @@ class VLDUNConfig:
     #: and the restored image (:class:`~napari_vldun.model.heads.SegmentationDecoder`; ``stage_images``
     #: configs only; overrides ``seg_multiscale``): a deviation for capacity, docs/architecture.md.
     seg_decoder_width: int = 0
+    #: non-empty: the segmentation head is a small U-Net of these widths on the restored image, with the U's
+    #: features added at their scales (:class:`~napari_vldun.model.heads.SegmentationUNet`; ``stage_images``
+    #: configs only; overrides ``seg_decoder_width``): a deviation for capacity, docs/architecture.md.
+    seg_unet_widths: tuple[int, ...] = ()
     #: ``stage_images`` only: every stage's features receive the current (data-consistent) estimate x_{k-1},
     #: embedded at the stage's level by a zero-initialised conv, so what data consistency restored reaches the
     #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
@@ -165,7 +169,7 @@ class VLDUNConfig:
         if unknown:
             raise ValueError(f"unknown VL-DUN config keys: {sorted(unknown)}")
         clip = ClipConfig(**d.pop("clip", {}))
-        for key in ("widths", "blocks", "expand", "modalities", "degradations"):
+        for key in ("widths", "blocks", "expand", "modalities", "degradations", "seg_unet_widths"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(clip=clip, **d)
@@ -178,6 +182,10 @@ class VLDUNConfig:
         if int(self.seg_decoder_width) < 0 or (self.seg_decoder_width and not self.stage_images):
             raise ValueError(f"config: seg_decoder_width must be >= 0 and needs stage_images, got "
                              f"{self.seg_decoder_width} (stage_images {self.stage_images})")
+        if self.seg_unet_widths and (not self.stage_images or len(self.seg_unet_widths) < 2
+                                     or min(self.seg_unet_widths) < 1):
+            raise ValueError(f"config: seg_unet_widths needs stage_images and at least two positive widths, got "
+                             f"{tuple(self.seg_unet_widths)} (stage_images {self.stage_images})")
         for kind, n in dict(self.cascades_by_mask).items():
             if kind not in MASK_KINDS:
                 raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")

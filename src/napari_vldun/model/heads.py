@@ -4,6 +4,8 @@
 * :class:`MultiScaleSegmentationHead` -- the last two decoder levels + the restored image (runs 10-17).
 * :class:`SegmentationDecoder` -- a light top-down decoder over the last three levels (``seg_decoder_width``):
   a deviation for segmentation capacity, docs/architecture.md "Segmentation head".
+* :class:`SegmentationUNet` -- a small U-Net on the restored image with the U's features added at their scales
+  (``seg_unet_widths``): a deviation for capacity, docs/architecture.md "Segmentation head".
 * :class:`StageImageHead` -- a stage's residual image (``stage_images`` configs).
 """
 
@@ -13,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "StageImageHead"]
+from .blocks import conv_norm_act, double_conv
+
+__all__ = ["SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "SegmentationUNet",
+           "StageImageHead"]
 
 
 def _classifiers(width: int, label_sets: dict[str, list[str]]) -> nn.ModuleDict:
@@ -62,12 +67,6 @@ class MultiScaleSegmentationHead(nn.Module):
         return {name: head(h) for name, head in self.classifiers.items()}
 
 
-def _conv_norm_act(cin: int, cout: int) -> nn.Sequential:
-    """3x3 conv -> instance norm (GroupNorm with one channel per group, as nnU-Net) -> LeakyReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(cout, cout),
-                         nn.LeakyReLU(0.01, inplace=True))
-
-
 class SegmentationDecoder(nn.Module):
     """A light top-down decoder (FPN-like) over the last three U levels and the restored image.
 
@@ -79,14 +78,16 @@ class SegmentationDecoder(nn.Module):
     1x1 classifier per label set. ~0.5 GMAC at 256x256 for width 32 and patch 2.
     """
 
+    takes_pyramid = True
+
     def __init__(self, channels: tuple[int, int, int], in_channels: int, patch: int, width: int,
                  label_sets: dict[str, list[str]]) -> None:
         super().__init__()
         self.patch = int(patch)
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.mid = _conv_norm_act(width, width)
+        self.mid = conv_norm_act(width, width)
         self.image_low = nn.Conv2d(in_channels * self.patch**2, width, 3, padding=1)
-        self.low = nn.Sequential(_conv_norm_act(width, width), _conv_norm_act(width, width))
+        self.low = nn.Sequential(conv_norm_act(width, width), conv_norm_act(width, width))
         half = max(width // 2, 1)
         self.to_full = nn.Conv2d(width, half, 1)
         self.image = nn.Conv2d(in_channels, half, 3, padding=1)
@@ -107,6 +108,53 @@ class SegmentationDecoder(nn.Module):
             t = F.interpolate(t, size=image.shape[-2:], mode="bilinear", align_corners=False)
         h = self.full(t + self.image(image))
         return {name: head(h) for name, head in self.classifiers.items()}
+
+
+class SegmentationUNet(nn.Module):
+    """A small U-Net (nnU-Net's 2-D shape, :func:`~napari_vldun.model.blocks.double_conv` per level) on the
+    restored image, with the unfolding U's features added where the resolutions meet.
+
+    ``feats`` [z0 (B, C0, H/p, W/p), z1 (B, C1, H/2p, ...), ...] (the refinement stage, then the decoder stages
+    and the bottleneck, as :meth:`VLDUN.unfold_images` returns them; p = ``patch``) and ``image`` (B, 1, H, W),
+    H a multiple of 2^(len(widths) - 1) -> {name: (B, n_classes, H, W)}. U level j joins the head's encoder at
+    level i = log2(p) + j through a zero-initialised 1x1 lateral, so a fresh head starts as a plain U-Net on the
+    restored image and learns how much of the unfolding features to use. (16, 32, 64, 128): 0.63 M parameters,
+    2.5 GMAC at 256x256 (the plain U-Net baseline's shape and cost).
+    """
+
+    takes_pyramid = True
+
+    def __init__(self, widths: tuple[int, ...], feat_channels: tuple[int, ...], patch: int, in_channels: int,
+                 label_sets: dict[str, list[str]]) -> None:
+        super().__init__()
+        w = list(widths)
+        if len(w) < 2:
+            raise ValueError(f"seg_unet_widths needs at least two levels, got {tuple(widths)}")
+        self.enc = nn.ModuleList(double_conv(in_channels if i == 0 else w[i], w[i]) for i in range(len(w)))
+        self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in range(len(w) - 1))
+        self.dec = nn.ModuleList(double_conv(2 * w[i], w[i]) for i in range(len(w) - 1))
+        offset = int(patch).bit_length() - 1  # log2(patch)
+        #: head encoder level -> U level whose features join there
+        self.joins = {offset + j: j for j in range(len(feat_channels)) if offset + j < len(w)}
+        self.lateral = nn.ModuleDict({str(i): nn.Conv2d(feat_channels[j], w[i], 1) for i, j in self.joins.items()})
+        for conv in self.lateral.values():
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.classifiers = _classifiers(w[0], label_sets)
+
+    def forward(self, feats: list[torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        z, skips = image, []
+        for i, enc in enumerate(self.enc):
+            z = enc(z)
+            if i in self.joins:
+                z = z + self.lateral[str(i)](feats[self.joins[i]])
+            if i < len(self.down):
+                skips.append(z)
+                z = self.down[i](z)
+        for i in reversed(range(len(self.up))):
+            z = self.dec[i](torch.cat([self.up[i](z), skips[i]], 1))
+        return {name: head(z) for name, head in self.classifiers.items()}
 
 
 class StageImageHead(nn.Module):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io.atomic import write_json
+from .blocks import double_conv
 from .checkpoint import atomic_write
 
 __all__ = ["UNetConfig", "UNet", "save_unet", "load_unet"]
@@ -29,12 +30,6 @@ class UNetConfig:
     classes: list = field(default_factory=lambda: ["background", "RV", "myocardium", "LV"])
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01))
-
-
 class UNet(nn.Module):
     """(B, 1, H, W) in [0, 1] -> logits (B, n_classes, H, W); any H, W (padded to a multiple of 2^levels)."""
 
@@ -42,10 +37,10 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = list(cfg.widths)
-        self.enc = nn.ModuleList(_block(1 if i == 0 else w[i], w[i]) for i in range(len(w)))
+        self.enc = nn.ModuleList(double_conv(1 if i == 0 else w[i], w[i]) for i in range(len(w)))
         self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
         self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in range(len(w) - 1))
-        self.dec = nn.ModuleList(_block(2 * w[i], w[i]) for i in range(len(w) - 1))
+        self.dec = nn.ModuleList(double_conv(2 * w[i], w[i]) for i in range(len(w) - 1))
         self.head = nn.Conv2d(w[0], len(cfg.classes), 1)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

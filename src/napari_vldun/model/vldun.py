@@ -14,7 +14,8 @@ from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
 from .config import VLDUNConfig, get_config
-from .heads import MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, StageImageHead
+from .heads import (MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, SegmentationUNet,
+                    StageImageHead)
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
 from .unfolding import StageSettings, UnfoldingStage
 
@@ -118,6 +119,8 @@ class VLDUN(nn.Module):
             self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
         if not cfg.seg_head:
             self.seg_head = None
+        elif cfg.seg_unet_widths:
+            self.seg_head = SegmentationUNet(tuple(cfg.seg_unet_widths), tuple(w), p, cfg.in_channels, cfg.label_sets)
         elif cfg.seg_decoder_width:
             self.seg_head = SegmentationDecoder(tuple(w[min(i, L - 1)] for i in range(3)), cfg.in_channels, p,
                                                 cfg.seg_decoder_width, cfg.label_sets)
@@ -133,7 +136,9 @@ class VLDUN(nn.Module):
 
     @property
     def multiple(self) -> int:
-        return 2 ** len(self.cfg.widths) * int(self.cfg.patch)
+        """Input sizes are padded to a multiple of this (the U's and the segmentation U-Net's depth)."""
+        m = 2 ** len(self.cfg.widths) * int(self.cfg.patch)
+        return max(m, 2 ** (len(self.cfg.seg_unet_widths) - 1)) if self.cfg.seg_unet_widths else m
 
     @property
     def stage_levels(self) -> list[int]:

@@ -51,7 +51,7 @@ IMMUTABLE_ON_RESUME = (
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
     "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment",
-    "stage_monotone", "init_priors",
+    "stage_monotone", "init_priors", "train_only",
 )
 
 
@@ -151,6 +151,9 @@ class TrainConfig:
     #: name and shape (a warm start across an architecture change, e.g. adding ``stage_feedback``); the others
     #: keep their initialisation and are listed in the log. None: none.
     init_weights: Optional[str] = None
+    #: parameter-name prefixes (e.g. ``["seg_head"]``) that train in the joint phase; every other parameter stays
+    #: as loaded (a head fine-tuned on a frozen, already trained unfolding network). None: all train.
+    train_only: Optional[list] = None
     #: with ``data_consistency``: share of joint-phase steps that give the network its k-space; the other
     #: steps train it on the magnitude image alone (a user file without k-space). Drawn per step from
     #: (seed, step), the same on every rank. Runs saved before this field existed used 1.

@@ -235,6 +235,14 @@ class Trainer:
             frozen += [] if self.cfg.w_deg > 0 else [pri.logit_scale]
             for p in frozen:
                 p.requires_grad_(False)
+        if self.cfg.train_only:
+            prefixes = tuple(self.cfg.train_only)
+            keep = [n for n, _ in m.named_parameters() if n.startswith(prefixes)]
+            if not keep:
+                raise ValueError(f"train_only {list(prefixes)} matches no parameter of the model")
+            for n, p in m.named_parameters():
+                if not n.startswith(prefixes):
+                    p.requires_grad_(False)
         return m
 
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
