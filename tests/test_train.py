@@ -428,6 +428,11 @@ def test_train_only_trains_the_named_parameters_alone(tmp_path):
     assert sum(not torch.equal(final[k], init[k]) for k in head) > len(head) // 2
     with pytest.raises(ValueError, match="train_only"):
         next(e for e in iter_train(small(tmp_path / "bad", train_only=["no_such_module"])) if e.kind == "done")
+    with pytest.raises(ValueError, match="train_only must be a list"):
+        small(tmp_path / "bad", train_only=[3]).validate()
+    one = small(tmp_path / "one", train_only="seg_head")
+    one.validate()
+    assert one.train_only == ["seg_head"]  # a bare string is one prefix, not one per character
 
 
 def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):

@@ -116,3 +116,31 @@ def conv_norm_act(cin: int, cout: int) -> nn.Sequential:
 def double_conv(cin: int, cout: int) -> nn.Sequential:
     """Two :func:`conv_norm_act` as one flat Sequential (a U-Net level): (B, cin, H, W) -> (B, cout, H, W)."""
     return nn.Sequential(*conv_norm_act(cin, cout), *conv_norm_act(cout, cout))
+
+
+class UNetTrunk(nn.Module):
+    """nnU-Net's 2-D encoder-decoder without a classifier: per level :func:`double_conv`, strided-conv down,
+    transposed-conv up, skip concatenation. Shared by the U-Net baseline and the U-Net segmentation head."""
+
+    def __init__(self, widths: tuple[int, ...], in_channels: int) -> None:
+        super().__init__()
+        w = list(widths)
+        self.enc = nn.ModuleList(double_conv(in_channels if i == 0 else w[i], w[i]) for i in range(len(w)))
+        self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in range(len(w) - 1))
+        self.dec = nn.ModuleList(double_conv(2 * w[i], w[i]) for i in range(len(w) - 1))
+
+    def trunk(self, z: torch.Tensor, add: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, in_channels, H, W), H and W multiples of 2^(levels - 1) -> (B, widths[0], H, W). ``add``: encoder
+        level -> a tensor added to that level's features (before the skip and the down step)."""
+        skips = []
+        for i, enc in enumerate(self.enc):
+            z = enc(z)
+            if add and i in add:
+                z = z + add[i]
+            if i < len(self.down):
+                skips.append(z)
+                z = self.down[i](z)
+        for i in reversed(range(len(self.up))):
+            z = self.dec[i](torch.cat([self.up[i](z), skips[i]], 1))
+        return z

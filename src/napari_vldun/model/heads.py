@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv_norm_act, double_conv
+from .blocks import UNetTrunk, conv_norm_act
 
 __all__ = ["SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "SegmentationUNet",
            "StageImageHead"]
@@ -110,8 +110,8 @@ class SegmentationDecoder(nn.Module):
         return {name: head(h) for name, head in self.classifiers.items()}
 
 
-class SegmentationUNet(nn.Module):
-    """A small U-Net (nnU-Net's 2-D shape, :func:`~napari_vldun.model.blocks.double_conv` per level) on the
+class SegmentationUNet(UNetTrunk):
+    """A small U-Net (:class:`~napari_vldun.model.blocks.UNetTrunk`, the plain U-Net baseline's trunk) on the
     restored image, with the unfolding U's features added where the resolutions meet.
 
     ``feats`` [z0 (B, C0, H/p, W/p), z1 (B, C1, H/2p, ...), ...] (the refinement stage, then the decoder stages
@@ -126,14 +126,10 @@ class SegmentationUNet(nn.Module):
 
     def __init__(self, widths: tuple[int, ...], feat_channels: tuple[int, ...], patch: int, in_channels: int,
                  label_sets: dict[str, list[str]]) -> None:
-        super().__init__()
-        w = list(widths)
-        if len(w) < 2:
+        if len(widths) < 2:
             raise ValueError(f"seg_unet_widths needs at least two levels, got {tuple(widths)}")
-        self.enc = nn.ModuleList(double_conv(in_channels if i == 0 else w[i], w[i]) for i in range(len(w)))
-        self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in range(len(w) - 1))
-        self.dec = nn.ModuleList(double_conv(2 * w[i], w[i]) for i in range(len(w) - 1))
+        super().__init__(tuple(widths), in_channels)
+        w = list(widths)
         offset = int(patch).bit_length() - 1  # log2(patch)
         #: head encoder level -> U level whose features join there
         self.joins = {offset + j: j for j in range(len(feat_channels)) if offset + j < len(w)}
@@ -144,16 +140,7 @@ class SegmentationUNet(nn.Module):
         self.classifiers = _classifiers(w[0], label_sets)
 
     def forward(self, feats: list[torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
-        z, skips = image, []
-        for i, enc in enumerate(self.enc):
-            z = enc(z)
-            if i in self.joins:
-                z = z + self.lateral[str(i)](feats[self.joins[i]])
-            if i < len(self.down):
-                skips.append(z)
-                z = self.down[i](z)
-        for i in reversed(range(len(self.up))):
-            z = self.dec[i](torch.cat([self.up[i](z), skips[i]], 1))
+        z = self.trunk(image, {i: self.lateral[str(i)](feats[j]) for i, j in self.joins.items()})
         return {name: head(z) for name, head in self.classifiers.items()}
 
 

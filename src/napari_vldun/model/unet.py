@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io.atomic import write_json
-from .blocks import double_conv
+from .blocks import UNetTrunk
 from .checkpoint import atomic_write
 
 __all__ = ["UNetConfig", "UNet", "save_unet", "load_unet"]
@@ -30,33 +30,20 @@ class UNetConfig:
     classes: list = field(default_factory=lambda: ["background", "RV", "myocardium", "LV"])
 
 
-class UNet(nn.Module):
+class UNet(UNetTrunk):
     """(B, 1, H, W) in [0, 1] -> logits (B, n_classes, H, W); any H, W (padded to a multiple of 2^levels)."""
 
     def __init__(self, cfg: UNetConfig) -> None:
-        super().__init__()
+        super().__init__(tuple(cfg.widths), 1)
         self.cfg = cfg
-        w = list(cfg.widths)
-        self.enc = nn.ModuleList(double_conv(1 if i == 0 else w[i], w[i]) for i in range(len(w)))
-        self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in range(len(w) - 1))
-        self.dec = nn.ModuleList(double_conv(2 * w[i], w[i]) for i in range(len(w) - 1))
-        self.head = nn.Conv2d(w[0], len(cfg.classes), 1)
+        self.head = nn.Conv2d(cfg.widths[0], len(cfg.classes), 1)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         h, w = y.shape[-2:]
         m = 2 ** (len(self.cfg.widths) - 1)
         ph, pw = (-h) % m, (-w) % m
         z = F.pad(y, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate") if ph or pw else y
-        skips = []
-        for i, enc in enumerate(self.enc):
-            z = enc(z)
-            if i < len(self.down):
-                skips.append(z)
-                z = self.down[i](z)
-        for i in reversed(range(len(self.up))):
-            z = self.dec[i](torch.cat([self.up[i](z), skips[i]], 1))
-        return self.head(z)[..., :h, :w]
+        return self.head(self.trunk(z))[..., :h, :w]
 
 
 def save_unet(model: UNet, path: str | Path, meta: dict | None = None) -> Path:

@@ -251,6 +251,11 @@ class TrainConfig:
             unknown = [s for s in val if s not in SOURCES]
             if unknown:
                 raise bad(f"{key}: unknown sources {unknown}; known: {sorted(SOURCES)}")
+        if self.train_only is not None:  # a bare string would be read as one prefix per character
+            names = [self.train_only] if isinstance(self.train_only, str) else list(self.train_only)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise bad(f"train_only must be a list of parameter-name prefixes, got {self.train_only!r}")
+            self.train_only = names
         for key in ("crop", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
