@@ -54,7 +54,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
                            overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
                            cascades=args.cascades, precision=args.precision, tile=args.tile,
-                           dicom_seg=not args.no_dicom_seg)
+                           dicom_seg=not args.no_dicom_seg, compile=args.compile)
     print(dumps_json(summary))
     return 0
 
@@ -83,7 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, sample=args.sample, weights=args.weights, device=args.device,
                        overwrite=args.overwrite, data_consistency=not args.no_dc, cascades=args.cascades,
-                       precision=args.precision)
+                       precision=args.precision, compile=args.compile)
     print(dumps_json(summary))
     return 0
 
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         s.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
         add_precision_arg(s)
+        s.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (faster on volumes of many slices of one size; the first "
+                            "slice of each size compiles, ~1 min cold; runs eager where no C++ compiler exists)")
 
     def add_precision_arg(s: argparse.ArgumentParser, default: str | None = "fp32") -> None:
         s.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=default,

@@ -20,6 +20,7 @@ from .model import VLDUN, build_model
 from .degradation.masks import mask_kind
 from .degradation.measurement import Measurement, MeasurementError
 from .model.checkpoint import CheckpointError, load_checkpoint
+from .model.compiled import COMPILE_ERRORS, compile_unavailable, compiled_copy
 from .model.precision import Precision, autocast
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
 
@@ -58,6 +59,21 @@ class LoadedModel:
     source: str  # checkpoint path, or "random weights (...)"
     random_weights: bool
     meta: dict = field(default_factory=dict)
+    #: the eager model when ``model`` is its compiled copy (:func:`compile_loaded`), kept as the fallback.
+    eager: VLDUN | None = None
+    #: why a requested compile is not used (no compiler, or it failed at its first call), else None.
+    compile_note: str | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """True while ``model`` is a compiled copy (until a failed compile falls back to eager)."""
+        return self.eager is not None
+
+    def fall_back(self, reason: str) -> None:
+        """Run eager from now on (the compiled copy failed), remembering ``reason``."""
+        if self.eager is not None:
+            self.model, self.eager = self.eager, None
+        self.compile_note = reason
 
     @property
     def label_sets(self) -> dict[str, list[str]]:
@@ -68,20 +84,40 @@ class LoadedModel:
         return self.model.cfg.label_colors
 
 
-def load_model(weights: str | Path | None = None, device: str = "auto", config: str = "tiny") -> LoadedModel:
+def load_model(weights: str | Path | None = None, device: str = "auto", config: str = "tiny",
+               compile: bool = False) -> LoadedModel:
     """Load ``weights`` (a local checkpoint), else the shipped checkpoint, else -- only if none is
-    shipped -- a randomly initialised ``config`` model, flagged ``random_weights=True``."""
+    shipped -- a randomly initialised ``config`` model, flagged ``random_weights=True``.
+    ``compile``: run a ``torch.compile``d copy (:func:`compile_loaded`)."""
     dev = resolve_device(device)
     if weights is None and SHIPPED_WEIGHTS.with_suffix(".json").exists():
         weights = SHIPPED_WEIGHTS
     if weights is None:
         warnings.warn("no shipped checkpoint found: using a randomly initialised model", stacklevel=2)
-        return LoadedModel(build_model(config).to(dev).eval(), dev, f"random weights ({config})", True)
-    try:
-        model, meta = load_checkpoint(weights, dev)
-    except CheckpointError as exc:
-        raise InferenceError(str(exc)) from exc
-    return LoadedModel(model, dev, str(weights), False, meta)
+        loaded = LoadedModel(build_model(config).to(dev).eval(), dev, f"random weights ({config})", True)
+    else:
+        try:
+            model, meta = load_checkpoint(weights, dev)
+        except CheckpointError as exc:
+            raise InferenceError(str(exc)) from exc
+        loaded = LoadedModel(model, dev, str(weights), False, meta)
+    return compile_loaded(loaded) if compile else loaded
+
+
+def compile_loaded(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` running a compiled copy of its model (:func:`~napari_vldun.model.compiled.compiled_copy`;
+    faster on volumes, the first slice of each size compiles), the eager model kept as the fallback. Where
+    nothing can compile (no C++ compiler / triton) it stays eager and ``compile_note`` says why; a compile
+    that fails at its first call falls back to eager in :func:`iter_predict`. Idempotent."""
+    if loaded.compiled:
+        return loaded
+    reason = compile_unavailable(loaded.device)
+    if reason is not None:
+        loaded.compile_note = f"running eager: {reason}"
+        return loaded
+    loaded.eager, loaded.model = loaded.model, compiled_copy(loaded.model)
+    loaded.compile_note = None
+    return loaded
 
 
 @dataclass
@@ -270,6 +306,8 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
                              context=lambda: autocast(device, precision), interrupt=interrupt)
         with autocast(device, precision):
             return model(y, return_stages=return_stages, interrupt=interrupt, **dc)
+    except COMPILE_ERRORS:
+        raise  # not an out-of-memory even when the compiler's message says "memory"
     except (_OOM, RuntimeError) as exc:
         if not isinstance(exc, _OOM) and "memory" not in str(exc).lower():
             raise
@@ -356,8 +394,16 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     restored, seg_logits, mod, deg, stages, levels, stage_passes = [], [], [], [], [], [], []
     for n, z in enumerate(idx):
         meas = (measurement.kspace[z], measurement.mask[z]) if measurement is not None else (None, None)
-        out = _run_slice(model, dev, vol[z], return_stages, *meas, cascades=cascades, precision=precision,
-                         tile=tile, interrupt=interrupt)
+        run = dict(cascades=cascades, precision=precision, tile=tile, interrupt=interrupt)
+        try:
+            out = _run_slice(model, dev, vol[z], return_stages, *meas, **run)
+        except COMPILE_ERRORS as exc:
+            if not loaded.compiled:
+                raise
+            loaded.fall_back(f"torch.compile failed ({type(exc).__name__}); running eager")
+            warnings.warn(loaded.compile_note, stacklevel=2)
+            model = loaded.model
+            out = _run_slice(model, dev, vol[z], return_stages, *meas, **run)
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})

@@ -19,8 +19,8 @@ import numpy as np
 from . import __version__
 from .degradation.measurement import Measurement, MeasurementError
 from .metrics import dice, iou, psnr, ssim
-from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, iter_predict,
-                        label_set_warning, load_model, passes)
+from .inference import (InferenceError, LoadedModel, Prediction, Progress, check_tiling, compile_loaded,
+                        iter_predict, label_set_warning, load_model, passes)
 from .io import read_image, read_label, write_nifti, write_png
 from .io.atomic import OutputPathError, atomic_outputs, check_out_dir, check_outputs, write_json, write_with
 from .io.dicom_seg import DicomSegError, SegSource, build_dicom_seg
@@ -171,7 +171,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                  progress: bool = True, loaded: LoadedModel | None = None,
                  kspace: str | Path | Measurement | None = None,
                  cascades: int | None = None, precision: str = "fp32", tile: int | None = None,
-                 dicom_seg: bool = True) -> dict:
+                 dicom_seg: bool = True, compile: bool = False) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
     ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
     For a DICOM series (a folder, or one single-frame ``.dcm``) the labels are also written as
@@ -181,7 +181,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     ``kspace``: the known acquisition of the input (a ``.npz`` from :meth:`Measurement.save`, or a
     :class:`Measurement`), checked against the input, for data consistency; ``cascades`` passes of
     the network with it (default: the checkpoint's for the mask's kind; fewer is faster). Without ``kspace``
-    there is one pass.
+    there is one pass. ``compile``: run a ``torch.compile``d copy of the model (faster on volumes of many
+    slices; the first slice compiles; eager where no compiler exists, see :func:`~napari_vldun.inference.compile_loaded`).
 
     All paths, the model and the reference labels are checked before the network runs; the outputs are
     checked to be finite and then written together (all or none). ``metrics.json`` is strict JSON: a
@@ -198,6 +199,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     check_inputs(input=input_path, **{"--labels": labels, "--clean": clean,
                                       "--kspace": kspace if isinstance(kspace, (str, Path)) else None})
     loaded = loaded or load_model(weights, device)
+    if compile:
+        loaded = compile_loaded(loaded)
     if label_set is not None and label_set not in loaded.label_sets:
         raise InferenceError(f"--label-set {label_set!r} is not in this checkpoint; it has {sorted(loaded.label_sets)}")
     vol = read_image(input_path)
@@ -281,6 +284,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "data_consistency": measurement is not None,
         "cascades": n_passes,
         "precision": precision,
+        "compiled": loaded.compiled,
+        "compile_note": loaded.compile_note,
         "tile": used_tile,
         "label_set_warning": label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
         "seconds": round(wall, 3),
@@ -344,7 +349,7 @@ def sample_measurement(sample: str) -> Measurement:
 
 def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weights: str | Path | None = None,
              device: str = "auto", overwrite: bool = False, data_consistency: bool = True,
-             cascades: int | None = None, precision: str = "fp32") -> dict:
+             cascades: int | None = None, precision: str = "fp32", compile: bool = False) -> dict:
     """Run the model on a bundled sample (its degraded image), scored against its clean image and labels;
     with its acquisition (:func:`sample_measurement`) for data consistency (over ``cascades`` passes,
     default the checkpoint's) unless told otherwise."""
@@ -357,4 +362,4 @@ def run_demo(out_dir: str | Path = "vldun-demo", *, sample: str = "acdc", weight
                         label_set=s.get("label_set"), labels=d / s["files"]["labels"],
                         clean=d / s["files"]["clean"], overwrite=overwrite,
                         kspace=sample_measurement(sample) if data_consistency else None, cascades=cascades,
-                        precision=precision)
+                        precision=precision, compile=compile)

@@ -9,12 +9,13 @@ in :mod:`._workers`.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from qtpy.QtWidgets import QComboBox, QLabel
 
-from ..inference import SHIPPED_WEIGHTS, InferenceError, load_model, resolve_device
+from ..inference import SHIPPED_WEIGHTS, InferenceError, compile_loaded, load_model, resolve_device
 from ..model import CONFIGS, get_config
 from ..model.checkpoint import checkpoint_paths, read_checkpoint_config
 from ..model.config import LABEL_COLORS, LABEL_SETS
@@ -68,9 +69,10 @@ def _weights_key(weights: str | Path | None) -> tuple:
     return (str(Path(weights).expanduser().resolve()), stamp)
 
 
-def get_model(weights: str | Path | None, device: str):
-    """:func:`napari_vldun.inference.load_model`, cached per (checkpoint file + mtime, device).
-    Runs in worker threads; returns ``LoadedModel``."""
+def get_model(weights: str | Path | None, device: str, compile: bool = False):
+    """:func:`napari_vldun.inference.load_model`, cached per (checkpoint file + mtime, device); ``compile``:
+    its compiled copy (:func:`~napari_vldun.inference.compile_loaded`, cached beside it, so that each size
+    compiles once per session). Runs in worker threads; returns ``LoadedModel``."""
     import warnings
 
     avoid_llvm_clash()
@@ -82,9 +84,15 @@ def get_model(weights: str | Path | None, device: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "no shipped checkpoint": shown in the widget
                 loaded = load_model(weights, dev)
-            _MODEL_CACHE.clear()  # keep one model in memory
+            _MODEL_CACHE.clear()  # keep one model (and its compiled copy) in memory
             _MODEL_CACHE[key] = loaded
-        return loaded
+        if not compile:
+            return loaded
+        fast = _MODEL_CACHE.get((*key, "compiled"))
+        if fast is None:
+            fast = compile_loaded(replace(loaded, eager=None, compile_note=None))
+            _MODEL_CACHE[(*key, "compiled")] = fast
+        return fast
 
 
 def free_memory(device: Any = None) -> None:

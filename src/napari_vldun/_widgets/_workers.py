@@ -104,7 +104,8 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
                 slices: list[int] | None = None, return_stages: bool = False,
                 measurement: Measurement | None = None, cascades: int | None = None,
                 precision: str = "fp32", return_uncertainty: bool = False,
-                cancel: threading.Event | None = None, ask_label_set: bool = False) -> Iterator[Status | Progress]:
+                cancel: threading.Event | None = None, ask_label_set: bool = False,
+                compile: bool = False) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``measurement``: its known acquisition (data consistency), over
@@ -112,14 +113,15 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     the per-pixel normalised entropy too (``Prediction.uncertainty``); ``cancel``: once set, the job stops
     at the next stage (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
     ``label_set=None``): first check the automatic label set against the modality prior and return a
-    :class:`LabelSetQuestion` instead of running when it may not fit. Yields ``Status`` (the last one, as the
+    :class:`LabelSetQuestion` instead of running when it may not fit; ``compile``: a ``torch.compile``d copy
+    of the model (:func:`napari_vldun.inference.compile_loaded`, eager where it cannot compile). Yields ``Status`` (the last one, as the
     slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
     :class:`Failure`.
     """
     t0 = time.perf_counter()
     try:
         yield Status("loading the model ...")
-        loaded = get_model(weights, device)
+        loaded = get_model(weights, device, compile)
         idx = list(range(image.shape[0])) if slices is None else [int(z) for z in slices]
         if ask_label_set and label_set is None:
             yield Status("checking the label set against the modality prior ...")

@@ -118,16 +118,21 @@ class MeasurementChooser:
         self.precision.addItems(["fp32", "bf16", "auto"])
         self.precision.setToolTip("bf16: convolutions and matrix products in bfloat16 (faster on CPUs with "
                                   "AVX512-bf16 and on GPUs; within 0.1 dB of fp32 for the shipped model)")
+        self.compile = QCheckBox("compile the network")
+        self.compile.setToolTip("torch.compile: faster on volumes of many slices of one size; the first slice of "
+                                "each size compiles (about a minute on a CPU); runs as usual where no C++ "
+                                "compiler exists")
         form.addRow("", self.use_kspace)
         form.addRow("passes", self.passes)
         form.addRow("precision", self.precision)
+        form.addRow("", self.compile)
 
     def inputs(self, layer, data: np.ndarray) -> tuple[np.ndarray, dict, dict]:
         """``(unit, params, dc)`` for ``layer`` (its array ``data``): the ``(Z, H, W)`` stack in [0, 1] the
         network gets, its normalisation and the :func:`._workers.predict_job` keywords of the recorded
         measurement (:func:`._layers.layer_measurement`; empty when unused or there is none)."""
         meas = layer_measurement(layer, data) if self.use_kspace.isChecked() else None
-        prec = {"precision": self.precision.currentText()}
+        prec = {"precision": self.precision.currentText(), "compile": self.compile.isChecked()}
         if meas is None:
             unit, params = unit_stack(layer, data)
             return unit, params, prec
