@@ -24,7 +24,8 @@ def main(dirs: list[str]) -> None:
             gain = "" if zf is None or zf.get("psnr") is None else f" ({net['psnr'] - zf['psnr']:+.2f} over zero-filled)"
             mono = net.get("stages_monotone")
             print(f"{f.stem}: PSNR {net['psnr']:.2f} dB{gain}, Dice {net.get('dice')}, whole {net.get('dice_whole')}, "
-                  f"per class {net.get('dice_per_class')}, monotone {mono}, n {net.get('n_slices')}")
+                  f"per class {net.get('dice_per_class')}, per volume {net.get('dice_volume')}, monotone {mono}, "
+                  f"n {net.get('n_slices')}")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,21 @@ def test_markdown_table_layout() -> None:
             {"method": "a", "dataset": "d2", "psnr": 20.0, "ssim": 0.5, "dice": 0.7, "iou": 0.6}]
     md = markdown_table(rows).splitlines()
     assert md[0].startswith("| Method | d1 PSNR") and md[2] == "| a | 30.00 | 0.9000 | - | - | 20.00 | 0.5000 | 0.7000 | 0.6000 |"
+
+
+def test_volume_dice_counts_all_slices_of_a_volume_at_once() -> None:
+    from napari_vldun.evaluate.runner import Case, Evaluator, Scores
+
+    ev = Evaluator(None, {}, False, 0, 0.0, None)
+    ref = np.zeros((2, 4, 4), np.uint8)
+    ref[0, :2, :2] = 1  # class 1: 4 px on slice 0 of volume "a"
+    pred = ref.copy()
+    pred[1, 2:, 2:] = 1  # 4 false-positive px on slice 1, which has no foreground
+    for z in range(2):
+        ev._score("m", Case("d", f"a:{z}", np.zeros((4, 4)), ref[z], "cartesian", None), None, pred[z], 2)
+    ev._score("m", Case("d", "b:0", np.zeros((4, 4)), ref[0], "cartesian", None), None, ref[0], 2)
+    s: Scores = ev.scores[("m", "d")]
+    summary = s.summary()
+    assert summary["dice"] == 1.0  # per slice: only slices with foreground count, both perfect
+    assert summary["n_volumes"] == 2
+    assert summary["dice_volume"] == pytest.approx((2 * 4 / (8 + 4) + 1.0) / 2, abs=1e-4)  # volume a 0.667, b 1

@@ -73,6 +73,18 @@ class Scores:
     dice_class: dict = field(default_factory=dict)
     #: per slice: does its stage PSNR never fall from one stage (and pass) to the next?
     monotone: list = field(default_factory=list)
+    #: volume id -> (predicted, reference) label slices of every evaluated slice of it, empty ones included
+    #: (for the per-volume "3-D" Dice of the ACDC challenge, :attr:`summary`'s ``dice_volume``).
+    volumes: dict = field(default_factory=dict)
+    n_classes: int | None = None
+
+    def volume_dice(self) -> float | None:
+        """Mean over volumes of the mean Dice over the classes present in the volume, counted over all its
+        evaluated slices at once (false positives on slices without the class count)."""
+        vals = [dice(np.stack(p), np.stack(t), self.n_classes) for p, t in self.volumes.values()
+                if len({a.shape for a in p}) == 1]
+        vals = [v for v in vals if not math.isnan(v)]
+        return round(float(np.mean(vals)), 4) if vals else None
 
     def summary(self) -> dict:
         def mean(v: list) -> float | None:
@@ -83,6 +95,8 @@ class Scores:
                "dice_whole": mean(self.dice_whole),
                "dice_per_class": {str(k): mean(v) for k, v in sorted(self.dice_class.items())} or None,
                "stages_monotone": mean([float(m) for m in self.monotone]),
+               "dice_volume": self.volume_dice() if self.n_classes else None,
+               "n_volumes": len(self.volumes),
                "n_slices": max(len(self.psnr), len(self.dice))}
         return out
 
@@ -184,6 +198,11 @@ class Evaluator:
             r = np.clip(restored, 0, 1)
             s.psnr.append(psnr(r, case.clean))
             s.ssim.append(ssim(r, case.clean))
+        if labels is not None and case.label is not None and n_classes:
+            s.n_classes = n_classes
+            p, t = s.volumes.setdefault(case.name.rsplit(":", 1)[0], ([], []))
+            p.append(np.asarray(labels))
+            t.append(np.asarray(case.label))
         if labels is not None and case.label is not None and n_classes and case.label.any():
             s.dice.append(dice(labels, case.label, n_classes))
             s.iou.append(iou(labels, case.label, n_classes))
@@ -248,9 +267,11 @@ class Evaluator:
 
 
 def extra_table(rows: list[dict]) -> str:
-    """Per method and dataset: whole-foreground Dice, Dice per class and the share of slices whose stage PSNR
-    never falls (methods with stage estimates only)."""
-    lines = ["| Method | Dataset | Dice (any label) | Dice per class | stages monotone |", "|---|---|---:|---|---:|"]
+    """Per method and dataset: whole-foreground Dice, Dice per class, Dice per volume (all slices of a volume
+    counted at once, the number of volumes in brackets) and the share of slices whose stage PSNR never falls
+    (methods with stage estimates only)."""
+    lines = ["| Method | Dataset | Dice (any label) | Dice per class | Dice per volume | stages monotone |",
+             "|---|---|---:|---|---:|---:|"]
     for r in rows:
         if r["dataset"] == "average" or (r.get("dice_whole") is None and r.get("stages_monotone") is None):
             continue
@@ -258,7 +279,8 @@ def extra_table(rows: list[dict]) -> str:
         per_txt = ", ".join(f"{k}: {'-' if v is None else f'{v:.3f}'}" for k, v in per.items()) or "-"
         whole = "-" if r.get("dice_whole") is None else f"{r['dice_whole']:.4f}"
         mono = "-" if r.get("stages_monotone") is None else f"{100 * r['stages_monotone']:.1f} %"
-        lines.append(f"| {r['method']} | {r['dataset']} | {whole} | {per_txt} | {mono} |")
+        vol = "-" if r.get("dice_volume") is None else f"{r['dice_volume']:.4f} ({r['n_volumes']})"
+        lines.append(f"| {r['method']} | {r['dataset']} | {whole} | {per_txt} | {vol} | {mono} |")
     return "\n".join(lines)
 
 
