@@ -250,7 +250,7 @@ def test_joint_samples_carry_their_measurement() -> None:
 def test_prior_mode_covers_all_degradations() -> None:
     ds = _ds(["acdc", "covid_ct", "spinalcord_mri"], mode="prior", crop=32,
              max_slices_per_source=25)
-    seen = set()
+    seen, inside = set(), []
     for i in range(len(ds)):
         s = ds[i]
         name = DEGRADATIONS[int(s["degradation"])]
@@ -302,3 +302,26 @@ def test_make_loader_batches() -> None:
     with pytest.raises(ValueError):
         make_loader(full, batch_size=2, shuffle=False)
     assert next(iter(make_loader(full, 1, False)))["clean"].shape[0] == 1
+
+
+def test_source_crops_cut_a_smaller_window_and_pad_it_to_the_batch_size() -> None:
+    kw = dict(crop=96, max_slices_per_source=6, foreground_oversample=1.0, augment=False, seed=3)
+    ds = _ds(["acdc", "brats2015"], source_crops={"brats2015": 40}, **kw)
+    plain = _ds(["acdc", "brats2015"], **kw)
+    seen, inside = set(), []
+    for i in range(len(ds)):
+        info, item, ref = ds.item_info(i), ds[i], plain[i]
+        assert item["clean"].shape == (1, 96, 96) and item["label"].shape == (96, 96)
+        if info["source"] == "brats2015":
+            outside = np.ones((96, 96), bool)
+            outside[28:68, 28:68] = False  # the 40 px window sits in the middle, zeros around it
+            assert item["clean"][0][outside].abs().max() == 0 and (item["label"][outside] == 0).all()
+            inside.append(float(item["clean"][0][~outside].abs().max()))
+        else:  # other sources are untouched
+            assert torch.equal(item["clean"], ref["clean"]) and torch.equal(item["label"], ref["label"])
+        seen.add(info["source"])
+    assert seen == {"acdc", "brats2015"} and max(inside) > 0
+    for bad, match in (({"covid_ct": 40}, "not one of the sources"), ({"brats2015": 200}, r"\[8, crop=96\]"),
+                       ({"brats2015": 4.5}, "integer")):
+        with pytest.raises(ValueError, match=match):
+            _ds(["acdc", "brats2015"], source_crops=bad, **kw)

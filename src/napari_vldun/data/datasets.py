@@ -215,6 +215,22 @@ def _check_range(r, what: str) -> tuple[float, float]:
     return lo, hi
 
 
+def check_source_crops(crops: dict, sources: Sequence[str], crop: Optional[int]) -> dict[str, int]:
+    """``{source: window}`` checked: known sources of ``sources``, integer windows in [8, ``crop``]."""
+    if not isinstance(crops, dict):
+        raise ValueError(f"source_crops must be a {{source: size}} table, got {crops!r}")
+    if crops and crop is None:
+        raise ValueError("source_crops needs a crop size (crop=None takes whole slices)")
+    out = {}
+    for k, v in crops.items():
+        if k not in sources:
+            raise ValueError(f"source_crops: {k!r} is not one of the sources {list(sources)}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 8 <= v <= int(crop):
+            raise ValueError(f"source_crops[{k!r}] must be an integer in [8, crop={crop}], got {v!r}")
+        out[k] = int(v)
+    return out
+
+
 def check_source_weights(weights: dict, sources: Sequence[str]) -> dict[str, float]:
     """``weights`` {source: relative weight} checked against ``sources``: one finite weight > 0 for each
     source and no other key. Returns it with float values; raises ValueError naming the fault."""
@@ -256,6 +272,9 @@ class SliceDataset(Dataset):
         augment: random rot90/flips (default: ``split == "train"``).
         foreground_oversample: share of "train" crops centred on a labelled pixel (see :func:`random_crop`).
         intensity_augment: random gamma of the clean "train" slice (see :func:`crop_pair`).
+        source_crops: ``{source: size}``: that source's window is ``size`` (<= ``crop``), zero-padded
+            (centred) to ``crop`` so that batches stack (e.g. BraTS trained on tumour-sized windows while
+            ACDC gets large ones); the k-space degradation is of the padded window.
         balance: ``None`` (every slice equally likely) or "modality" / "source": position ``i``
             of an epoch holds a slice of a group drawn uniformly, then a slice drawn uniformly
             within it (seeded by seed and epoch, with replacement; same length). Used by the
@@ -271,7 +290,7 @@ class SliceDataset(Dataset):
                  modalities: Optional[Sequence[str]] = None,
                  max_slices_per_source: Optional[int] = None, augment: Optional[bool] = None,
                  balance: Optional[str] = None, foreground_oversample: float = 0.0,
-                 intensity_augment: bool = False):
+                 intensity_augment: bool = False, source_crops: Optional[dict] = None):
         if isinstance(sources, str):
             sources = [sources]
         unknown = [s for s in sources if s not in SOURCES]
@@ -287,6 +306,7 @@ class SliceDataset(Dataset):
             raise ValueError(f"balance must be None, 'modality', 'source' or a {{source: weight}} dict, got {balance!r}")
         if crop is not None and int(crop) < 1:
             raise ValueError(f"crop must be a positive int or None, got {crop}")
+        self.source_crops = check_source_crops(source_crops or {}, sources, crop)
         self.sources = list(sources)
         self.split, self.mode, self.seed = split, mode, int(seed)
         self.crop = None if crop is None else int(crop)
@@ -375,8 +395,13 @@ class SliceDataset(Dataset):
         data = load_case(it.source, it.path)
         img = data.image[it.index]
         lab = data.label[it.index] if data.label is not None else None
-        return crop_pair(img, lab, self.crop, rng, random=self.split == "train", augment=self.augment,
-                         foreground=self.foreground_oversample, intensity=self.intensity_augment)
+        crop = self.source_crops.get(it.source, self.crop)
+        img, lab = crop_pair(img, lab, crop, rng, random=self.split == "train", augment=self.augment,
+                             foreground=self.foreground_oversample, intensity=self.intensity_augment)
+        if crop != self.crop:  # a smaller window of this source, zero-padded (centred) to the batch's size
+            img = _pad_to(img, self.crop, self.crop)
+            lab = None if lab is None else _pad_to(lab, self.crop, self.crop)
+        return img, lab
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..data import SOURCES
-from ..data.datasets import check_source_weights
+from ..data.datasets import check_source_crops, check_source_weights
 from ..io.atomic import write_json
 from ..model.precision import Precision
 from .losses import REC_LOSSES
@@ -50,7 +50,7 @@ IMMUTABLE_ON_RESUME = (
     "prior_lr", "weight_decay", "rec_weight", "lambda_seg", "stage_weight", "w_mod", "w_deg", "rec_loss",
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
-    "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment",
+    "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment", "source_crops",
     "stage_monotone", "init_priors", "train_only",
 )
 
@@ -141,6 +141,9 @@ class TrainConfig:
     #: random gamma (0.7..1.5) of the clean training slice before it is degraded (nnU-Net-style intensity
     #: augmentation). Runs saved before this field existed used false.
     intensity_augment: bool = False
+    #: per-source training window ``{source: size}`` (<= ``crop``), zero-padded to ``crop``: e.g. BraTS on
+    #: 128 px tumour-sized windows while ACDC trains on 224 px crops (run 24, BENCHMARKS.md).
+    source_crops: Optional[dict] = None
     #: weight (relative to the stage term) of a hinge that penalises a stage estimate whose L1 error
     #: exceeds the previous one's, per sample: the stages learn to refine monotonically.
     stage_monotone: float = 0.0
@@ -295,6 +298,11 @@ class TrainConfig:
                 if len(v) != 2:
                     raise bad(f"{key} must be [lo, hi]")
                 setattr(self, key, [float(x) for x in v])
+        if self.source_crops is not None:
+            try:
+                self.source_crops = check_source_crops(self.source_crops, self.sources, self.crop)
+            except ValueError as exc:
+                raise bad(str(exc)) from None
         if not 0.0 <= float(self.foreground_oversample) <= 1.0:
             raise bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
         if float(self.stage_monotone) < 0:

@@ -297,7 +297,7 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
         "train": SliceDataset(cfg.sources, "train", crop=cfg.crop, mode="joint", balance=cfg.joint_balance,
                               max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment,
                               foreground_oversample=cfg.foreground_oversample,
-                              intensity_augment=cfg.intensity_augment, **common),
+                              intensity_augment=cfg.intensity_augment, source_crops=cfg.source_crops, **common),
         "val": validation_dataset(cfg, modalities),
     }
     if with_prior:
