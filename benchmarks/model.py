@@ -6,6 +6,7 @@
     python benchmarks/model.py --configs shipped --profile 12   # where the forward's time goes
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
     python benchmarks/model.py --configs shipped tiny --layouts nhwc nchw   # channels-last vs the old NCHW path
+    python benchmarks/model.py --configs tiny shipped --layouts nhwc compiled   # eager vs --compile
 
 Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
 warm-up pass; ``torch.set_num_threads(--threads)``. The floor is the forward's MACs as
@@ -14,7 +15,9 @@ fp32 sgemm rate (2048^3) measured in the same process just before: ``ratio = lat
 ``--cascades N`` the model is given a Cartesian 4x measurement and runs N passes, each with data consistency.
 ``--layouts``: the model's own channels-last weights (``nhwc``, what the package runs) and/or the same weights
 made NCHW-contiguous (``nchw``, the path before channels-last), timed interleaved (one call of each in turn);
-a layout other than ``nhwc`` is keyed ``fp32/nchw`` etc. in the JSON rows. The sgemm rate is the mean of one
+``compiled`` is the package's ``--compile`` path (:func:`napari_vldun.model.compiled.compiled_copy`; its first
+call, which compiles, is the warm-up and is not timed). A layout other than ``nhwc`` is keyed ``fp32/nchw``,
+``bf16/compiled`` etc. in the JSON rows. The sgemm rate is the mean of one
 measurement before and one after a precision's timings.
 """
 
@@ -72,7 +75,12 @@ def profile(config: str, size: int, rows: int) -> str:
 
 def to_layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
     """``model`` with its 4-D weights channels-last (``"nhwc"``, the package's layout) or NCHW-contiguous
-    (``"nchw"``, the path before 2026-12-03), in place. Shared by the benchmarks that time both."""
+    (``"nchw"``, the path before 2026-12-03), in place; ``"compiled"``: a compiled NCHW copy (the ``--compile``
+    path). Shared by the benchmarks that time them."""
+    if layout == "compiled":
+        from napari_vldun.model.compiled import compiled_copy
+
+        return compiled_copy(model)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     return model.to(memory_format=fmt)
 
@@ -124,8 +132,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--cascades", type=int, default=None, help="time N passes with k-space and data consistency")
-    p.add_argument("--layouts", nargs="+", default=["nhwc"], choices=["nhwc", "nchw"],
-                   help="weight layouts to time: channels-last (the package's) and/or NCHW (the old path)")
+    p.add_argument("--layouts", nargs="+", default=["nhwc"], choices=["nhwc", "nchw", "compiled"],
+                   help="weight layouts to time: channels-last (the package's), NCHW (the old path), and/or the "
+                        "torch.compile'd NCHW copy (--compile)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead of timing: the N operators with the most self CPU time over 3 fp32 forwards")
