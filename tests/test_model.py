@@ -314,3 +314,35 @@ def test_channels_last_weights_match_the_nchw_path(tmp_path, acdc_slice: np.ndar
     # fp32 summation order differs between layouts; measured ~9e-4 (NHWC) and ~3e-4 (NCHW) from float64
     errors = [((g - grads[2]).norm() / grads[2].norm()).item() for g in grads[:2]]
     assert max(errors) < 5e-3, errors
+
+
+def test_grouped_seg_heads_keep_each_groups_outputs_exactly() -> None:
+    """seg_head_groups: a composed model gives each label set exactly the logits of the model its head came
+    from (same network), and refuses groups that do not cover the label sets once."""
+    from napari_vldun.model.vldun import group_seg_heads
+
+    a = build_model("tiny", seed=1, seg_decoder_width=16).eval()
+    b = build_model("tiny", seed=2, seg_decoder_width=16).eval()
+    b.load_state_dict({**b.state_dict(), **{k: v for k, v in a.state_dict().items() if not k.startswith("seg_head.")}})
+    g = group_seg_heads(a, [(["acdc", "covid_ct"], a), (["brats2015"], b)])
+    assert g.cfg.seg_head_groups == (("acdc", "covid_ct"), ("brats2015",))
+    y = torch.rand(1, 1, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        oa, ob, og = a(y), b(y), g(y)
+    assert set(og.seg_logits) == set(a.cfg.label_sets)
+    for k, v in og.seg_logits.items():
+        ref = (ob if k == "brats2015" else oa).seg_logits[k]
+        assert v.shape == ref.shape == (1, len(a.cfg.label_sets[k]), 64, 48)
+        assert torch.equal(v, ref)
+    assert not torch.equal(oa.seg_logits["brats2015"], ob.seg_logits["brats2015"])  # the heads do differ
+    assert torch.equal(og.restored, oa.restored)
+    # a grouped model round-trips through its config and can be a source itself
+    again = group_seg_heads(g, [(["acdc"], g), (["brats2015", "covid_ct"], a)])
+    with torch.no_grad():
+        assert torch.equal(again(y).seg_logits["acdc"], oa.seg_logits["acdc"])
+    with pytest.raises(ValueError, match="exactly once"):
+        a.cfg.replace(seg_head_groups=(("acdc",), ("brats2015",)))
+    with pytest.raises(ValueError, match="exactly once"):
+        a.cfg.replace(seg_head_groups=(("acdc", "covid_ct"), ("brats2015", "acdc")))
+    with pytest.raises(ValueError, match="differs from the base"):
+        group_seg_heads(a, [(["acdc", "covid_ct", "brats2015"], build_model("tiny", seg_decoder_width=8))])

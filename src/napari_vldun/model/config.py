@@ -144,6 +144,10 @@ class VLDUNConfig:
     #: features added at their scales (:class:`~napari_vldun.model.heads.SegmentationUNet`; ``stage_images``
     #: configs only; overrides ``seg_decoder_width``): a deviation for capacity, docs/architecture.md.
     seg_unet_widths: tuple[int, ...] = ()
+    #: non-empty: groups of label-set names (together: every label set once), each with its own segmentation
+    #: head of the kind above (:class:`~napari_vldun.model.heads.GroupedSegmentationHeads`), e.g.
+    #: ``[["acdc", "covid_ct"], ["brats2015"]]``. Empty: one head shared by all label sets.
+    seg_head_groups: tuple[tuple[str, ...], ...] = ()
     #: ``stage_images`` only: every stage's features receive the current (data-consistent) estimate x_{k-1},
     #: embedded at the stage's level by a zero-initialised conv, so what data consistency restored reaches the
     #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
@@ -172,6 +176,8 @@ class VLDUNConfig:
         for key in ("widths", "blocks", "expand", "modalities", "degradations", "seg_unet_widths"):
             if key in d:
                 d[key] = tuple(d[key])
+        if "seg_head_groups" in d:
+            d["seg_head_groups"] = tuple(tuple(g) for g in d["seg_head_groups"])
         return cls(clip=clip, **d)
 
     def __post_init__(self) -> None:
@@ -192,8 +198,23 @@ class VLDUNConfig:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"config: cascades_by_mask[{kind!r}] must be an integer >= 1, got {n!r}")
 
+        label_set_groups(self)  # refuses groups that do not cover the label sets exactly once
+
     def replace(self, **changes) -> "VLDUNConfig":
         return dataclasses.replace(self, **changes)
+
+
+def label_set_groups(cfg: "VLDUNConfig") -> list[list[str]]:
+    """``cfg.seg_head_groups`` checked (each label set in exactly one group, no unknown name), as lists; one
+    group of every label set when none are set. Raises ValueError."""
+    names = list(cfg.label_sets)
+    if not cfg.seg_head_groups:
+        return [names]
+    groups = [list(g) for g in cfg.seg_head_groups]
+    flat = [n for g in groups for n in g]
+    if any(not g for g in groups) or sorted(flat) != sorted(names) or len(set(flat)) != len(flat):
+        raise ValueError(f"config: seg_head_groups {groups} must hold each label set {names} exactly once")
+    return groups
 
 
 def _paper() -> VLDUNConfig:

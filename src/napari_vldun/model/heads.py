@@ -6,6 +6,8 @@
   a deviation for segmentation capacity, docs/architecture.md "Segmentation head".
 * :class:`SegmentationUNet` -- a small U-Net on the restored image with the U's features added at their scales
   (``seg_unet_widths``): a deviation for capacity, docs/architecture.md "Segmentation head".
+* :class:`GroupedSegmentationHeads` -- one head of the above per group of label sets (``seg_head_groups``), so
+  that training one anatomy's classes does not move another's.
 * :class:`StageImageHead` -- a stage's residual image (``stage_images`` configs).
 """
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from .blocks import UNetTrunk, conv_norm_act
 
-__all__ = ["SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "SegmentationUNet",
+__all__ = ["GroupedSegmentationHeads", "SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "SegmentationUNet",
            "StageImageHead"]
 
 
@@ -142,6 +144,24 @@ class SegmentationUNet(UNetTrunk):
     def forward(self, feats: list[torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.trunk(image, {i: self.lateral[str(i)](feats[j]) for i, j in self.joins.items()})
         return {name: head(z) for name, head in self.classifiers.items()}
+
+
+class GroupedSegmentationHeads(nn.Module):
+    """Segmentation heads of one kind, each for its own group of label sets, called alike: the same inputs ->
+    the union of their ``{name: (B, n_classes, H, W)}``. The decoder is shared within a group only, so that
+    fine-tuning one group (``train_only: ["seg_head.heads.1"]``) leaves the others' outputs exactly as they
+    were (runs 22-24: a decoder shared by ACDC and BraTS gained on one and lost on the other)."""
+
+    def __init__(self, heads: list[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.takes_pyramid = bool(getattr(heads[0], "takes_pyramid", False))
+
+    def forward(self, *inputs) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for head in self.heads:
+            out.update(head(*inputs))
+        return out
 
 
 class StageImageHead(nn.Module):

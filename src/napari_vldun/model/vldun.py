@@ -13,8 +13,8 @@ from ..degradation.consistency import data_consistency
 from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
-from .config import VLDUNConfig, get_config
-from .heads import (MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, SegmentationUNet,
+from .config import VLDUNConfig, get_config, label_set_groups
+from .heads import (GroupedSegmentationHeads, MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, SegmentationUNet,
                     StageImageHead)
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
 from .unfolding import StageSettings, UnfoldingStage
@@ -117,18 +117,24 @@ class VLDUN(nn.Module):
             self.feedback = None
             self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
             self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
+        def seg_head(label_sets: dict[str, list[str]]) -> nn.Module:
+            if cfg.seg_unet_widths:
+                return SegmentationUNet(tuple(cfg.seg_unet_widths), tuple(w), p, cfg.in_channels, label_sets)
+            if cfg.seg_decoder_width:
+                return SegmentationDecoder(tuple(w[min(i, L - 1)] for i in range(3)), cfg.in_channels, p,
+                                           cfg.seg_decoder_width, label_sets)
+            if cfg.seg_multiscale:
+                return MultiScaleSegmentationHead((w[0], w[min(1, L - 1)]), cfg.in_channels, cfg.seg_width,
+                                                  label_sets)
+            return SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, label_sets)
+
         if not cfg.seg_head:
             self.seg_head = None
-        elif cfg.seg_unet_widths:
-            self.seg_head = SegmentationUNet(tuple(cfg.seg_unet_widths), tuple(w), p, cfg.in_channels, cfg.label_sets)
-        elif cfg.seg_decoder_width:
-            self.seg_head = SegmentationDecoder(tuple(w[min(i, L - 1)] for i in range(3)), cfg.in_channels, p,
-                                                cfg.seg_decoder_width, cfg.label_sets)
-        elif cfg.seg_multiscale:
-            self.seg_head = MultiScaleSegmentationHead((w[0], w[min(1, L - 1)]), cfg.in_channels, cfg.seg_width,
-                                                       cfg.label_sets)
+        elif cfg.seg_head_groups:
+            self.seg_head = GroupedSegmentationHeads(
+                [seg_head({k: cfg.label_sets[k] for k in g}) for g in label_set_groups(cfg)])
         else:
-            self.seg_head = SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, cfg.label_sets)
+            self.seg_head = seg_head(cfg.label_sets)
         # NHWC (channels-last) 4-D weights: convolutions then return channels-last activations, whose
         # (B, H*W, C) token view for the Bi-Mamba scans and cross-attention is free instead of a copy
         # (BENCHMARKS.md, "Memory layout"). ``.to(device)`` and ``load_state_dict`` keep the layout.
@@ -326,3 +332,32 @@ def build_model(cfg: VLDUNConfig | str, seed: int | None = 0, **overrides) -> VL
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return VLDUN(cfg)
+
+
+def group_seg_heads(base: VLDUN, groups: list[tuple[list[str], VLDUN]]) -> VLDUN:
+    """A model with ``base``'s weights everywhere but the segmentation head, which becomes one head per group
+    (``seg_head_groups``): group ``names`` takes its head from its model (its whole head, classifiers of the
+    other label sets dropped). Every model must have ``base``'s config but for ``seg_head_groups`` (a grouped
+    source contributes the group that holds ``names``). ValueError otherwise. E.g. a head fine-tuned for ACDC and
+    COVID beside the head that segments BraTS best."""
+    def plain(cfg: VLDUNConfig) -> dict:
+        return {k: v for k, v in cfg.to_dict().items() if k != "seg_head_groups"}
+
+    for _, m in groups:
+        if plain(m.cfg) != plain(base.cfg):
+            diff = sorted(k for k in plain(base.cfg) if plain(m.cfg).get(k) != plain(base.cfg)[k])
+            raise ValueError(f"group_seg_heads: a model's config differs from the base's in {diff}")
+    out = build_model(base.cfg.replace(seg_head_groups=tuple(tuple(n) for n, _ in groups)))
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("seg_head.")}
+    for j, (names, m) in enumerate(groups):
+        head = m.seg_head
+        if isinstance(head, GroupedSegmentationHeads):  # the sub-head of that model that holds these names
+            head = next((h for h, g in zip(head.heads, label_set_groups(m.cfg)) if set(names) <= set(g)), None)
+            if head is None:
+                raise ValueError(f"group_seg_heads: no head of its model segments all of {names}")
+        for k, v in head.state_dict().items():
+            if k.startswith("classifiers.") and k.split(".")[1] not in names:
+                continue
+            state[f"seg_head.heads.{j}.{k}"] = v
+    out.load_state_dict(state, strict=True)
+    return out.eval()
