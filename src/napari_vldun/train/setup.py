@@ -29,7 +29,7 @@ import torch
 from ..data import SOURCES, SliceDataset, make_loader
 from ..io.lock import OutputLockedError, output_lock
 from ..model import CONFIGS, build_model, get_config
-from ..model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_config
+from ..model.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, read_checkpoint_config
 from ..model.config import LABEL_COLORS, LABEL_SETS
 from .config import IMMUTABLE_ON_RESUME, SOURCE_LICENSES, TrainConfig
 from .distributed import DistContext, any_rank, unwrap
@@ -338,6 +338,19 @@ def _fresh_modalities(cfg: TrainConfig, used: list[str]) -> list[str]:
     return wanted
 
 
+def _init_label_sets(cfg: TrainConfig) -> set[str]:
+    """The known label sets of ``cfg.init_weights``'s checkpoint (empty without one): a run on a subset of its
+    sources keeps the others' heads (e.g. ``train_only`` one group of ``seg_head_groups``) instead of
+    dropping them."""
+    if not cfg.init_weights or cfg.model not in CONFIGS:
+        return set()
+    try:
+        mcfg, _ = read_checkpoint_config(cfg.init_weights)
+    except (CheckpointError, OSError):
+        return set()  # _load_matching names the problem
+    return {k for k in mcfg.label_sets if k in LABEL_SETS}
+
+
 # ----------------------------------------------------------------------------- the run
 def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     """Check ``out_dir``, seed, build (or reload) the model, the datasets and the phases."""
@@ -350,7 +363,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, resume: bool) -> Run:
     state, tensors = None, {}
     used = list(dict.fromkeys(cfg.sources + cfg.resolved_val_sources()
                               + (cfg.resolved_prior_sources() if cfg.prior_epochs > 0 else [])))
-    label_sets = sorted({SOURCES[s].label_set for s in cfg.sources} - {None},
+    label_sets = sorted(({SOURCES[s].label_set for s in cfg.sources} | _init_label_sets(cfg)) - {None},
                         key=lambda k: (k not in ("acdc", "brats2015", "covid_ct"), k))
     notes = []
     if resume:
