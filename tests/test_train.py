@@ -435,6 +435,30 @@ def test_train_only_trains_the_named_parameters_alone(tmp_path):
     assert one.train_only == ["seg_head"]  # a bare string is one prefix, not one per character
 
 
+def test_training_one_group_of_seg_heads_keeps_the_other_label_sets_exactly(tmp_path):
+    """``seg_head_groups`` + ``train_only: ["seg_head.heads.0"]`` on a subset of the sources (ACDC only): the run
+    keeps its init checkpoint's other label sets (BraTS, COVID), their head is bitwise unchanged, ACDC's learns."""
+    from napari_vldun.model import build_model
+    from napari_vldun.model.checkpoint import save_checkpoint
+
+    groups = [["acdc"], ["brats2015", "covid_ct"]]
+    kw = dict(seg_decoder_width=8, seg_head_groups=tuple(tuple(g) for g in groups))
+    save_checkpoint(build_model("tiny", seed=3, **kw), tmp_path / "init")
+    init = build_model("tiny", seed=3, **kw).state_dict()
+    cfg = small(tmp_path / "run", sources=["acdc"], init_weights=str(tmp_path / "init"),
+                train_only=["seg_head.heads.0"], lr=1e-2,
+                model_overrides={"seg_decoder_width": 8, "seg_head_groups": groups})
+    model = next(e for e in iter_train(cfg) if e.kind == "done").model
+    assert list(model.cfg.label_sets) == ["acdc", "brats2015", "covid_ct"]
+    final = model.state_dict()
+    assert set(final) == set(init)
+    for k, v in final.items():
+        if not k.startswith("seg_head.heads.0."):
+            torch.testing.assert_close(v, init[k], rtol=0, atol=0, msg=k)
+    mine = [k for k in final if k.startswith("seg_head.heads.0.")]
+    assert sum(not torch.equal(final[k], init[k]) for k in mine) > len(mine) // 2
+
+
 def test_dc_fraction_draws_the_same_steps_on_every_rank(tmp_path):
     """``dc_fraction``: a share of joint steps trains without k-space, drawn from (seed, step) only."""
     from types import SimpleNamespace
