@@ -31,7 +31,7 @@ def main() -> None:
         if not path:
             p.error(f"--group {g!r}: expected NAMES=CHECKPOINT")
         groups.append((names.split(","), load_checkpoint(path)[0]))
-        provenance.append({"label_sets": names.split(","), "checkpoint": path})
+        provenance.append({"label_sets": groups[-1][0], "checkpoint": path})
     model = group_seg_heads(base, groups)
     save_checkpoint(model, a.out, {**meta, "composed_from": {"base": a.base, "seg_head_groups": provenance}},
                     overwrite=False)

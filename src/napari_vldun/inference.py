@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -105,19 +105,17 @@ def load_model(weights: str | Path | None = None, device: str = "auto", config: 
 
 
 def compile_loaded(loaded: LoadedModel) -> LoadedModel:
-    """``loaded`` running a compiled copy of its model (:func:`~napari_vldun.model.compiled.compiled_copy`;
-    faster on volumes, the first slice of each size compiles), the eager model kept as the fallback. Where
-    nothing can compile (no C++ compiler / triton) it stays eager and ``compile_note`` says why; a compile
-    that fails at its first call falls back to eager in :func:`iter_predict`. Idempotent."""
+    """A new :class:`LoadedModel` running a compiled copy of ``loaded``'s model
+    (:func:`~napari_vldun.model.compiled.compiled_copy`; faster on volumes, the first slice of each size
+    compiles), the eager model kept as its fallback; ``loaded`` itself is not changed. Where nothing can
+    compile (no C++ compiler / triton) the copy runs eager and ``compile_note`` says why; a compile that
+    fails at its first call falls back to eager in :func:`iter_predict`. Idempotent."""
     if loaded.compiled:
         return loaded
     reason = compile_unavailable(loaded.device)
     if reason is not None:
-        loaded.compile_note = f"running eager: {reason}"
-        return loaded
-    loaded.eager, loaded.model = loaded.model, compiled_copy(loaded.model)
-    loaded.compile_note = None
-    return loaded
+        return replace(loaded, compile_note=f"running eager: {reason}")
+    return replace(loaded, model=compiled_copy(loaded.model), eager=loaded.model, compile_note=None)
 
 
 @dataclass

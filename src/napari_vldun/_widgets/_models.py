@@ -9,7 +9,6 @@ in :mod:`._workers`.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,7 +89,7 @@ def get_model(weights: str | Path | None, device: str, compile: bool = False):
             return loaded
         fast = _MODEL_CACHE.get((*key, "compiled"))
         if fast is None:
-            fast = compile_loaded(replace(loaded, eager=None, compile_note=None))
+            fast = compile_loaded(loaded)
             _MODEL_CACHE[(*key, "compiled")] = fast
         return fast
 

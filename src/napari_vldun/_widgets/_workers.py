@@ -114,9 +114,9 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     at the next stage (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
     ``label_set=None``): first check the automatic label set against the modality prior and return a
     :class:`LabelSetQuestion` instead of running when it may not fit; ``compile``: a ``torch.compile``d copy
-    of the model (:func:`napari_vldun.inference.compile_loaded`, eager where it cannot compile). Yields ``Status`` (the last one, as the
-    slices start, with the device) then one ``Progress`` per slice; returns a :class:`PredictResult` or a
-    :class:`Failure`.
+    of the model (:func:`napari_vldun.inference.compile_loaded`, eager where it cannot compile). Yields
+    ``Status`` (the last one, as the slices start, with the device) then one ``Progress`` per slice; returns a
+    :class:`PredictResult` or a :class:`Failure`.
     """
     t0 = time.perf_counter()
     try:

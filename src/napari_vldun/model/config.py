@@ -197,7 +197,6 @@ class VLDUNConfig:
                 raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"config: cascades_by_mask[{kind!r}] must be an integer >= 1, got {n!r}")
-
         label_set_groups(self)  # refuses groups that do not cover the label sets exactly once
 
     def replace(self, **changes) -> "VLDUNConfig":

@@ -19,8 +19,8 @@ from torch import nn
 
 from .blocks import UNetTrunk, conv_norm_act
 
-__all__ = ["GroupedSegmentationHeads", "SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder", "SegmentationUNet",
-           "StageImageHead"]
+__all__ = ["GroupedSegmentationHeads", "SegmentationHead", "MultiScaleSegmentationHead", "SegmentationDecoder",
+           "SegmentationUNet", "StageImageHead"]
 
 
 def _classifiers(width: int, label_sets: dict[str, list[str]]) -> nn.ModuleDict:

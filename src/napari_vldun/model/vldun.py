@@ -343,9 +343,11 @@ def group_seg_heads(base: VLDUN, groups: list[tuple[list[str], VLDUN]]) -> VLDUN
     def plain(cfg: VLDUNConfig) -> dict:
         return {k: v for k, v in cfg.to_dict().items() if k != "seg_head_groups"}
 
+    want = plain(base.cfg)
     for _, m in groups:
-        if plain(m.cfg) != plain(base.cfg):
-            diff = sorted(k for k in plain(base.cfg) if plain(m.cfg).get(k) != plain(base.cfg)[k])
+        got = plain(m.cfg)
+        if got != want:
+            diff = sorted(k for k in want if got.get(k) != want[k])
             raise ValueError(f"group_seg_heads: a model's config differs from the base's in {diff}")
     out = build_model(base.cfg.replace(seg_head_groups=tuple(tuple(n) for n, _ in groups)))
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("seg_head.")}
