@@ -88,6 +88,50 @@ class _SegsumExp(torch.autograd.Function):
         return P.sum(-1) - P.sum(-2)
 
 
+class _DecayGram(torch.autograd.Function):
+    """``M = L(cs) * G``: the in-chunk decay mask of :class:`_SegsumExp` times the Gram matrix ``G = C B^T``.
+
+    cs (..., h, Q); G (..., 1, Q, Q), shared by the h heads -> M (..., h, Q, Q). One function instead of a
+    mask and a broadcast product saves a Q x Q product and two temporaries in the backward:
+    ``dG = sum_h g * L``, ``dcs = rowsum(g * M) - colsum(g * M)``.
+    """
+
+    @staticmethod
+    def forward(ctx, cs: Tensor, G: Tensor) -> Tensor:  # type: ignore[override]
+        Q = cs.shape[-1]
+        upper = torch.ones(Q, Q, dtype=torch.bool, device=cs.device).triu(1)
+        L = (cs[..., :, None] - cs[..., None, :]).masked_fill_(upper, -math.inf).exp_()
+        ctx.save_for_backward(L, G)
+        return L * G
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        L, G = ctx.saved_tensors
+        gL = grad * L
+        dG = gL.sum(-3, keepdim=True)
+        P = gL.mul_(G)
+        return P.sum(-1) - P.sum(-2), dG
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    Placed on the outputs of the scan's batched matmuls: their gradients arrive through transposes, and a
+    CPU ``bmm`` on a non-contiguous batch falls back to one small GEMM per matrix (~10x slower at Q = 32;
+    ``benchmarks/scan.py``)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:  # type: ignore[override]
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
+_contiguous_grad = _ContiguousGrad.apply
+
+
 _SCAN_BLOCK = 32
 
 
@@ -145,17 +189,18 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     Cc = C.view(b, c, 1, Q, n)
 
     # 1) intra-chunk (diagonal blocks)
-    M = _SegsumExp.apply(cs) * (Cc @ Bc.transpose(-1, -2))              # (b, c, h, Q, Q)
-    y = M @ xdt                                                         # (b, c, h, Q, p)
+    cg = _contiguous_grad
+    M = _DecayGram.apply(cs, cg(Cc @ Bc.transpose(-1, -2)))             # (b, c, h, Q, Q)
+    y = cg(M @ xdt)                                                     # (b, c, h, Q, p)
 
     # 2) state at the end of every chunk from that chunk's inputs only
     w = torch.exp(cs[..., -1:] - cs)                                    # (b, c, h, Q)
-    states = (xdt * w[..., None]).transpose(-1, -2) @ Bc                # (b, c, h, p, n)
+    states = cg((xdt * w[..., None]).transpose(-1, -2) @ Bc)            # (b, c, h, p, n)
 
     # 3) pass states between chunks, 4) read them out with the in-chunk decay
     ends = _decay_scan(cs[..., -1], states.reshape(b, c, h, p * n))     # (b, c, h, p*n)
     S_in = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1).view(b, c, h, p, n)
-    y = y + (Cc @ S_in.transpose(-1, -2)) * torch.exp(cs)[..., None]
+    y = y + cg(Cc @ S_in.transpose(-1, -2)) * torch.exp(cs)[..., None]
 
     y = y.transpose(2, 3).reshape(b, c * Q, h, p)[:, :l]
     if D is not None:
