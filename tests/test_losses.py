@@ -242,3 +242,26 @@ def test_prior_loss():
     assert torch.allclose(t["total"], t["modality"] + t["degradation"])
     with pytest.raises(ValueError):
         PriorLoss()(_output(batch), batch)
+
+
+def test_monotone_hinge_psnr_counts_the_psnr_fall_between_stages():
+    from napari_vldun.train.losses import monotone_hinge
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 1, 16, 16, generator=g)
+    noise = torch.randn(2, 1, 16, 16, generator=g)
+    better, worse = clean + 0.05 * noise, clean + 0.1 * noise
+    # refining stages cost nothing, in either metric
+    assert monotone_hinge([worse, better], clean, "psnr").item() == 0.0
+    assert monotone_hinge([worse, better], clean, "l1").item() == 0.0
+    # doubling the error is ln 4 (6.02 dB) in log-MSE, whatever the error's scale
+    assert monotone_hinge([better, worse], clean, "psnr").item() == pytest.approx(math.log(4.0), rel=1e-4)
+    small = [clean + 0.005 * noise, clean + 0.01 * noise]
+    assert monotone_hinge(small, clean, "psnr").item() == pytest.approx(math.log(4.0), rel=1e-4)
+    assert monotone_hinge(small, clean, "l1").item() < 0.01  # the L1 hinge shrinks with the error
+    # one sample of two falling: half the pair's fall
+    mixed = torch.cat([worse[:1], better[1:]])
+    assert monotone_hinge([torch.cat([better[:1], worse[1:]]), mixed], clean, "psnr").item() == \
+        pytest.approx(math.log(4.0) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="metric"):
+        monotone_hinge([better, worse], clean, "ssim")

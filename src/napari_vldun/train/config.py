@@ -51,7 +51,7 @@ IMMUTABLE_ON_RESUME = (
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
     "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment", "source_crops",
-    "stage_monotone", "init_priors", "train_only",
+    "stage_monotone", "init_priors", "train_only", "monotone_metric",
 )
 
 
@@ -147,6 +147,9 @@ class TrainConfig:
     #: weight (relative to the stage term) of a hinge that penalises a stage estimate whose L1 error
     #: exceeds the previous one's, per sample: the stages learn to refine monotonically.
     stage_monotone: float = 0.0
+    #: what that hinge compares: "l1" (the per-sample L1 error) or "psnr" (the per-sample log MSE, the
+    #: quantity the "stages monotone" figure of ``vldun evaluate`` counts; run 26).
+    monotone_metric: str = "l1"
     #: a checkpoint whose CLIP prior tower (``priors.*``) initialises a fresh named model (same clip config and
     #: modalities), so a new architecture need not fine-tune its priors again; None: none.
     init_priors: Optional[str] = None
@@ -307,6 +310,8 @@ class TrainConfig:
             raise bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
         if float(self.stage_monotone) < 0:
             raise bad(f"stage_monotone must be >= 0, got {self.stage_monotone}")
+        if self.monotone_metric not in ("l1", "psnr"):
+            raise bad(f"monotone_metric must be 'l1' or 'psnr', got {self.monotone_metric!r}")
         try:
             Precision.parse(self.precision)
         except ValueError as exc:

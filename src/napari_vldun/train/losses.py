@@ -23,7 +23,7 @@ from ..metrics import ssim_map
 
 __all__ = [
     "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "ssim_l1", "monotone_hinge",
-    "JointLoss", "PriorLoss", "REC_LOSSES",
+    "JointLoss", "PriorLoss", "REC_LOSSES", "MONOTONE_METRICS",
 ]
 
 #: reconstruction losses of :class:`JointLoss` (``rec_loss``).
@@ -122,10 +122,24 @@ class DiceCELoss(nn.Module):
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
 
 
-def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor) -> torch.Tensor:
-    """Mean over samples and consecutive stage pairs of ``relu(L1_k - L1_{k-1})``, the per-sample L1 error of
-    estimate ``k`` (B, 1, H, W) above that of estimate ``k - 1``: zero when every sample's error never rises."""
-    errs = torch.stack([(e.float() - clean).abs().flatten(1).mean(1) for e in estimates])  # (K, B)
+#: what :func:`monotone_hinge` compares between consecutive stage estimates
+MONOTONE_METRICS = ("l1", "psnr")
+
+
+def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metric: str = "l1") -> torch.Tensor:
+    """Mean over samples and consecutive stage pairs of how much estimate ``k`` (B, 1, H, W) is worse than
+    estimate ``k - 1``, per sample; zero when no sample's error ever rises.
+
+    ``metric`` "l1": ``relu(L1_k - L1_{k-1})``; "psnr": ``relu(ln MSE_k - ln MSE_{k-1})``, the fall in PSNR
+    (1 dB = 0.23) that the "stages monotone" figure of ``vldun evaluate`` counts, independent of the image's
+    error level."""
+    if metric not in MONOTONE_METRICS:
+        raise ValueError(f"metric must be one of {MONOTONE_METRICS}, got {metric!r}")
+    if metric == "l1":
+        errs = torch.stack([(e.float() - clean).abs().flatten(1).mean(1) for e in estimates])  # (K, B)
+    else:
+        errs = torch.stack([(e.float() - clean).square().flatten(1).mean(1).clamp_min(1e-10).log()
+                            for e in estimates])
     if len(estimates) < 2:
         return errs.sum() * 0.0
     return F.relu(errs[1:] - errs[:-1]).mean()
@@ -138,7 +152,7 @@ class JointLoss(nn.Module):
     * ``rec_free`` = ``rec_weight * free_weight`` * the same on ``restored_free``, the estimate before data
       consistency (only when the model was given k-space), so the network also restores on its own
     * ``stage`` = ``rec_weight * stage_weight`` * (mean over stages of L1(stage.full, clean) + ``stage_monotone``
-      * :func:`monotone_hinge`) (needs the rec head and ``output.stages``; deep supervision, so the stage
+      * :func:`monotone_hinge` on ``monotone_metric``) (needs the rec head and ``output.stages``; deep supervision, so the stage
       viewer's maps are images that improve stage by stage)
     * ``seg``  = ``lambda_seg`` * DiceCE, per label set present in the batch, on that set's labelled
       samples only, averaged over label sets weighted by their sample counts. Absent when no sample
@@ -157,9 +171,13 @@ class JointLoss(nn.Module):
     def __init__(self, label_sets: Sequence[str], lambda_seg: float = 0.5, stage_weight: float = 0.1,
                  w_mod: float = 0.0, w_deg: float = 0.0, rec_loss: str = "l1",
                  focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0,
-                 rec_weight: float = 1.0, free_weight: float = 0.0, stage_monotone: float = 0.0) -> None:
+                 rec_weight: float = 1.0, free_weight: float = 0.0, stage_monotone: float = 0.0,
+                 monotone_metric: str = "l1") -> None:
         super().__init__()
         self.stage_monotone = float(stage_monotone)
+        if monotone_metric not in MONOTONE_METRICS:
+            raise ValueError(f"monotone_metric must be one of {MONOTONE_METRICS}, got {monotone_metric!r}")
+        self.monotone_metric = monotone_metric
         if rec_loss not in REC_LOSSES:
             raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {rec_loss!r}")
         self.label_sets = list(label_sets)
@@ -212,7 +230,8 @@ class JointLoss(nn.Module):
             if self.stage_weight > 0 and output.stages:
                 stage = torch.stack([F.l1_loss(s.full, clean) for s in output.stages]).mean()
                 if self.stage_monotone > 0:
-                    stage = stage + self.stage_monotone * monotone_hinge([s.full for s in output.stages], clean)
+                    stage = stage + self.stage_monotone * monotone_hinge([s.full for s in output.stages], clean,
+                                                                          self.monotone_metric)
                 terms["stage"] = self.rec_weight * self.stage_weight * stage
         if self.lambda_seg > 0:
             seg = self.seg_term(output.seg_logits, batch)
