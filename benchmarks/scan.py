@@ -6,6 +6,13 @@ Times forward + backward (``y.sum().backward()``) for batch 1, 4 heads x headdim
     python benchmarks/scan.py                  # readable table
     python benchmarks/scan.py --json           # JSON list only
     python benchmarks/scan.py --tune           # fast path per chunk size, no reference
+    python benchmarks/scan.py --against HEAD~1 # the Bi-Mamba mixer of this tree vs that git revision's
+
+``--against REV`` loads ``src/napari_vldun/model/ssm.py`` as it was at ``REV`` (``git show``) next to the
+current one and times their ``BiMamba2d`` with the same weights, interleaved in one process: inference under
+bf16 autocast and in fp32 on a (1, ``--dim``, ``--size``, ``--size``) channels-last map (the paper config's
+full-resolution mixer by default), and a bf16 training step (forward + backward) on a batch of 4 at half the
+size. Prints each time, the speed-up and the largest output difference.
 """
 
 from __future__ import annotations
@@ -13,7 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -87,6 +98,55 @@ def tune(lengths: list[int], chunk_sizes: list[int], repeats: int) -> None:
         print(f"{L:>7} " + " ".join(f"{t:>9.4f}" for t in ts), flush=True)
 
 
+def _ssm_at(rev: str) -> types.ModuleType:
+    """``napari_vldun.model.ssm`` as it was at git revision ``rev`` (it imports only torch)."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/napari_vldun/model/ssm.py"],
+                         check=True, capture_output=True, text=True).stdout
+    mod = types.ModuleType(f"ssm_at_{rev}")
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, f"ssm.py@{rev}", "exec"), mod.__dict__)
+    return mod
+
+
+def against(rev: str, dim: int, size: int, repeats: int) -> list[dict]:
+    """Time this tree's ``BiMamba2d`` against ``rev``'s, interleaved (see the module docstring)."""
+    from napari_vldun.model import ssm as current
+    old_mod = _ssm_at(rev)
+    torch.manual_seed(0)
+    new = current.BiMamba2d(dim, expand=2)
+    old = old_mod.BiMamba2d(dim, expand=2)
+    old.load_state_dict(new.state_dict())
+    rows = []
+    x = torch.randn(1, dim, size, size).contiguous(memory_format=torch.channels_last)
+    for prec in ("bf16", "fp32"):
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        outs = {}
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+            for _ in range(repeats + 1):
+                for name, m in (("old", old), ("new", new)):
+                    t0 = time.perf_counter()
+                    outs[name] = m(x).float()
+                    times[name].append(time.perf_counter() - t0)
+        rows.append({"what": f"inference {prec}, 1x{dim}x{size}x{size}", "old_s": min(times["old"][1:]),
+                     "new_s": min(times["new"][1:]),
+                     "max_abs_diff": (outs["old"] - outs["new"]).abs().max().item()})
+    xs = torch.randn(4, dim, size // 2, size // 2).contiguous(memory_format=torch.channels_last)
+    times = {"old": [], "new": []}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(repeats + 1):
+            for name, m in (("old", old), ("new", new)):
+                xi = xs.clone().requires_grad_()
+                t0 = time.perf_counter()
+                m(xi).float().square().mean().backward()
+                times[name].append(time.perf_counter() - t0)
+    rows.append({"what": f"train fwd+bwd bf16, 4x{dim}x{size // 2}x{size // 2}", "old_s": min(times["old"][1:]),
+                 "new_s": min(times["new"][1:]), "max_abs_diff": None})
+    for r in rows:
+        r["speedup"] = r["old_s"] / r["new_s"]
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print only a JSON list")
@@ -98,8 +158,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--tune", action="store_true", help="time the fast path per chunk size only")
     ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--against", metavar="REV", help="time the Bi-Mamba mixer against this git revision's")
+    ap.add_argument("--dim", type=int, default=64, help="--against: channels of the mixer")
+    ap.add_argument("--size", type=int, default=256, help="--against: image side (inference)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+
+    if args.against:
+        rows = against(args.against, args.dim, args.size, args.repeats)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"BiMamba2d(dim={args.dim}, expand=2), {args.against} (old) vs this tree (new), "
+              f"threads={args.threads}, best of {args.repeats} interleaved")
+        for r in rows:
+            diff = f", max |diff| {r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else ""
+            print(f"  {r['what']:<34} old {r['old_s']:.3f} s  new {r['new_s']:.3f} s  "
+                  f"{r['speedup']:.2f}x{diff}")
+        return
 
     if args.tune:
         tune(args.lengths, args.chunk_sizes, args.repeats)

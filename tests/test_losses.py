@@ -265,3 +265,22 @@ def test_monotone_hinge_psnr_counts_the_psnr_fall_between_stages():
         pytest.approx(math.log(4.0) / 2, rel=1e-4)
     with pytest.raises(ValueError, match="metric"):
         monotone_hinge([better, worse], clean, "ssim")
+
+
+def test_monotone_hinge_margin_demands_a_gain_per_stage():
+    from napari_vldun.train.losses import monotone_hinge
+
+    g = torch.Generator().manual_seed(1)
+    clean = torch.rand(2, 1, 16, 16, generator=g)
+    noise = torch.randn(2, 1, 16, 16, generator=g)
+    a = clean + 0.1 * noise
+    b = clean + 0.1 / 10 ** (0.05 / 20) * noise  # 0.05 dB better than a
+    assert monotone_hinge([a, b], clean, "psnr").item() == 0.0
+    assert monotone_hinge([a, b], clean, "psnr", margin_db=0.05).item() == pytest.approx(0.0, abs=1e-5)
+    # asking for 0.1 dB when the stage gains 0.05 dB leaves 0.05 dB (in log-MSE units) to pay
+    assert monotone_hinge([a, b], clean, "psnr", margin_db=0.1).item() == \
+        pytest.approx(0.05 * math.log(10) / 10, rel=1e-3)
+    with pytest.raises(ValueError, match="margin_db"):
+        monotone_hinge([a, b], clean, "l1", margin_db=0.1)
+    with pytest.raises(ValueError, match="margin_db"):
+        monotone_hinge([a, b], clean, "psnr", margin_db=-1.0)

@@ -51,7 +51,7 @@ IMMUTABLE_ON_RESUME = (
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
     "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment", "source_crops",
-    "stage_monotone", "init_priors", "train_only", "monotone_metric",
+    "stage_monotone", "init_priors", "train_only", "monotone_metric", "monotone_margin_db",
 )
 
 
@@ -150,6 +150,9 @@ class TrainConfig:
     #: what that hinge compares: "l1" (the per-sample L1 error) or "psnr" (the per-sample log MSE, the
     #: quantity the "stages monotone" figure of ``vldun evaluate`` counts; run 26).
     monotone_metric: str = "l1"
+    #: with ``monotone_metric`` "psnr": the hinge is zero only when each stage gains at least this many dB
+    #: over the previous one (a margin over the 0.01 dB that ``vldun evaluate`` tolerates; run 27).
+    monotone_margin_db: float = 0.0
     #: a checkpoint whose CLIP prior tower (``priors.*``) initialises a fresh named model (same clip config and
     #: modalities), so a new architecture need not fine-tune its priors again; None: none.
     init_priors: Optional[str] = None
@@ -312,6 +315,10 @@ class TrainConfig:
             raise bad(f"stage_monotone must be >= 0, got {self.stage_monotone}")
         if self.monotone_metric not in ("l1", "psnr"):
             raise bad(f"monotone_metric must be 'l1' or 'psnr', got {self.monotone_metric!r}")
+        if float(self.monotone_margin_db) < 0 or (float(self.monotone_margin_db) > 0
+                                                   and self.monotone_metric != "psnr"):
+            raise bad(f"monotone_margin_db must be >= 0 and needs monotone_metric 'psnr', "
+                      f"got {self.monotone_margin_db} with {self.monotone_metric!r}")
         try:
             Precision.parse(self.precision)
         except ValueError as exc:

@@ -176,7 +176,8 @@ class Trainer:
         self.joint_loss = JointLoss(r.train_ds.label_sets, cfg.lambda_seg, cfg.stage_weight, cfg.w_mod, cfg.w_deg,
                                     cfg.rec_loss, cfg.focal_alpha, cfg.focal_gamma, rec_weight=cfg.rec_weight,
                                     free_weight=cfg.free_weight, stage_monotone=cfg.stage_monotone,
-                                    monotone_metric=cfg.monotone_metric)
+                                    monotone_metric=cfg.monotone_metric,
+                                    monotone_margin_db=cfg.monotone_margin_db)
         self.prior_loss = PriorLoss(1.0, 1.0, cfg.focal_alpha, cfg.focal_gamma)
         self.need_stages = bool(m.rec_head and cfg.stage_weight > 0)
         self.total_steps = sum(p.epochs * p.steps for p in r.phases)

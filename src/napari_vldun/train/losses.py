@@ -13,6 +13,7 @@ Shapes: images ``(B, 1, H, W)`` float; logits ``(B, C, H, W)``; integer targets 
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -126,15 +127,20 @@ class DiceCELoss(nn.Module):
 MONOTONE_METRICS = ("l1", "psnr")
 
 
-def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metric: str = "l1") -> torch.Tensor:
+def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metric: str = "l1",
+                   margin_db: float = 0.0) -> torch.Tensor:
     """Mean over samples and consecutive stage pairs of how much estimate ``k`` (B, 1, H, W) is worse than
     estimate ``k - 1``, per sample; zero when no sample's error ever rises.
 
     ``metric`` "l1": ``relu(L1_k - L1_{k-1})``; "psnr": ``relu(ln MSE_k - ln MSE_{k-1})``, the fall in PSNR
     (1 dB = 0.23) that the "stages monotone" figure of ``vldun evaluate`` counts, independent of the image's
-    error level."""
+    error level. ``margin_db`` (psnr only, >= 0): each stage must gain at least this many dB over the previous
+    one before the hinge is zero, ``relu(ln MSE_k - ln MSE_{k-1} + margin_db * ln(10) / 10)``: a safety margin
+    so that validation slices, not only training crops, keep refining."""
     if metric not in MONOTONE_METRICS:
         raise ValueError(f"metric must be one of {MONOTONE_METRICS}, got {metric!r}")
+    if margin_db < 0 or (margin_db > 0 and metric != "psnr"):
+        raise ValueError(f"margin_db must be >= 0 and needs metric 'psnr', got {margin_db} with {metric!r}")
     if metric == "l1":
         errs = torch.stack([(e.float() - clean).abs().flatten(1).mean(1) for e in estimates])  # (K, B)
     else:
@@ -142,7 +148,7 @@ def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metri
                             for e in estimates])
     if len(estimates) < 2:
         return errs.sum() * 0.0
-    return F.relu(errs[1:] - errs[:-1]).mean()
+    return F.relu(errs[1:] - errs[:-1] + margin_db * math.log(10.0) / 10.0).mean()
 
 
 class JointLoss(nn.Module):
@@ -152,7 +158,7 @@ class JointLoss(nn.Module):
     * ``rec_free`` = ``rec_weight * free_weight`` * the same on ``restored_free``, the estimate before data
       consistency (only when the model was given k-space), so the network also restores on its own
     * ``stage`` = ``rec_weight * stage_weight`` * (mean over stages of L1(stage.full, clean) + ``stage_monotone``
-      * :func:`monotone_hinge` on ``monotone_metric``) (needs the rec head and ``output.stages``; deep supervision, so the stage
+      * :func:`monotone_hinge` on ``monotone_metric`` with ``monotone_margin_db``) (needs the rec head and ``output.stages``; deep supervision, so the stage
       viewer's maps are images that improve stage by stage)
     * ``seg``  = ``lambda_seg`` * DiceCE, per label set present in the batch, on that set's labelled
       samples only, averaged over label sets weighted by their sample counts. Absent when no sample
@@ -172,9 +178,10 @@ class JointLoss(nn.Module):
                  w_mod: float = 0.0, w_deg: float = 0.0, rec_loss: str = "l1",
                  focal_alpha: float | Sequence[float] | None = 0.25, focal_gamma: float = 2.0,
                  rec_weight: float = 1.0, free_weight: float = 0.0, stage_monotone: float = 0.0,
-                 monotone_metric: str = "l1") -> None:
+                 monotone_metric: str = "l1", monotone_margin_db: float = 0.0) -> None:
         super().__init__()
         self.stage_monotone = float(stage_monotone)
+        self.monotone_margin_db = float(monotone_margin_db)
         if monotone_metric not in MONOTONE_METRICS:
             raise ValueError(f"monotone_metric must be one of {MONOTONE_METRICS}, got {monotone_metric!r}")
         self.monotone_metric = monotone_metric
@@ -231,7 +238,8 @@ class JointLoss(nn.Module):
                 stage = torch.stack([F.l1_loss(s.full, clean) for s in output.stages]).mean()
                 if self.stage_monotone > 0:
                     stage = stage + self.stage_monotone * monotone_hinge([s.full for s in output.stages], clean,
-                                                                          self.monotone_metric)
+                                                                          self.monotone_metric,
+                                                                          self.monotone_margin_db)
                 terms["stage"] = self.rec_weight * self.stage_weight * stage
         if self.lambda_seg > 0:
             seg = self.seg_term(output.seg_logits, batch)
