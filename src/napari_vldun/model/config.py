@@ -223,9 +223,6 @@ def _paper() -> VLDUNConfig:
         blocks=(3, 1, 1, 2),
         refine_blocks=3,
         expand=(2.0, 2.0, 2.0, 2.0),
-        # 4 heads of 32 channels per full-resolution Bi-Mamba instead of 8 x 16: half the per-head decay masks
-        # of the chunked scan (BENCHMARKS.md, "The paper config"); Mamba-2's own default is 64.
-        headdim=32,
         prior_dim=256,
         stage_images=True,
         scaled_phi_t=True,

@@ -166,16 +166,10 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     Within a chunk of length Q the output is a masked "attention" ``(L o C B^T) (dt x)``
     with ``L_ij = exp(cs_i - cs_j)`` for i >= j (cs = cumsum of dt*A inside the chunk).
     Chunk end-states are passed between chunks with :func:`_decay_scan`. Half/bfloat16
-    inputs are computed in float32 and the result cast back; autocast is off inside, so that its matmuls
-    stay float32 too (under CPU autocast they ran in bf16 behind casts of the Q x Q masks, slower and less
-    exact, BENCHMARKS.md "Selective scan").
+    inputs are upcast to float32 (cumulative sums, exponentials, masks) and the result cast back; under
+    autocast the batched matmuls still run in bf16 (faster here than float32 at the shipped sizes; bf16 and
+    fp32 training agree within 0.2 dB, BENCHMARKS.md "bf16 vs fp32 training" and "Selective scan").
     """
-    with torch.autocast(x.device.type, enabled=False):
-        return _ssd_scan_chunked(x, dt, A, B, C, D, chunk_size)
-
-
-def _ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                      chunk_size: int) -> Tensor:
     b, l, h, p = x.shape
     n = B.shape[-1]
     out_dtype = x.dtype
@@ -189,33 +183,28 @@ def _ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         B = F.pad(B, (0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, pad))
     c = (l + pad) // Q
-    # Two layouts: (b, c, h, Q, .) for the per-head in-chunk products (heads next to chunks keeps the decay
-    # broadcasts cheap), and the input's own (b, c, Q, h*p) for the state products: B and C are shared by the
-    # heads, so those fold the heads into one matmul per chunk (no broadcast copies, larger GEMMs) and their
-    # output is already in the result's layout.
+    # layout (b, c, h, Q, .): heads next to chunks keeps broadcasts over h cheap on CPU
     dth = dt.view(b, c, Q, h).transpose(2, 3)                           # (b, c, h, Q)
     cs = torch.cumsum(dth * A[:, None], dim=-1)                         # (b, c, h, Q), <= 0
     xdt = (x.view(b, c, Q, h, p).transpose(2, 3) * dth[..., None]).contiguous()  # (b,c,h,Q,p)
-    Bc = B.view(b * c, Q, n)
-    Cc = C.view(b * c, Q, n)
+    Bc = B.view(b, c, 1, Q, n)
+    Cc = C.view(b, c, 1, Q, n)
 
     # 1) intra-chunk (diagonal blocks)
     cg = _contiguous_grad
-    G = cg(Cc @ Bc.transpose(-1, -2)).view(b, c, 1, Q, Q)
-    M = _DecayGram.apply(cs, G)                                         # (b, c, h, Q, Q)
+    M = _DecayGram.apply(cs, cg(Cc @ Bc.transpose(-1, -2)))             # (b, c, h, Q, Q)
     y = cg(M @ xdt)                                                     # (b, c, h, Q, p)
 
-    # 2) state at the end of every chunk from that chunk's inputs only, heads folded: (b*c, h*p, Q) @ (b*c, Q, n)
-    w = torch.exp(cs[..., -1:] - cs) * dth                              # (b, c, h, Q): decay to the end x dt
-    xw = (x.view(b, c, Q, h, p) * w.transpose(2, 3)[..., None]).view(b * c, Q, h * p)
-    states = cg(xw.transpose(1, 2) @ Bc)                                # (b*c, h*p, n)
+    # 2) state at the end of every chunk from that chunk's inputs only
+    w = torch.exp(cs[..., -1:] - cs)                                    # (b, c, h, Q)
+    states = cg((xdt * w[..., None]).transpose(-1, -2) @ Bc)            # (b, c, h, p, n)
 
-    # 3) pass states between chunks, 4) read them out with the in-chunk decay, in (b, c, Q, h, p)
-    ends = _decay_scan(cs[..., -1], states.view(b, c, h, p * n))        # (b, c, h, p*n)
-    S_in = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1).view(b * c, h * p, n)
-    y_off = cg(Cc @ S_in.transpose(1, 2)).view(b, c, Q, h, p)           # (b, c, Q, h, p)
-    y = y_off * torch.exp(cs).transpose(2, 3)[..., None] + y.transpose(2, 3)  # contiguous first: its layout
-    y = y.reshape(b, c * Q, h, p)[:, :l]
+    # 3) pass states between chunks, 4) read them out with the in-chunk decay
+    ends = _decay_scan(cs[..., -1], states.reshape(b, c, h, p * n))     # (b, c, h, p*n)
+    S_in = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1).view(b, c, h, p, n)
+    y = y + cg(Cc @ S_in.transpose(-1, -2)) * torch.exp(cs)[..., None]
+
+    y = y.transpose(2, 3).reshape(b, c * Q, h, p)[:, :l]
     if D is not None:
         y = y + D.to(cdt)[:, None] * x[:, :l]
     return y.to(out_dtype)
