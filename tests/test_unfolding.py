@@ -156,3 +156,35 @@ def test_stage_feedback_starts_as_the_model_without_it_and_carries_the_consisten
     seg_a0, seg_a1 = (plain(y, kspace=kk, mask=mask).seg_logits["acdc"] for kk in (k, k * 0))
     # without feedback the k-space reaches the features only through the image the seg head sees
     assert (seg_c - seg_d).abs().max() > (seg_a0 - seg_a1).abs().max()
+
+
+def test_pass_step_sizes_start_as_the_model_without_them_and_scale_one_pass_stage() -> None:
+    """``pass_step_sizes``: ones at first, so a checkpoint without them loads and computes the same; a step
+    scales only its (pass, stage) residual, and passes beyond the last row use the last row."""
+    plain = build_model("tiny", seed=1).eval()
+    stepped = build_model("tiny", seed=1, pass_step_sizes=2).eval()
+    n = len(stepped.stage_heads)
+    assert stepped.pass_steps.shape == (2 * n,) and stepped.pass_steps.ndim == 1  # no weight decay on it
+    missing, unexpected = stepped.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["pass_steps"] and not unexpected
+    with torch.no_grad():
+        for m in (plain, stepped):
+            for head in m.stage_heads:
+                head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(3))
+    mask = cartesian_mask((40, 56), 4, seed=0).mask
+    k = measure(y, mask)
+    with torch.no_grad():
+        a = plain(y, kspace=k, mask=mask, cascades=3, return_stages=True)
+        b = stepped(y, kspace=k, mask=mask, cascades=3, return_stages=True)
+        torch.testing.assert_close(a.restored, b.restored)
+        stepped.pass_steps[n + 2] = 0.0  # pass 2 (and 3, which reuses its row), stage 2: no step
+        c = stepped(y, kspace=k, mask=mask, cascades=3, return_stages=True)
+    # pass 1 is untouched; in pass 2 stage 2 repeats stage 1's estimate
+    for s_a, s_c in zip(a.stages[:n + 2], c.stages[:n + 2]):
+        torch.testing.assert_close(s_a.full, s_c.full)
+    torch.testing.assert_close(c.stages[n + 2].full, c.stages[n + 1].full)
+    torch.testing.assert_close(c.stages[2 * n + 2].full, c.stages[2 * n + 1].full)
+    assert not torch.allclose(a.stages[n + 2].full, c.stages[n + 2].full)
+    with pytest.raises(ValueError, match="pass_step_sizes"):
+        build_model("tiny", pass_step_sizes=-1)

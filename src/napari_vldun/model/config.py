@@ -153,6 +153,11 @@ class VLDUNConfig:
     #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
     #: the observation y and the estimate is a read-out (run 10, 2026-12-01).
     stage_feedback: bool = False
+    #: ``stage_images`` only: a learned step size per (pass, stage) on each stage's residual image, for the
+    #: first ``pass_step_sizes`` weight-shared passes (later passes use the last pass's), initialised to 1 so a
+    #: checkpoint without them computes the same; the shared stage heads cannot tell the passes apart, and
+    #: a stage that must correct much in pass 1 overshoots in pass 3 (run 28, BENCHMARKS.md). 0: none.
+    pass_step_sizes: int = 0
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -185,6 +190,9 @@ class VLDUNConfig:
             raise ValueError(f"config: cascades must be >= 1, got {self.cascades}")
         if int(self.patch) not in (1, 2, 4):
             raise ValueError(f"config: patch must be 1, 2 or 4, got {self.patch}")
+        if int(self.pass_step_sizes) < 0 or (self.pass_step_sizes and not self.stage_images):
+            raise ValueError(f"config: pass_step_sizes must be >= 0 and needs stage_images, got "
+                             f"{self.pass_step_sizes} (stage_images {self.stage_images})")
         if int(self.seg_decoder_width) < 0 or (self.seg_decoder_width and not self.stage_images):
             raise ValueError(f"config: seg_decoder_width must be >= 0 and needs stage_images, got "
                              f"{self.seg_decoder_width} (stage_images {self.stage_images})")

@@ -112,7 +112,12 @@ class VLDUN(nn.Module):
             # x_{k-1} at each stage's level, as the observation is embedded there (zero-init: starts as run 10)
             self.feedback = (nn.ModuleList(_zero(nn.Conv2d(y_ch[lv], w[lv], 3, padding=1)) for lv in levels)
                              if cfg.stage_feedback and cfg.rec_head else None)
+            n_steps = int(cfg.pass_step_sizes)
+            # flat (passes * stages,) so that AdamW's weight decay (only on >= 2-D tensors) leaves it alone
+            self.pass_steps = (nn.Parameter(torch.ones(n_steps * len(levels)))
+                               if n_steps > 0 and cfg.rec_head else None)
         else:
+            self.pass_steps = None
             self.stage_heads = None
             self.feedback = None
             self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
@@ -276,6 +281,10 @@ class VLDUN(nn.Module):
             if self.stage_heads is not None:
                 head = self.stage_heads[k]
                 delta = head(z)[..., :h, :w].float()
+                if self.pass_steps is not None:
+                    n_stages = len(self.stage_heads)
+                    row = min(pass_index, self.pass_steps.numel() // n_stages - 1)
+                    delta = delta * self.pass_steps[row * n_stages + k]
                 x_free = x_free + delta
                 x = x + delta
                 if kspace is not None:
