@@ -7,7 +7,7 @@
     python benchmarks/model.py --configs tiny --cascades 3     # with k-space: 3 passes + data consistency
     python benchmarks/model.py --configs shipped tiny --layouts nhwc nchw   # channels-last vs the old NCHW path
     python benchmarks/model.py --configs tiny shipped --layouts nhwc compiled   # eager vs --compile
-    python benchmarks/model.py --configs paper paper:headdim=16   # a config with fields overridden (JSON values)
+    python benchmarks/model.py --configs paper paper:headdim=32   # a config with fields overridden (JSON values)
 
 Latency is the median of ``--repeats`` timed forward passes (no grad, eval mode, CLIP included) after one
 warm-up pass; ``torch.set_num_threads(--threads)``. The floor is the forward's MACs as
@@ -58,7 +58,11 @@ def _model(config: str) -> torch.nn.Module:
     fields overridden, values as JSON, e.g. ``paper:headdim=16``)."""
     if ":" in config:
         name, _, sets = config.partition(":")
-        overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in sets.split(","))}
+        try:
+            overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in sets.split(","))}
+        except ValueError:
+            raise SystemExit(f"--configs {config!r}: write overrides as NAME:key=value,... with JSON values, "
+                             f"e.g. paper:headdim=16") from None
         return build_model(name, **overrides).eval()
     if config == "shipped":  # the packaged checkpoint: its config (segmentation decoder, classes) and weights
         from napari_vldun.inference import load_model

@@ -109,6 +109,19 @@ def _ssm_at(rev: str) -> types.ModuleType:
     return mod
 
 
+def _best_interleaved(call: Callable[[str, torch.nn.Module], None], old: torch.nn.Module,
+                      new: torch.nn.Module, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` timed ``call(name, module)`` per module, old and new alternating, after a warm-up
+    round: ``{"old_s": ..., "new_s": ...}``."""
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(repeats + 1):
+        for name, m in (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            call(name, m)
+            times[name].append(time.perf_counter() - t0)
+    return {f"{name}_s": min(ts[1:]) for name, ts in times.items()}
+
+
 def against(rev: str, dim: int, size: int, repeats: int) -> list[dict]:
     """Time this tree's ``BiMamba2d`` against ``rev``'s, interleaved (see the module docstring)."""
     from napari_vldun.model import ssm as current
@@ -120,28 +133,23 @@ def against(rev: str, dim: int, size: int, repeats: int) -> list[dict]:
     rows = []
     x = torch.randn(1, dim, size, size).contiguous(memory_format=torch.channels_last)
     for prec in ("bf16", "fp32"):
-        times: dict[str, list[float]] = {"old": [], "new": []}
         outs = {}
+
+        def infer(name: str, m: torch.nn.Module) -> None:
+            outs[name] = m(x).float()
+
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-            for _ in range(repeats + 1):
-                for name, m in (("old", old), ("new", new)):
-                    t0 = time.perf_counter()
-                    outs[name] = m(x).float()
-                    times[name].append(time.perf_counter() - t0)
-        rows.append({"what": f"inference {prec}, 1x{dim}x{size}x{size}", "old_s": min(times["old"][1:]),
-                     "new_s": min(times["new"][1:]),
+            best = _best_interleaved(infer, old, new, repeats)
+        rows.append({"what": f"inference {prec}, 1x{dim}x{size}x{size}", **best,
                      "max_abs_diff": (outs["old"] - outs["new"]).abs().max().item()})
     xs = torch.randn(4, dim, size // 2, size // 2).contiguous(memory_format=torch.channels_last)
-    times = {"old": [], "new": []}
+
+    def train_step(name: str, m: torch.nn.Module) -> None:
+        m(xs.clone().requires_grad_()).float().square().mean().backward()
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        for _ in range(repeats + 1):
-            for name, m in (("old", old), ("new", new)):
-                xi = xs.clone().requires_grad_()
-                t0 = time.perf_counter()
-                m(xi).float().square().mean().backward()
-                times[name].append(time.perf_counter() - t0)
-    rows.append({"what": f"train fwd+bwd bf16, 4x{dim}x{size // 2}x{size // 2}", "old_s": min(times["old"][1:]),
-                 "new_s": min(times["new"][1:]), "max_abs_diff": None})
+        best = _best_interleaved(train_step, old, new, repeats)
+    rows.append({"what": f"train fwd+bwd bf16, 4x{dim}x{size // 2}x{size // 2}", **best, "max_abs_diff": None})
     for r in rows:
         r["speedup"] = r["old_s"] / r["new_s"]
     return rows

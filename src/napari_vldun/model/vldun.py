@@ -219,6 +219,10 @@ class VLDUN(nn.Module):
         y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
         stages: list[StageMaps] = []
         k = 0
+        steps = None  # this pass's row of ``pass_steps`` (later passes reuse the last row)
+        if self.pass_steps is not None:
+            rows = self.pass_steps.view(-1, len(self.stage_heads))
+            steps = rows[min(pass_index, len(rows) - 1)]
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal k
@@ -269,6 +273,10 @@ class VLDUN(nn.Module):
         x_free = x = yp[..., :h, :w].float()
         stages: list[StageMaps] = []
         k = 0
+        steps = None  # this pass's row of ``pass_steps`` (later passes reuse the last row)
+        if self.pass_steps is not None:
+            rows = self.pass_steps.view(-1, len(self.stage_heads))
+            steps = rows[min(pass_index, len(rows) - 1)]
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal x, x_free, k
@@ -281,10 +289,8 @@ class VLDUN(nn.Module):
             if self.stage_heads is not None:
                 head = self.stage_heads[k]
                 delta = head(z)[..., :h, :w].float()
-                if self.pass_steps is not None:
-                    n_stages = len(self.stage_heads)
-                    row = min(pass_index, self.pass_steps.numel() // n_stages - 1)
-                    delta = delta * self.pass_steps[row * n_stages + k]
+                if steps is not None:
+                    delta = delta * steps[k]
                 x_free = x_free + delta
                 x = x + delta
                 if kspace is not None:

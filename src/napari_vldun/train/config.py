@@ -27,7 +27,7 @@ from ..data import SOURCES
 from ..data.datasets import check_source_crops, check_source_weights
 from ..io.atomic import write_json
 from ..model.precision import Precision
-from .losses import REC_LOSSES
+from .losses import REC_LOSSES, check_monotone
 
 __all__ = ["TrainConfig", "SOURCE_LICENSES", "IMMUTABLE_ON_RESUME"]
 
@@ -313,12 +313,10 @@ class TrainConfig:
             raise bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
         if float(self.stage_monotone) < 0:
             raise bad(f"stage_monotone must be >= 0, got {self.stage_monotone}")
-        if self.monotone_metric not in ("l1", "psnr"):
-            raise bad(f"monotone_metric must be 'l1' or 'psnr', got {self.monotone_metric!r}")
-        if float(self.monotone_margin_db) < 0 or (float(self.monotone_margin_db) > 0
-                                                   and self.monotone_metric != "psnr"):
-            raise bad(f"monotone_margin_db must be >= 0 and needs monotone_metric 'psnr', "
-                      f"got {self.monotone_margin_db} with {self.monotone_metric!r}")
+        try:
+            check_monotone(self.monotone_metric, self.monotone_margin_db)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
         try:
             Precision.parse(self.precision)
         except ValueError as exc:

@@ -24,7 +24,7 @@ from ..metrics import ssim_map
 
 __all__ = [
     "FocalLoss", "DiceCELoss", "degradation_contrastive_loss", "charbonnier", "ssim_l1", "monotone_hinge",
-    "JointLoss", "PriorLoss", "REC_LOSSES", "MONOTONE_METRICS",
+    "JointLoss", "PriorLoss", "REC_LOSSES", "MONOTONE_METRICS", "check_monotone",
 ]
 
 #: reconstruction losses of :class:`JointLoss` (``rec_loss``).
@@ -127,6 +127,16 @@ class DiceCELoss(nn.Module):
 MONOTONE_METRICS = ("l1", "psnr")
 
 
+def check_monotone(metric: str, margin_db: float) -> None:
+    """Raise ``ValueError`` naming the option unless ``metric`` is one of :data:`MONOTONE_METRICS` and
+    ``margin_db`` is >= 0 (> 0 only with "psnr"). Shared by :func:`monotone_hinge` and the training config."""
+    if metric not in MONOTONE_METRICS:
+        raise ValueError(f"monotone_metric must be one of {MONOTONE_METRICS}, got {metric!r}")
+    if float(margin_db) < 0 or (float(margin_db) > 0 and metric != "psnr"):
+        raise ValueError(f"monotone_margin_db must be >= 0 and needs monotone_metric 'psnr', "
+                         f"got {margin_db} with {metric!r}")
+
+
 def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metric: str = "l1",
                    margin_db: float = 0.0) -> torch.Tensor:
     """Mean over samples and consecutive stage pairs of how much estimate ``k`` (B, 1, H, W) is worse than
@@ -137,10 +147,7 @@ def monotone_hinge(estimates: Sequence[torch.Tensor], clean: torch.Tensor, metri
     error level. ``margin_db`` (psnr only, >= 0): each stage must gain at least this many dB over the previous
     one before the hinge is zero, ``relu(ln MSE_k - ln MSE_{k-1} + margin_db * ln(10) / 10)``: a safety margin
     so that validation slices, not only training crops, keep refining."""
-    if metric not in MONOTONE_METRICS:
-        raise ValueError(f"metric must be one of {MONOTONE_METRICS}, got {metric!r}")
-    if margin_db < 0 or (margin_db > 0 and metric != "psnr"):
-        raise ValueError(f"margin_db must be >= 0 and needs metric 'psnr', got {margin_db} with {metric!r}")
+    check_monotone(metric, margin_db)
     if metric == "l1":
         errs = torch.stack([(e.float() - clean).abs().flatten(1).mean(1) for e in estimates])  # (K, B)
     else:
@@ -182,8 +189,7 @@ class JointLoss(nn.Module):
         super().__init__()
         self.stage_monotone = float(stage_monotone)
         self.monotone_margin_db = float(monotone_margin_db)
-        if monotone_metric not in MONOTONE_METRICS:
-            raise ValueError(f"monotone_metric must be one of {MONOTONE_METRICS}, got {monotone_metric!r}")
+        check_monotone(monotone_metric, self.monotone_margin_db)
         self.monotone_metric = monotone_metric
         if rec_loss not in REC_LOSSES:
             raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {rec_loss!r}")
