@@ -188,3 +188,39 @@ def test_pass_step_sizes_start_as_the_model_without_them_and_scale_one_pass_stag
     assert not torch.allclose(a.stages[n + 2].full, c.stages[n + 2].full)
     with pytest.raises(ValueError, match="pass_step_sizes"):
         build_model("tiny", pass_step_sizes=-1)
+
+
+def test_mask_step_sizes_start_as_one_and_act_only_on_their_mask_kind() -> None:
+    """``mask_step_sizes``: factors of ones at first (a checkpoint without them computes the same); in a batch
+    of a Cartesian and a radial acquisition a radial factor changes only the radial sample, and never the
+    magnitude-only pass (no mask, no kind)."""
+    from napari_vldun.degradation import radial_mask
+    from napari_vldun.degradation.masks import mask_kinds
+
+    plain = build_model("tiny", seed=1, pass_step_sizes=2).eval()
+    kinded = build_model("tiny", seed=1, pass_step_sizes=2, mask_step_sizes=True).eval()
+    n = len(kinded.stage_heads)
+    assert kinded.mask_steps.shape == (2 * 2 * n,)
+    missing, unexpected = kinded.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["mask_steps"] and not unexpected
+    with torch.no_grad():
+        for m in (plain, kinded):
+            for head in m.stage_heads:
+                head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(2, 1, 40, 56, generator=torch.Generator().manual_seed(3))
+    mask = torch.stack([torch.as_tensor(cartesian_mask((40, 56), 4, seed=0).mask),
+                        torch.as_tensor(radial_mask((40, 56), accel=4).mask)]).float()[:, None]
+    assert mask_kinds(mask).tolist() == [0, 1]  # MASK_KINDS order: cartesian, radial
+    k = measure(y, mask)
+    with torch.no_grad():
+        a = plain(y, kspace=k, mask=mask, cascades=2)
+        b = kinded(y, kspace=k, mask=mask, cascades=2)
+        torch.testing.assert_close(a.restored, b.restored)
+        kinded.mask_steps.view(2, 2, n)[1, 1, 0] = 0.0  # radial, pass 2, stage 1: no step
+        c = kinded(y, kspace=k, mask=mask, cascades=2)
+        free_a, free_c = plain(y), kinded(y)
+    torch.testing.assert_close(c.restored[0], a.restored[0])
+    assert not torch.allclose(c.restored[1], a.restored[1])
+    torch.testing.assert_close(free_c.restored, free_a.restored)
+    with pytest.raises(ValueError, match="mask_step_sizes"):
+        build_model("tiny", mask_step_sizes=True)

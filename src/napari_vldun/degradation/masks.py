@@ -14,7 +14,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["MaskResult", "cartesian_mask", "radial_mask", "mask_kind", "MASK_KINDS", "GOLDEN_ANGLE_DEG"]
+__all__ = ["MaskResult", "cartesian_mask", "radial_mask", "mask_kind", "mask_kinds", "MASK_KINDS", "GOLDEN_ANGLE_DEG"]
 
 #: What :func:`mask_kind` tells apart.
 MASK_KINDS = ("cartesian", "radial")
@@ -247,15 +247,24 @@ def radial_mask(
     return _result(cache[best], best)
 
 
+def mask_kinds(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The kind of every ``(H, W)`` mask in ``mask`` (..., H, W), flattened: a (N,) int64 tensor of indices
+    into :data:`MASK_KINDS` (0 ``"cartesian"``: whole lines, all rows equal or all columns equal; 1
+    ``"radial"``: radial spokes and any other 2-D pattern), on ``mask``'s device. Raises ValueError below 2-D."""
+    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).detach()
+    if m.ndim < 2:
+        raise ValueError(f"a mask must be (..., H, W), got shape {tuple(m.shape)}")
+    m = m.reshape(-1, *m.shape[-2:]) != 0
+    lines = (m == m[:, :1, :]).flatten(1).all(1) | (m == m[:, :, :1]).flatten(1).all(1)
+    return (~lines).long()
+
+
 def mask_kind(mask: np.ndarray | torch.Tensor) -> str | None:
     """``"cartesian"`` when every ``(H, W)`` mask in ``mask`` (..., H, W) samples whole lines (all rows equal,
     or all columns equal), ``"radial"`` when none does (radial spokes and any other 2-D pattern), ``None``
-    when the masks are of both kinds or ``mask`` is empty."""
-    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).detach()
+    when the masks are of both kinds or ``mask`` is empty (:func:`mask_kinds` per mask)."""
+    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask)
     if m.ndim < 2 or m.numel() == 0:
         return None
-    m = m.reshape(-1, *m.shape[-2:]) != 0
-    lines = (m == m[:, :1, :]).flatten(1).all(1) | (m == m[:, :, :1]).flatten(1).all(1)
-    if bool(lines.all()):
-        return "cartesian"
-    return None if bool(lines.any()) else "radial"
+    kinds = mask_kinds(m).unique()
+    return MASK_KINDS[int(kinds[0])] if len(kinds) == 1 else None

@@ -158,6 +158,12 @@ class VLDUNConfig:
     #: checkpoint without them computes the same; the shared stage heads cannot tell the passes apart, and
     #: a stage that must correct much in pass 1 overshoots in pass 3 (run 28, BENCHMARKS.md). 0: none.
     pass_step_sizes: int = 0
+    #: ``pass_step_sizes`` only: one more factor per (mask kind, pass, stage) on those step sizes, picked per
+    #: sample from its k-space mask (:func:`~napari_vldun.degradation.masks.mask_kinds`: Cartesian lines or
+    #: radial spokes; no mask: none), initialised to 1 so a checkpoint without them computes the same. The
+    #: radial CT slices fall where pass 3 begins while the Cartesian MR slices gain there (run 29,
+    #: BENCHMARKS.md); one shared table cannot serve both.
+    mask_step_sizes: bool = False
     # Ablation switches (paper Table 3).
     use_priors: bool = True
     freq_decoupling: bool = True
@@ -193,6 +199,8 @@ class VLDUNConfig:
         if int(self.pass_step_sizes) < 0 or (self.pass_step_sizes and not self.stage_images):
             raise ValueError(f"config: pass_step_sizes must be >= 0 and needs stage_images, got "
                              f"{self.pass_step_sizes} (stage_images {self.stage_images})")
+        if self.mask_step_sizes and not self.pass_step_sizes:
+            raise ValueError("config: mask_step_sizes needs pass_step_sizes >= 1")
         if int(self.seg_decoder_width) < 0 or (self.seg_decoder_width and not self.stage_images):
             raise ValueError(f"config: seg_decoder_width must be >= 0 and needs stage_images, got "
                              f"{self.seg_decoder_width} (stage_images {self.stage_images})")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..degradation.consistency import data_consistency
+from ..degradation.masks import MASK_KINDS, mask_kinds
 from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
@@ -116,8 +117,12 @@ class VLDUN(nn.Module):
             # flat (passes * stages,) so that AdamW's weight decay (only on >= 2-D tensors) leaves it alone
             self.pass_steps = (nn.Parameter(torch.ones(n_steps * len(levels)))
                                if n_steps > 0 and cfg.rec_head else None)
+            # a factor on those per (mask kind, pass, stage), flat for the same reason (cfg.mask_step_sizes)
+            self.mask_steps = (nn.Parameter(torch.ones(len(MASK_KINDS) * n_steps * len(levels)))
+                               if cfg.mask_step_sizes and self.pass_steps is not None else None)
         else:
             self.pass_steps = None
+            self.mask_steps = None
             self.stage_heads = None
             self.feedback = None
             self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
@@ -219,10 +224,6 @@ class VLDUN(nn.Module):
         y_feats = [emb(yi) for emb, yi in zip(self.embed_y, ys)]
         stages: list[StageMaps] = []
         k = 0
-        steps = None  # this pass's row of ``pass_steps`` (later passes reuse the last row)
-        if self.pass_steps is not None:
-            rows = self.pass_steps.view(-1, len(self.stage_heads))
-            steps = rows[min(pass_index, len(rows) - 1)]
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal k
@@ -245,6 +246,22 @@ class VLDUN(nn.Module):
             z = self.merge[i](torch.cat([self.up[i](z), skips[i]], dim=1))
             z = run(self.decoder[i], z, i)
         return run(self.refine, z, 0), stages
+
+    def step_sizes(self, pass_index: int, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The step sizes of pass ``pass_index``'s stage residuals, (1, stages), or (N, stages) per k-space
+        mask of ``mask`` (N masks of (..., H, W), N 1 or the batch) when ``cfg.mask_step_sizes``: the pass's row
+        of ``pass_steps`` (later passes reuse the last row) times its mask kind's factors. None without
+        ``pass_steps``."""
+        if self.pass_steps is None:
+            return None
+        n = len(self.stage_heads)
+        rows = self.pass_steps.view(-1, n)
+        r = min(int(pass_index), len(rows) - 1)
+        steps = rows[r][None]
+        if self.mask_steps is not None and mask is not None:
+            factors = self.mask_steps.view(len(MASK_KINDS), len(rows), n)[:, r]
+            steps = steps * factors[mask_kinds(mask).to(factors.device)]
+        return steps
 
     def pyramid(self, yp: torch.Tensor) -> list[torch.Tensor]:
         """The observation at every level: avg-pooled (``patch`` 1) or PixelUnshuffle(patch * 2**i)."""
@@ -273,10 +290,7 @@ class VLDUN(nn.Module):
         x_free = x = yp[..., :h, :w].float()
         stages: list[StageMaps] = []
         k = 0
-        steps = None  # this pass's row of ``pass_steps`` (later passes reuse the last row)
-        if self.pass_steps is not None:
-            rows = self.pass_steps.view(-1, len(self.stage_heads))
-            steps = rows[min(pass_index, len(rows) - 1)]
+        steps = self.step_sizes(pass_index, mask if kspace is not None else None)
 
         def run(stage: UnfoldingStage, z: torch.Tensor, level: int) -> torch.Tensor:
             nonlocal x, x_free, k
@@ -290,7 +304,7 @@ class VLDUN(nn.Module):
                 head = self.stage_heads[k]
                 delta = head(z)[..., :h, :w].float()
                 if steps is not None:
-                    delta = delta * steps[k]
+                    delta = delta * steps[:, k].view(-1, 1, 1, 1)
                 x_free = x_free + delta
                 x = x + delta
                 if kspace is not None:
