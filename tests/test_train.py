@@ -194,12 +194,13 @@ def test_overfits_one_batch():
     assert min(losses[-3:]) < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("config", ["tiny", "tiny_v1"])
+@pytest.mark.parametrize("config", ["tiny", "tiny_v1", "tiny+mask_steps"])
 @pytest.mark.parametrize("data_consistency", [True, False])
 def test_every_trainable_parameter_gets_a_gradient_each_step(config: str, data_consistency: bool):
     """What lets DDP run without ``find_unused_parameters``: with the loop's zero-weighted touch of every
-    output, one joint step on a batch of one label set gives every parameter a gradient, the other label
-    sets' heads included; without the touch those heads get none (so the check can fail)."""
+    output and trainable parameter, one joint step on a batch of one label set gives every parameter a
+    gradient, the other label sets' heads included, and the mask-kind step factors on a step without
+    k-space; without the touch those get none (so the check can fail; run 30 stopped on that in DDP)."""
     from napari_vldun.data import SliceDataset
     from napari_vldun.model import build_model
     from napari_vldun.train.loop import _touch
@@ -209,17 +210,21 @@ def test_every_trainable_parameter_gets_a_gradient_each_step(config: str, data_c
     items = [ds[0], ds[1]]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
     sets = {"acdc": ["bg", "rv", "myo", "lv"], "brats2015": ["bg", "a", "b", "c", "d"], "covid_ct": ["bg", "inf"]}
-    model = build_model(config, seed=0, label_sets=sets)
+    name, _, extra = config.partition("+")
+    kw = {"pass_step_sizes": 3, "mask_step_sizes": True} if extra else {}
+    model = build_model(name, seed=0, label_sets=sets, **kw)
+    params = [p for p in model.parameters() if p.requires_grad]
     loss = JointLoss(list(sets), 1.5, 0.5)
     for touch in (True, False):
         model.zero_grad(set_to_none=True)
         out = model(batch["degraded"], return_stages=True, **measured(batch, data_consistency))
-        (loss(out, batch)["total"] + (_touch(out) if touch else 0)).backward()
+        (loss(out, batch)["total"] + (_touch(out, params) if touch else 0)).backward()
         missing = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
         if touch:
             assert not missing
         else:
-            assert missing and all(".brats2015." in n or ".covid_ct." in n for n in missing), missing
+            assert missing and all(".brats2015." in n or ".covid_ct." in n or n == "mask_steps" for n in missing), missing
+            assert ("mask_steps" in missing) == (bool(extra) and not data_consistency)
 
 
 # ----------------------------------------------------------------------------- resume / stop / overwrite

@@ -251,7 +251,10 @@ def mask_kinds(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     """The kind of every ``(H, W)`` mask in ``mask`` (..., H, W), flattened: a (N,) int64 tensor of indices
     into :data:`MASK_KINDS` (0 ``"cartesian"``: whole lines, all rows equal or all columns equal; 1
     ``"radial"``: radial spokes and any other 2-D pattern), on ``mask``'s device. Raises ValueError below 2-D."""
-    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).detach()
+    if isinstance(mask, np.ndarray):
+        m = torch.from_numpy(np.require(mask, requirements=["C", "W"]))  # copies only a read-only array
+    else:
+        m = torch.as_tensor(mask).detach()
     if m.ndim < 2:
         raise ValueError(f"a mask must be (..., H, W), got shape {tuple(m.shape)}")
     m = m.reshape(-1, *m.shape[-2:]) != 0
@@ -263,8 +266,7 @@ def mask_kind(mask: np.ndarray | torch.Tensor) -> str | None:
     """``"cartesian"`` when every ``(H, W)`` mask in ``mask`` (..., H, W) samples whole lines (all rows equal,
     or all columns equal), ``"radial"`` when none does (radial spokes and any other 2-D pattern), ``None``
     when the masks are of both kinds or ``mask`` is empty (:func:`mask_kinds` per mask)."""
-    m = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask)
-    if m.ndim < 2 or m.numel() == 0:
+    if len(mask.shape) < 2 or math.prod(mask.shape) == 0:
         return None
-    kinds = mask_kinds(m).unique()
+    kinds = mask_kinds(mask).unique()
     return MASK_KINDS[int(kinds[0])] if len(kinds) == 1 else None

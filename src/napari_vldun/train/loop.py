@@ -118,11 +118,14 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
             yield from _tensors(getattr(obj, f.name))
 
 
-def _touch(output) -> torch.Tensor | int:
-    """0 * (sum of every output tensor that needs a gradient): every parameter that produced an
-    output gets a (zero) gradient, so DDP never waits for a head the loss did not use (e.g. the
-    head of a label set absent from this rank's batch) and single-process runs behave the same."""
+def _touch(output, params=()) -> torch.Tensor | int:
+    """0 * (sum of every output tensor that needs a gradient, and of one element of each of ``params``):
+    every parameter that produced an output, and every trainable one, gets a (zero) gradient, so DDP never
+    waits for a head the loss did not use (e.g. the head of a label set absent from this rank's batch) or
+    a parameter this step's forward did not reach (the mask-kind step factors on a step without k-space),
+    and single-process runs behave the same."""
     parts = [t.sum() for t in _tensors(output) if t.requires_grad]
+    parts += [p[(0,) * p.ndim] for p in params if p.requires_grad and p.numel()]
     return 0.0 * sum(parts) if parts else 0
 
 
@@ -367,7 +370,7 @@ class Trainer:
                                   **measured(batch, self._dc_step()))
                     terms = self.joint_loss(out, batch)
                 self.opt.zero_grad(set_to_none=True)
-                (terms["total"] + _touch(out)).backward()
+                (terms["total"] + _touch(out, params)).backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.opt.step()
