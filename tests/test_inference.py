@@ -266,8 +266,8 @@ def test_shipped_checkpoint_stages_refine_on_the_acdc_sample() -> None:
 
 def test_shipped_checkpoint_stages_refine_on_the_ct_sample_with_its_radial_k_space() -> None:
     """The bundled COVID CT slice with its recorded radial k-space: all 18 stage estimates of the shipped
-    weights (3 passes) are monotone within 0.01 dB and gain more than 1 dB (run 29: 28.78 -> 30.31 dB). Run 28,
-    one step table for both mask kinds, fell 0.03 dB where pass 3 begins; run 29's radial factors
+    weights (3 passes) are monotone within 0.01 dB and gain more than 1 dB (run 30: 28.77 -> 30.31 dB). Run 28,
+    one step table for both mask kinds, fell 0.03 dB where pass 3 begins; the radial factors of runs 29-30
     (``mask_step_sizes``) remove that fall."""
     from napari_vldun.metrics import psnr, stages_monotone
     from napari_vldun.pipeline import sample_measurement
