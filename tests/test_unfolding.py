@@ -158,19 +158,27 @@ def test_stage_feedback_starts_as_the_model_without_it_and_carries_the_consisten
     assert (seg_c - seg_d).abs().max() > (seg_a0 - seg_a1).abs().max()
 
 
+def _pair_with_new_param(base: dict, extra: dict, name: str):
+    """Two ``tiny`` models: ``base`` overrides, and the same plus ``extra`` loaded from the first's weights, so
+    that the only tensor it lacks is the new parameter ``name``; both get the same non-zero stage image heads
+    (zero-initialised otherwise, which would hide any effect of a step)."""
+    plain = build_model("tiny", seed=1, **base).eval()
+    new = build_model("tiny", seed=1, **base, **extra).eval()
+    missing, unexpected = new.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == [name] and not unexpected
+    with torch.no_grad():
+        for m in (plain, new):
+            for head in m.stage_heads:
+                head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    return plain, new
+
+
 def test_pass_step_sizes_start_as_the_model_without_them_and_scale_one_pass_stage() -> None:
     """``pass_step_sizes``: ones at first, so a checkpoint without them loads and computes the same; a step
     scales only its (pass, stage) residual, and passes beyond the last row use the last row."""
-    plain = build_model("tiny", seed=1).eval()
-    stepped = build_model("tiny", seed=1, pass_step_sizes=2).eval()
+    plain, stepped = _pair_with_new_param({}, {"pass_step_sizes": 2}, "pass_steps")
     n = len(stepped.stage_heads)
     assert stepped.pass_steps.shape == (2 * n,) and stepped.pass_steps.ndim == 1  # no weight decay on it
-    missing, unexpected = stepped.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["pass_steps"] and not unexpected
-    with torch.no_grad():
-        for m in (plain, stepped):
-            for head in m.stage_heads:
-                head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
     y = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(3))
     mask = cartesian_mask((40, 56), 4, seed=0).mask
     k = measure(y, mask)
@@ -197,16 +205,9 @@ def test_mask_step_sizes_start_as_one_and_act_only_on_their_mask_kind() -> None:
     from napari_vldun.degradation import radial_mask
     from napari_vldun.degradation.masks import mask_kinds
 
-    plain = build_model("tiny", seed=1, pass_step_sizes=2).eval()
-    kinded = build_model("tiny", seed=1, pass_step_sizes=2, mask_step_sizes=True).eval()
+    plain, kinded = _pair_with_new_param({"pass_step_sizes": 2}, {"mask_step_sizes": True}, "mask_steps")
     n = len(kinded.stage_heads)
     assert kinded.mask_steps.shape == (2 * 2 * n,)
-    missing, unexpected = kinded.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["mask_steps"] and not unexpected
-    with torch.no_grad():
-        for m in (plain, kinded):
-            for head in m.stage_heads:
-                head.proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
     y = torch.rand(2, 1, 40, 56, generator=torch.Generator().manual_seed(3))
     mask = torch.stack([torch.as_tensor(cartesian_mask((40, 56), 4, seed=0).mask),
                         torch.as_tensor(radial_mask((40, 56), accel=4).mask)]).float()[:, None]

@@ -101,14 +101,15 @@ class Scores:
         return out
 
 
-def dataset_cases(names: list[str], root=None, max_slices: int | None = None) -> Iterator[Case]:
-    """Validation slices of shared datasets, evenly thinned to ``max_slices`` per dataset."""
+def dataset_cases(names: list[str], root=None, max_slices: int | None = None, split: str = "val") -> Iterator[Case]:
+    """Validation (``split`` "val") or training ("train") slices of shared datasets, evenly thinned to
+    ``max_slices`` per dataset."""
     for ds in names:
         if ds not in SOURCES:
             raise ValueError(f"--dataset {ds!r} unknown; choose from {sorted(SOURCES)}")
         spec = SOURCES[ds]
         slices = [(case, z, vol[z], None if lab is None else lab[z])
-                  for case, vol, lab, _ in volume_slices(ds, "val", root) for z in range(vol.shape[0])]
+                  for case, vol, lab, _ in volume_slices(ds, split, root) for z in range(vol.shape[0])]
         if max_slices and len(slices) > max_slices:
             slices = [slices[i] for i in np.linspace(0, len(slices) - 1, max_slices).round().astype(int)]
         for case, z, img, lab in slices:
