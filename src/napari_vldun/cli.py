@@ -54,7 +54,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                            label_set=args.label_set, labels=args.labels, clean=args.clean,
                            overwrite=args.overwrite, stages=args.stages, kspace=args.kspace,
                            cascades=args.cascades, precision=args.precision, tile=args.tile,
-                           dicom_seg=not args.no_dicom_seg, compile=args.compile)
+                           dicom_seg=not args.no_dicom_seg, compile=args.compile, tta=args.tta,
+                           postprocess=not args.no_postprocessing)
     print(dumps_json(summary))
     return 0
 
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="overlapping N x N tiles for large slices (default: tiles of 512 above ~1 Mpx, bounded "
                         "memory; 0: always whole slices)")
+    s.add_argument("--tta", action="store_true",
+                   help="segment with test-time flips: mean of the slice and its 3 reflections (4x slower)")
+    s.add_argument("--no-postprocessing", action="store_true",
+                   help="keep the network's labels as they are (skip the checkpoint's largest-component rule)")
     add_cascades_arg(s)
     add_model_args(s)
     s.set_defaults(func=_cmd_predict)

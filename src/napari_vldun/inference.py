@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from .model import VLDUN, build_model
+from .degradation.consistency import reflect
 from .degradation.masks import mask_kind
 from .degradation.measurement import Measurement, MeasurementError
 from .model.checkpoint import CheckpointError, load_checkpoint
 from .model.compiled import COMPILE_ERRORS, compile_unavailable, compiled_copy
 from .model.precision import Precision, autocast
+from .postprocess import PostprocessRule, apply_rule, rules_from_meta
 from .tiling import choose_tile, plan_tiles, run_tiled, whole_slice_bytes
 
 #: The checkpoint shipped inside the package (``NAME.safetensors`` + ``NAME.json``).
@@ -133,7 +135,8 @@ class Prediction:
     ``stages`` (Z, S, 3, H, W) float32 with bands full/low/high, only when asked (``stage_levels``: the U
     level of each, ``stage_passes``: the 0-based pass each belongs to); ``uncertainty``
     (Z, H, W) float32 in [0, 1], the normalised entropy of the chosen label set's softmax
-    (:func:`normalised_entropy`), only when asked.
+    (:func:`normalised_entropy`), only when asked; ``postprocessing``: the checkpoint's rule for the label set
+    that was applied to ``labels`` (None when none was).
     """
 
     restored: np.ndarray | None
@@ -145,6 +148,10 @@ class Prediction:
     stage_levels: list[int] = field(default_factory=list)
     uncertainty: np.ndarray | None = None
     stage_passes: list[int] = field(default_factory=list)
+    #: the connected-component rule applied to ``labels`` (:mod:`~napari_vldun.postprocess`), None if none
+    postprocessing: PostprocessRule | None = None
+    #: True when the labels average the slice's test-time flips (``tta``)
+    tta: bool = False
 
 
 def validate_image(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -289,9 +296,11 @@ def check_tiling(model: VLDUN, device: torch.device, shape: tuple[int, int], til
 @torch.no_grad()
 def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_stages: bool,
                kspace: np.ndarray | None = None, mask: np.ndarray | None = None, cascades: int | None = None,
-               precision: str = "fp32", tile: int | None = None, interrupt=None):
+               precision: str = "fp32", tile: int | None = None, interrupt=None, flip: tuple[int, ...] = ()):
+    """One slice through the model; ``flip``: axes along which image, k-space and mask are first reflected
+    (:func:`~napari_vldun.degradation.reflect`; the outputs stay reflected)."""
     def tensor(a: np.ndarray) -> torch.Tensor:  # C-ordered and writable (a read-only view is copied)
-        return torch.from_numpy(np.require(a, requirements=("C", "W")))[None, None].to(device)
+        return reflect(torch.from_numpy(np.require(a, requirements=("C", "W")))[None, None], flip).to(device)
 
     y = tensor(image)
     dc = {}
@@ -313,6 +322,10 @@ def _run_slice(model: VLDUN, device: torch.device, image: np.ndarray, return_sta
             f"out of memory on a {image.shape[0]}x{image.shape[1]} slice on {device}; "
             "try the CPU, a smaller crop or the current slice only"
         ) from exc
+
+
+#: the reflections averaged by test-time flips, besides the slice itself (axes of (..., H, W))
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
 
 
 def passes(loaded: LoadedModel, measured: bool, cascades: int | None = None, mask=None) -> int:
@@ -347,7 +360,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
                  slices: list[int] | None = None, return_stages: bool = False,
                  measurement: Measurement | None = None, cascades: int | None = None, precision: str = "fp32",
                  return_uncertainty: bool = False, tile: int | None = None,
-                 interrupt: Callable[[], None] | None = None) -> Iterator[Progress | Prediction]:
+                 interrupt: Callable[[], None] | None = None,
+                 postprocess: bool = True, tta: bool = False) -> Iterator[Progress | Prediction]:
     """Restore and segment ``image`` (H, W) or (Z, H, W), values in [0, 1] (up to 1.5 accepted: a
     zero-filled magnitude overshoots), slice by slice.
 
@@ -360,6 +374,12 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     ``return_uncertainty``: also give :attr:`Prediction.uncertainty` (per-pixel normalised entropy).
     ``tile``: None = tile slices above ~1 Mpx automatically (:mod:`~napari_vldun.tiling`), 0 = never,
     N = overlapping N x N tiles whenever a slice is larger.
+    ``tta``: test-time flips (nnU-Net's mirroring): the segmentation is the mean softmax of the slice and its
+    three reflections (image, k-space and mask reflected together, :func:`~napari_vldun.degradation.reflect`),
+    4x the segmentation cost; the restored image and stages stay those of the slice as given.
+    ``postprocess``: apply the checkpoint's connected-component rule for the chosen label set (decided on a
+    validation split, :mod:`~napari_vldun.postprocess`; checkpoints without one are unchanged); False gives the
+    network's argmax as it is.
 
     Yields :class:`Progress` after each slice, then one :class:`Prediction` (for ``slices`` only,
     in that order, when given). Stop iterating to cancel: nothing is returned half-done. ``interrupt``
@@ -380,6 +400,10 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
             measurement = Measurement.of(measurement.kspace, measurement.mask, vol.shape)
         except MeasurementError as exc:
             raise InferenceError(str(exc)) from None
+    try:
+        rules = rules_from_meta(loaded.meta) if postprocess else {}
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
     cascades = passes(loaded, measurement is not None, cascades,
                       None if measurement is None else measurement.mask)  # once per job; refuses a bad count first
     try:
@@ -393,15 +417,27 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     for n, z in enumerate(idx):
         meas = (measurement.kspace[z], measurement.mask[z]) if measurement is not None else (None, None)
         run = dict(cascades=cascades, precision=precision, tile=tile, interrupt=interrupt)
-        try:
-            out = _run_slice(model, dev, vol[z], return_stages, *meas, **run)
-        except COMPILE_ERRORS as exc:
-            if not loaded.compiled:
-                raise
-            loaded.fall_back(f"torch.compile failed ({type(exc).__name__}); running eager")
-            warnings.warn(loaded.compile_note, stacklevel=2)
-            model = loaded.model
-            out = _run_slice(model, dev, vol[z], return_stages, *meas, **run)
+
+        def run_slice(stages_wanted: bool, flip: tuple[int, ...] = ()):
+            nonlocal model
+            try:
+                return _run_slice(model, dev, vol[z], stages_wanted, *meas, flip=flip, **run)
+            except COMPILE_ERRORS as exc:
+                if not loaded.compiled:
+                    raise
+                loaded.fall_back(f"torch.compile failed ({type(exc).__name__}); running eager")
+                warnings.warn(loaded.compile_note, stacklevel=2)
+                model = loaded.model
+                return _run_slice(model, dev, vol[z], stages_wanted, *meas, flip=flip, **run)
+
+        out = run_slice(return_stages)
+        if tta and out.seg_logits:
+            probs = {k: v.float().softmax(1) for k, v in out.seg_logits.items()}
+            for flip in TTA_FLIPS:
+                seg = run_slice(False, flip).seg_logits
+                for k in probs:
+                    probs[k] += reflect(seg[k].float(), flip).softmax(1)
+            out.seg_logits = {k: (p / (1 + len(TTA_FLIPS))).clamp_min(1e-12).log() for k, p in probs.items()}
         if out.restored is not None:
             restored.append(out.restored[0, 0].clamp(0, 1).float().cpu().numpy())
         seg_logits.append({k: v[0].float().cpu() for k, v in out.seg_logits.items()})
@@ -417,6 +453,10 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
     mod_a = np.stack(mod) if mod else None
     chosen = choose_label_set(model, mod_a, label_set) if seg_logits and seg_logits[0] else None
     labels = np.stack([s[chosen].argmax(0).numpy() for s in seg_logits]).astype(np.uint8) if chosen else None
+    rule = rules.get(chosen) if chosen else None
+    rule = None if rule is None or rule.is_identity else rule
+    if rule is not None:
+        labels = apply_rule(labels, rule)
     uncertainty = None
     if return_uncertainty and chosen:
         uncertainty = np.stack([normalised_entropy(s[chosen].numpy()) for s in seg_logits])
@@ -430,6 +470,8 @@ def iter_predict(loaded: LoadedModel, image: np.ndarray, *, label_set: str | Non
         stage_levels=levels,
         uncertainty=uncertainty,
         stage_passes=stage_passes,
+        postprocessing=rule,
+        tta=bool(tta and chosen),
     )
 
 

@@ -171,7 +171,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
                  progress: bool = True, loaded: LoadedModel | None = None,
                  kspace: str | Path | Measurement | None = None,
                  cascades: int | None = None, precision: str = "fp32", tile: int | None = None,
-                 dicom_seg: bool = True, compile: bool = False) -> dict:
+                 dicom_seg: bool = True, compile: bool = False, tta: bool = False,
+                 postprocess: bool = True) -> dict:
     """Restore and segment a file or DICOM folder slice by slice; write ``restored.nii.gz``,
     ``labels.nii.gz``, ``overview.png`` and ``metrics.json`` into ``out_dir``; return the summary.
     For a DICOM series (a folder, or one single-frame ``.dcm``) the labels are also written as
@@ -183,6 +184,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     the network with it (default: the checkpoint's for the mask's kind; fewer is faster). Without ``kspace``
     there is one pass. ``compile``: run a ``torch.compile``d copy of the model (faster on volumes of many
     slices; the first slice compiles; eager where no compiler exists, see :func:`~napari_vldun.inference.compile_loaded`).
+    ``tta``: segment with test-time flips (4x the time); ``postprocess``: apply the checkpoint's
+    connected-component rule (:mod:`~napari_vldun.postprocess`) to the labels.
 
     All paths, the model and the reference labels are checked before the network runs; the outputs are
     checked to be finite and then written together (all or none). ``metrics.json`` is strict JSON: a
@@ -241,7 +244,7 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
     pred = None
     with tqdm(total=image3.shape[0], desc="restore+segment", unit="slice", disable=not progress) as bar:
         for item in iter_predict(loaded, image3, label_set=label_set, precision=precision, tile=tile,
-                                 measurement=measurement, cascades=cascades):
+                                 measurement=measurement, cascades=cascades, tta=tta, postprocess=postprocess):
             if isinstance(item, Progress):
                 bar.update(1)
             else:
@@ -287,6 +290,8 @@ def predict_file(input_path: str | Path, out_dir: str | Path, *, weights: str | 
         "compiled": loaded.compiled,
         "compile_note": loaded.compile_note,
         "tile": used_tile,
+        "tta": pred.tta,
+        "postprocessing": None if pred.postprocessing is None else pred.postprocessing.describe(names or None),
         "label_set_warning": label_set_warning(loaded.model, pred.modality_probs, pred.label_set, label_set is not None),
         "seconds": round(wall, 3),
         "seconds_per_slice": round(wall / image3.shape[0], 4),

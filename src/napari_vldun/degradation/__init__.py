@@ -5,7 +5,7 @@ The k-space forward model is ``y = F^-1(M . F(x))`` with ``F`` the centred ortho
 No Qt imports here.
 """
 
-from .consistency import data_consistency, measure, mirror
+from .consistency import data_consistency, measure, mirror, reflect
 from .fft import fft2c, ifft2c
 from .kspace import acquire, degrade, undersample
 from .masks import GOLDEN_ANGLE_DEG, MASK_KINDS, MaskResult, cartesian_mask, mask_kind, radial_mask
@@ -26,6 +26,7 @@ __all__ = [
     "data_consistency",
     "measure",
     "mirror",
+    "reflect",
     "fft2c",
     "ifft2c",
     "MaskResult",

@@ -30,12 +30,21 @@ def measure(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return fft2c(x.to(torch.complex64)) * mask
 
 
+def reflect(t: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+    """Reflection about the centred origin along ``dims`` of (..., H, W): index ``i -> (2 (N // 2) - i) mod N``.
+
+    In this package's centred convention (:mod:`~napari_vldun.degradation.fft`) it commutes with the FFT:
+    ``fft2c(reflect(x, d)) == reflect(fft2c(x), d)``, so an image, its k-space and its mask reflected alike stay
+    one measurement (for test-time flips). An involution; ``dims=()`` returns ``t``."""
+    for d in dims:
+        n = t.shape[d]
+        t = t.index_select(d, (2 * (n // 2) - torch.arange(n, device=t.device)) % n)
+    return t
+
+
 def mirror(t: torch.Tensor) -> torch.Tensor:
-    """``t(-f)`` for centred k-space arrays (..., H, W): index ``i -> (2 (N // 2) - i) mod N`` per axis."""
-    h, w = t.shape[-2:]
-    ih = (2 * (h // 2) - torch.arange(h, device=t.device)) % h
-    iw = (2 * (w // 2) - torch.arange(w, device=t.device)) % w
-    return t.index_select(-2, ih).index_select(-1, iw)
+    """``t(-f)`` for centred k-space arrays (..., H, W): :func:`reflect` along both axes."""
+    return reflect(t, (-2, -1))
 
 
 def data_consistency(x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

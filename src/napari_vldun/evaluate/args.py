@@ -33,6 +33,14 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
                    help="passes of the network with data consistency (default: the checkpoint's, per mask kind)")
     g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="fp32, or bf16 autocast for the networks (auto: bf16 where the device runs it natively) (scans, data consistency and metrics stay fp32)")
+    g.add_argument("--tta", action="store_true",
+                   help="segment with test-time flips (mean softmax of each slice and its 3 reflections; 4x slower)")
+    g.add_argument("--no-postprocessing", action="store_true",
+                   help="score the networks' labels as they come (skip the checkpoint's connected-component rule)")
+    g.add_argument("--decide-postprocessing", default=None, metavar="RULES.json",
+                   help="score without postprocessing, then choose per label set which largest-component steps "
+                        "raise Dice on these slices (nnU-Net's rule) and write them here; store them in a "
+                        "checkpoint with `python scripts/set_postprocessing.py WEIGHTS RULES.json`")
     g.add_argument("--no-tv", action="store_true", help="skip the (slow) TV reconstruction baseline")
     g.add_argument("--tv-iters", type=int, default=100)
     g.add_argument("--tv-lambda", type=float, default=0.01)

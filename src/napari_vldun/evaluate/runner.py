@@ -39,6 +39,7 @@ from ..io.normalize import to_unit_range
 from ..io.readers import suffix_of
 from ..inference import load_model, passes, predict
 from ..model.unet import load_unet
+from ..postprocess import Decision, decide_rule, rules_from_meta
 from .baselines import tv_reconstruction
 from ..io.figures import overview_figure
 from ..metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
@@ -170,8 +171,15 @@ class Evaluator:
     """Runs every method on every case and collects :class:`Scores` per (method, dataset)."""
 
     def __init__(self, main, variants: dict, tv: bool, tv_iters: int, tv_lambda: float, label_set: str | None,
-                 data_consistency: bool = True, cascades: int | None = None, precision: str = "fp32"):
+                 data_consistency: bool = True, cascades: int | None = None, precision: str = "fp32",
+                 postprocess: bool = True, tta: bool = False):
         self.main, self.variants, self.label_set = main, variants, label_set
+        #: apply each checkpoint's connected-component rule (:mod:`~napari_vldun.postprocess`) to its labels
+        self.postprocess = postprocess
+        #: segment with test-time flips (:func:`~napari_vldun.inference.iter_predict`'s ``tta``)
+        self.tta = tta
+        #: dataset -> the label set the main model segmented it with
+        self.label_sets_used: dict[str, str] = {}
         self.precision = precision
         self.cascades = cascades
         self.data_consistency = data_consistency
@@ -188,7 +196,7 @@ class Evaluator:
     def _run(self, loaded, image: np.ndarray, label_set: str | None):
         ls = label_set if label_set in loaded.model.cfg.label_sets else None
         p = predict(loaded, image, label_set=ls, return_stages=self.want_stages, precision=self.precision,
-                    **self._measurement)
+                    postprocess=self.postprocess, tta=self.tta, **self._measurement)
         restored = None if p.restored is None else p.restored[0]
         self.last_stages = None if p.stages is None else p.stages[0, :, 0]  # (S, H, W) full band
         return restored, None if p.labels is None else p.labels[0], p.label_set
@@ -222,6 +230,8 @@ class Evaluator:
         restored, labels, used = self._run(self.main, degraded, ls)
         self.want_stages = False
         n_cls = len(self.main.model.cfg.label_sets.get(used, [])) if used else None
+        if used:
+            self.label_sets_used.setdefault(case.dataset, used)
         self._score("vldun", case, restored, labels, n_cls, self.last_stages)
         seg_only = self.variants.get("no_rec_head")
         zf_labels = self._run(seg_only, degraded, ls)[1] if seg_only else None
@@ -309,20 +319,52 @@ def markdown_table(rows: list[dict]) -> str:
 def evaluate(cases_factory: Callable[[], Iterator[Case]], accels: list[float], seed: int, main, variants: dict,
              *, tv: bool = True, tv_iters: int = 100, tv_lambda: float = 0.01, label_set: str | None = None,
              progress: bool = True, data_consistency: bool = True, cascades: int | None = None,
-             precision: str = "fp32", unet=None) -> tuple[list[dict], dict[float, Evaluator]]:
+             precision: str = "fp32", unet=None, postprocess: bool = True, tta: bool = False
+             ) -> tuple[list[dict], dict[float, Evaluator]]:
     """Evaluate all methods at each acceleration; returns (rows, evaluators by accel). ``unet``: a
-    :class:`~napari_vldun.model.unet.UNet` baseline segmenting the degraded input (its "U-Net" Dice row)."""
+    :class:`~napari_vldun.model.unet.UNet` baseline segmenting the degraded input (its "U-Net" Dice row).
+    ``postprocess``: apply the checkpoints' connected-component rules (False: the networks' argmax);
+    ``tta``: the networks segment with test-time flips."""
     from tqdm import tqdm
 
     rows, evaluators = [], {}
     for accel in accels:
-        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades, precision)
+        ev = Evaluator(main, variants, tv, tv_iters, tv_lambda, label_set, data_consistency, cascades, precision,
+                       postprocess, tta)
         ev.unet = unet
         for j, case in enumerate(tqdm(list(cases_factory()), desc=f"evaluate R={accel:g}", disable=not progress)):
             ev.add(case, accel, seed + j)
         rows += ev.rows(accel)
         evaluators[accel] = ev
     return rows, evaluators
+
+
+def postprocessing_text(main, args) -> str:
+    """What the main model's labels went through, for the results' header."""
+    if getattr(args, "no_postprocessing", False) or getattr(args, "decide_postprocessing", None):
+        return "off (the network's argmax)"
+    rules = rules_from_meta(main.meta)
+    used = {k: r.describe(main.model.cfg.label_sets.get(k)) for k, r in rules.items() if not r.is_identity}
+    return "; ".join(f"{k}: {v}" for k, v in used.items()) if used else "none in the checkpoint"
+
+
+def decide_postprocessing(evaluators: dict[float, Evaluator]) -> dict[str, Decision]:
+    """Choose a connected-component rule per label set (:func:`~napari_vldun.postprocess.decide_rule`) from the
+    main model's labels of every evaluated slice (all datasets and accelerations segmented with that set
+    pooled; each volume at each acceleration counts as its own volume). Run the evaluation with
+    ``postprocess=False`` first, so the labels are the network's own."""
+    pooled: dict[str, tuple[list, list, list, int]] = {}
+    for accel, ev in evaluators.items():
+        for (method, ds), sc in ev.scores.items():
+            used = ev.label_sets_used.get(ds)
+            if method != "vldun" or not used or not sc.n_classes:
+                continue
+            pred, ref, vols, _ = pooled.setdefault(used, ([], [], [], sc.n_classes))
+            for vol, (p, t) in sc.volumes.items():
+                pred += p
+                ref += t
+                vols += [f"{ds}:{vol}:R{accel:g}"] * len(p)
+    return {name: decide_rule(p, t, v, n) for name, (p, t, v, n) in pooled.items()}
 
 
 @locks_output("args.out", "evaluate")  # one run per --out folder (io.lock)
@@ -348,6 +390,9 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     figures = {(ds, accel): out / f"examples_{ds}_R{accel:g}.png" for accel in args.accel for ds in datasets} if out else {}
     targets = ([out / "results.md", out / "results.json", *figures.values()] if out else []) + (
         [Path(args.json)] if args.json else [])
+    decide_to = getattr(args, "decide_postprocessing", None)
+    if decide_to:
+        targets.append(Path(decide_to))
     check_outputs(targets, args.overwrite)  # every output, before any slice runs
     main = load_model(args.weights, args.device)  # a missing or corrupt checkpoint is refused here
     unet = None
@@ -379,15 +424,25 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     rows, evs = evaluate(factory, args.accel, args.seed, main, variants, tv=not args.no_tv,
                          tv_iters=args.tv_iters, tv_lambda=args.tv_lambda, label_set=args.label_set,
                          data_consistency=not args.no_dc, cascades=args.cascades,
-                         precision=getattr(args, "precision", "fp32"), unet=unet)
+                         precision=getattr(args, "precision", "fp32"), unet=unet,
+                         postprocess=not (getattr(args, "no_postprocessing", False) or decide_to),
+                         tta=getattr(args, "tta", False))
     by_mask = dict(main.model.cfg.cascades_by_mask) if args.cascades is None and not args.no_dc else {}
     doc = {"weights": main.source, "random_weights": main.random_weights, "seed": args.seed,
            "data_consistency": not args.no_dc, "cascades": n_passes, "cascades_by_mask": by_mask,
-           "variants": sorted(variants), "unet": getattr(args, "unet", None), "rows": rows}
+           "variants": sorted(variants), "unet": getattr(args, "unet", None),
+           "postprocessing": postprocessing_text(main, args), "tta": getattr(args, "tta", False), "rows": rows}
     dc_text = "off" if args.no_dc else f"on, {n_passes} cascade(s)" + "".join(
         f"; {n} with {kind} masks" for kind, n in by_mask.items())
     md = [f"Weights: `{main.source}`; seed {args.seed}; variants: {sorted(variants) or 'none'}; "
-          f"data consistency with the measured k-space: {dc_text}"]
+          f"data consistency with the measured k-space: {dc_text}; postprocessing: {doc['postprocessing']}"
+          + ("; test-time flips: on" if doc["tta"] else "")]
+    decisions = decide_postprocessing(evs) if decide_to else {}
+    if decide_to:
+        md += ["", "### Postprocessing decided on these slices (labels as the network gave them)", ""]
+        for name, d in decisions.items():
+            classes = main.model.cfg.label_sets.get(name)
+            md += [f"- {name}: **{d.rule.describe(classes)}**"] + [f"  - {line}" for line in d.steps]
     for accel in args.accel:
         sel = [r for r in rows if r["accel"] == accel]
         md += ["", f"### R = {accel:g}", "", markdown_table(sel), "", extra_table(sel)]
@@ -399,6 +454,9 @@ def evaluate_from_args(args: argparse.Namespace) -> int:
     with atomic_outputs(staged, args.overwrite) as tmp:  # all outputs or none
         if args.json:
             tmp[Path(args.json).expanduser()].write_text(dumps_json(doc) + "\n")
+        if decide_to:
+            tmp[Path(decide_to).expanduser()].write_text(
+                dumps_json({name: d.to_dict() for name, d in decisions.items()}) + "\n")
         if out:
             tmp[out / "results.md"].write_text(text + "\n")
             tmp[out / "results.json"].write_text(dumps_json(doc) + "\n")
