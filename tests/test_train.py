@@ -433,6 +433,16 @@ def test_train_only_trains_the_named_parameters_alone(tmp_path):
     assert sum(not torch.equal(final[k], init[k]) for k in head) > len(head) // 2
     with pytest.raises(ValueError, match="train_only"):
         next(e for e in iter_train(small(tmp_path / "bad", train_only=["no_such_module"])) if e.kind == "done")
+    # in the prior phase too: a linear probe of the modality (the classifier alone, the tower frozen)
+    cfg = small(tmp_path / "probe", init_weights=str(tmp_path / "init"), train_only=["priors.classifier"],
+                model_overrides={"seg_unet_widths": [8, 16, 32, 64]}, prior_epochs=1, prior_steps_per_epoch=3,
+                epochs=0, prior_lr=1e-2)
+    final = next(e for e in iter_train(cfg) if e.kind == "done").model.state_dict()
+    probe = [k for k in final if k.startswith("priors.classifier.")]
+    assert probe and all(not torch.equal(final[k], init[k]) for k in probe)
+    for k, v in final.items():
+        if k not in probe:
+            torch.testing.assert_close(v, init[k], rtol=0, atol=0, msg=k)
     with pytest.raises(ValueError, match="train_only must be a list"):
         small(tmp_path / "bad", train_only=[3]).validate()
     one = small(tmp_path / "one", train_only="seg_head")

@@ -298,8 +298,11 @@ def test_restore_current_slice_updates_own_layer(make_napari_viewer, qtbot, erro
     assert np.abs(shown - bare).max() <= 2
     restored.visible = labels.visible = True
     n_layers = len(viewer.layers)
+    assert labels.metadata["vldun"]["tta"] is False
+    w.tta.setChecked(True)  # the second slice with test-time flips: recorded in the provenance
     viewer.dims.set_current_step(0, 2)
     assert wait_job(qtbot, w) == "done", w.last_message
+    assert labels.metadata["vldun"]["tta"] is True
     assert len(viewer.layers) == n_layers  # updated in place
     assert viewer.layers[f"{img.name} restored"] is restored
     assert restored.metadata["vldun"]["slices_done"] == labels.metadata["vldun"]["slices_done"] == [1, 2]

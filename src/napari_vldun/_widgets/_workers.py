@@ -105,7 +105,7 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
                 measurement: Measurement | None = None, cascades: int | None = None,
                 precision: str = "fp32", return_uncertainty: bool = False,
                 cancel: threading.Event | None = None, ask_label_set: bool = False,
-                compile: bool = False) -> Iterator[Status | Progress]:
+                compile: bool = False, tta: bool = False) -> Iterator[Status | Progress]:
     """Load (or reuse) the model, then :func:`napari_vldun.inference.iter_predict` slice by slice.
 
     ``image`` is ``(Z, H, W)`` in [0, 1]; ``measurement``: its known acquisition (data consistency), over
@@ -114,7 +114,8 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
     at the next stage (or tile) of the slice in progress, not only between slices; ``ask_label_set`` (with
     ``label_set=None``): first check the automatic label set against the modality prior and return a
     :class:`LabelSetQuestion` instead of running when it may not fit; ``compile``: a ``torch.compile``d copy
-    of the model (:func:`napari_vldun.inference.compile_loaded`, eager where it cannot compile). Yields
+    of the model (:func:`napari_vldun.inference.compile_loaded`, eager where it cannot compile); ``tta``:
+    segment with test-time flips (4x slower; the checkpoint's postprocessing rule applies either way). Yields
     ``Status`` (the last one, as the slices start, with the device) then one ``Progress`` per slice; returns a
     :class:`PredictResult` or a :class:`Failure`.
     """
@@ -132,7 +133,8 @@ def predict_job(weights: str | Path | None, device: str, image: np.ndarray, *, l
         pred = None
         for item in iter_predict(loaded, image, label_set=label_set, slices=idx, return_stages=return_stages,
                                  measurement=measurement, cascades=cascades, precision=precision,
-                                 return_uncertainty=return_uncertainty, interrupt=interrupt_on(cancel)):
+                                 return_uncertainty=return_uncertainty, interrupt=interrupt_on(cancel),
+                                 tta=tta):
             if isinstance(item, Prediction):
                 pred = item
             else:

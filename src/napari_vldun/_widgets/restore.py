@@ -178,6 +178,9 @@ class RestoreSegmentWidget(JobDock):
         self.uncertainty = QCheckBox("uncertainty layer")
         self.uncertainty.setToolTip("also add '<name> uncertainty': the per-pixel entropy of the segmentation, "
                                     "0 = one class certain, 1 = all classes equally likely")
+        self.tta = QCheckBox("test-time flips")
+        self.tta.setToolTip("segment each slice and its three mirror images (k-space mirrored with it) and average: "
+                            "steadier labels, 4x the time")
         self.run_button = QPushButton("Restore && Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -200,6 +203,7 @@ class RestoreSegmentWidget(JobDock):
         self.use_kspace, self.passes = self.measurement.use_kspace, self.measurement.passes
         form.addRow("", self.keep_stages)
         form.addRow("", self.uncertainty)
+        form.addRow("", self.tta)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -311,7 +315,8 @@ class RestoreSegmentWidget(JobDock):
         return self._launch(predict_job, weights, device, unit, label_set=self.chosen_label_set(), slices=slices,
                             ask_label_set=ask,
                             return_stages=self.keep_stages.isChecked(),
-                            return_uncertainty=self.uncertainty.isChecked(), cancel=self.new_cancel_event(), **dc)
+                            return_uncertainty=self.uncertainty.isChecked(), tta=self.tta.isChecked(),
+                            cancel=self.new_cancel_event(), **dc)
 
     def _update_buttons(self) -> None:
         toggle_run_cancel(self.run_button, self.cancel_button, self.worker is not None)
@@ -447,6 +452,8 @@ class RestoreSegmentWidget(JobDock):
             "normalisation": dict(job["params"]), "data_consistency": bool(job.get("data_consistency")),
             "cascades": result.cascades, "precision": job.get("precision", "fp32"), "mask": job.get("mask"),
             "time": now(), "seconds": round(result.seconds, 3), "slices_done": done,
+            "tta": pred.tta,
+            "postprocessing": None if pred.postprocessing is None else pred.postprocessing.describe(list(names)),
             "modalities": result.modalities, "degradations": result.degradations,
             "modality_probs": probs("modality_probs", pred.modality_probs, len(result.modalities)),
             "degradation_probs": probs("degradation_probs", pred.degradation_probs, len(result.degradations)),
@@ -466,7 +473,8 @@ class RestoreSegmentWidget(JobDock):
             made["labels"] = put_layer(self.viewer, "labels", lname, labels.reshape(shape), widget=WIDGET,
                                        source_layer=layer, prov={**{k: prov[k] for k in (
                                            "weights", "random_weights", "device", "label_set", "label_names",
-                                           "label_colors", "time", "restored_layer")}, "slices_done": done_l},
+                                           "label_colors", "time", "restored_layer", "tta", "postprocessing")},
+                                           "slices_done": done_l},
                                        **kwargs)
         if uncertainty is not None:
             made["uncertainty"] = put_layer(

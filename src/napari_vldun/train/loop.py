@@ -227,6 +227,7 @@ class Trainer:
             pri = m.priors
             for p in list(pri.visual.parameters()) + list(pri.classifier.parameters()) + [pri.logit_scale]:
                 p.requires_grad_(True)
+            self._restrict_to_train_only(m, phase)
             return pri
         for p in m.parameters():
             p.requires_grad_(True)
@@ -240,15 +241,21 @@ class Trainer:
             frozen += [] if self.cfg.w_deg > 0 else [pri.logit_scale]
             for p in frozen:
                 p.requires_grad_(False)
-        if self.cfg.train_only:
-            prefixes = tuple(self.cfg.train_only)
-            keep = [n for n, _ in m.named_parameters() if n.startswith(prefixes)]
-            if not keep:
-                raise ValueError(f"train_only {list(prefixes)} matches no parameter of the model")
-            for n, p in m.named_parameters():
-                if not n.startswith(prefixes):
-                    p.requires_grad_(False)
+        self._restrict_to_train_only(m, phase)
         return m
+
+    def _restrict_to_train_only(self, m: torch.nn.Module, phase: str) -> None:
+        """Freeze every parameter whose name (in the whole model, e.g. ``priors.classifier.weight``) does not
+        start with a ``train_only`` prefix; in the prior phase only the tower's own parameters can train."""
+        if not self.cfg.train_only:
+            return
+        prefixes = tuple(self.cfg.train_only)
+        keep = [n for n, p in m.named_parameters() if n.startswith(prefixes) and p.requires_grad]
+        if not keep:
+            raise ValueError(f"train_only {list(prefixes)} matches no parameter the {phase} phase trains")
+        for n, p in m.named_parameters():
+            if not n.startswith(prefixes):
+                p.requires_grad_(False)
 
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -318,6 +325,8 @@ class Trainer:
             for spec in r.phases:
                 if _PHASE_ORDER.index(spec.name) < _PHASE_ORDER.index(self.pos.phase):
                     continue
+                if spec.epochs == 0:
+                    continue  # nothing to train (e.g. a prior-only run: "epochs": 0)
                 if spec.name != self.pos.phase:
                     self.pos = Position(spec.name, 0, 0, 0, self.pos.global_step)
                 stopped = yield from self._run_phase(spec)
