@@ -50,6 +50,7 @@ LAYERS = {
     "io": 0, "metrics": 0, "__version__": 0,
     "degradation": 1,
     "model": 2, "tiling": 2,
+    "postprocess": 2.5,  # label rules: reads checkpoint paths (model), used by inference
     "inference": 3, "data": 3,
     "train": 4, "evaluate": 4,
     "pipeline": 5, "measure": 5,
