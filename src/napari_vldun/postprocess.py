@@ -99,7 +99,7 @@ def apply_rule(labels: np.ndarray, rule: PostprocessRule | None) -> np.ndarray:
 class RuleScores:
     """Dice of a set of slices: ``slice_mean`` (mean over slices with foreground of the mean Dice of the classes
     present, the evaluation table's figure), ``volume_mean`` (mean over volumes of the Dice of all their slices
-    at once), and per class ``slice_class`` / ``volume_class`` (class id -> mean, where the class is present)."""
+    at once, false positives on slices without the class counted; the ACDC challenge's 3-D Dice), and per class ``slice_class`` / ``volume_class`` (class id -> mean, where the class is present)."""
 
     slice_mean: float
     volume_mean: float
@@ -129,6 +129,8 @@ def score(pred: list[np.ndarray], ref: list[np.ndarray], volumes: list[str], n_c
         groups.setdefault(v, []).append(i)
     per_vol, vol_class = [], {}
     for idx in groups.values():
+        if len({pred[i].shape for i in idx}) != 1:
+            continue  # slices of differing sizes are not one volume
         p, t = np.stack([pred[i] for i in idx]), np.stack([ref[i] for i in idx])
         if t.any():
             per_vol.append(dice(p, t, n_classes))

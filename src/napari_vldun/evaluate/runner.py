@@ -39,7 +39,7 @@ from ..io.normalize import to_unit_range
 from ..io.readers import suffix_of
 from ..inference import load_model, passes, predict
 from ..model.unet import load_unet
-from ..postprocess import Decision, decide_rule, rules_from_meta
+from ..postprocess import Decision, decide_rule, rules_from_meta, score
 from .baselines import tv_reconstruction
 from ..io.figures import overview_figure
 from ..metrics import dice, dice_per_class, iou, psnr, ssim, stages_monotone, whole_dice
@@ -82,10 +82,13 @@ class Scores:
     def volume_dice(self) -> float | None:
         """Mean over volumes of the mean Dice over the classes present in the volume, counted over all its
         evaluated slices at once (false positives on slices without the class count)."""
-        vals = [dice(np.stack(p), np.stack(t), self.n_classes) for p, t in self.volumes.values()
-                if len({a.shape for a in p}) == 1]
-        vals = [v for v in vals if not math.isnan(v)]
-        return round(float(np.mean(vals)), 4) if vals else None
+        pred, ref, vols = [], [], []
+        for name, (p, t) in self.volumes.items():
+            pred += p
+            ref += t
+            vols += [name] * len(p)
+        v = score(pred, ref, vols, self.n_classes).volume_mean if pred else math.nan
+        return None if math.isnan(v) else round(v, 4)
 
     def summary(self) -> dict:
         def mean(v: list) -> float | None:
