@@ -52,6 +52,22 @@ def acdc_slice(shared_data: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def acdc_labelled(shared_data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image float32 [0, 1], label uint8) of the first 6 ACDC training slices (sorted by name) whose label
+    has all three classes (RV, myocardium, LV)."""
+    h5py = pytest.importorskip("h5py")
+    out = []
+    for f in sorted((shared_data / "acdc" / "train_slices").glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            lab = np.asarray(h["label"][()], np.uint8)
+            if all((lab == k).any() for k in (1, 2, 3)):
+                out.append((np.clip(np.asarray(h["image"][()], np.float32), 0, 1), lab))
+        if len(out) == 6:
+            return out
+    pytest.skip("fewer than 6 fully labelled ACDC slices")
+
+
+@pytest.fixture(scope="session")
 def covid_slice(shared_data: Path) -> np.ndarray:
     """First COVID-19 CT slice (sorted path of covid_ct/train/**/Imgs/*.jpg): float32 (H, W) in [0, 1]."""
     pil = pytest.importorskip("PIL.Image")

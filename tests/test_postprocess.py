@@ -14,22 +14,6 @@ from napari_vldun.postprocess import (PostprocessRule, apply_rule, decide_rule, 
                                       rules_from_meta, write_rules)
 
 
-def _acdc_labelled(shared_data: Path, n: int = 6) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, label) of the first ``n`` ACDC training slices whose label has all three classes."""
-    h5py = pytest.importorskip("h5py")
-    out = []
-    for f in sorted((shared_data / "acdc" / "train_slices").glob("*.h5")):
-        with h5py.File(f, "r") as h:
-            lab = np.asarray(h["label"][()], np.uint8)
-            if all((lab == k).any() for k in (1, 2, 3)):
-                out.append((np.clip(np.asarray(h["image"][()], np.float32), 0, 1), lab))
-        if len(out) == n:
-            break
-    if len(out) < n:
-        pytest.skip("not enough labelled ACDC slices")
-    return out
-
-
 def _with_blob(label: np.ndarray, cls: int) -> np.ndarray:
     """``label`` plus a 6 x 6 square of class ``cls`` in the corner farthest from the heart."""
     p = label.copy()
@@ -50,8 +34,8 @@ def test_largest_component_keeps_one_8_connected_piece() -> None:
     assert largest_component(np.zeros((4, 4), bool)).sum() == 0
 
 
-def test_the_rule_removes_a_false_blob_from_a_real_acdc_label_and_raises_dice(shared_data: Path) -> None:
-    _, ref = _acdc_labelled(shared_data, 1)[0]
+def test_the_rule_removes_a_false_blob_from_a_real_acdc_label_and_raises_dice(acdc_labelled) -> None:
+    _, ref = acdc_labelled[0]
     noisy = _with_blob(ref, 3)
     before = dice(noisy, ref, 4)
     fixed = apply_rule(noisy, PostprocessRule(largest_foreground=True))
@@ -64,8 +48,8 @@ def test_the_rule_removes_a_false_blob_from_a_real_acdc_label_and_raises_dice(sh
     assert np.array_equal(apply_rule(noisy, PostprocessRule()), noisy)
 
 
-def test_decide_keeps_a_step_only_where_it_raises_dice(shared_data: Path) -> None:
-    pairs = _acdc_labelled(shared_data, 6)
+def test_decide_keeps_a_step_only_where_it_raises_dice(acdc_labelled) -> None:
+    pairs = acdc_labelled
     refs = [lab for _, lab in pairs]
     vols = [f"v{i // 2}" for i in range(len(refs))]
     # spurious LV-class blobs away from the heart: removing the smaller foreground pieces helps
@@ -120,7 +104,7 @@ def test_rules_round_trip_and_malformed_rules_are_refused() -> None:
             rules_from_meta({"postprocessing": {"acdc": bad}})
 
 
-def test_inference_applies_the_checkpoints_rule_for_its_label_set(shared_data: Path, tmp_path: Path) -> None:
+def test_inference_applies_the_checkpoints_rule_for_its_label_set(acdc_labelled, tmp_path: Path) -> None:
     from napari_vldun.inference import InferenceError, load_model, predict
     from napari_vldun.model.checkpoint import checkpoint_paths, load_checkpoint
     from napari_vldun.inference import SHIPPED_WEIGHTS
@@ -128,7 +112,7 @@ def test_inference_applies_the_checkpoints_rule_for_its_label_set(shared_data: P
     w, c = checkpoint_paths(SHIPPED_WEIGHTS)
     shutil.copy(w, tmp_path / "m.safetensors")
     shutil.copy(c, tmp_path / "m.json")
-    img = _acdc_labelled(shared_data, 1)[0][0][:96, :96]
+    img = acdc_labelled[0][0][:96, :96]
     plain = load_model(tmp_path / "m", "cpu")
     raw = predict(plain, img, label_set="acdc", postprocess=False)
     rule = PostprocessRule(largest_foreground=True, largest_classes=(1, 2, 3))

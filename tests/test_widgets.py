@@ -7,6 +7,8 @@ crops of the samples so that the whole file runs in a few minutes on two CPU cor
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -398,10 +400,12 @@ def test_restore_cancel_stops_between_passes(make_napari_viewer, qtbot, errors, 
     _, deg = degrade_4x(viewer, qtbot, clean)
     before = [ly.name for ly in viewer.layers]
     model = get_model(None, "cpu").model
-    priors, passes_run = model.priors.forward, []
+    priors, passes_run, cancelled = model.priors.forward, [], threading.Event()
 
     def counting(*args, **kwargs):  # every pass computes the priors of its input first
         passes_run.append(1)
+        if len(passes_run) == 1:  # hold the first pass until Cancel was pressed (no race on a busy machine)
+            cancelled.wait(TIMEOUT / 1000)
         return priors(*args, **kwargs)
 
     monkeypatch.setattr(model.priors, "forward", counting)
@@ -416,6 +420,7 @@ def test_restore_cancel_stops_between_passes(make_napari_viewer, qtbot, errors, 
         worker = w.start()
         qtbot.waitUntil(lambda: bool(passes_run), timeout=TIMEOUT)
         w.cancel()
+        cancelled.set()
         assert "cancelling" in w.status.text()
         return worker
 
