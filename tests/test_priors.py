@@ -82,3 +82,41 @@ def test_a_clip_override_merges_into_the_named_config() -> None:
     assert cfg.clip.image_size == get_config("tiny").clip.image_size
     with pytest.raises(TypeError):
         get_config("tiny", clip={"viewport": "resize"})
+
+
+def test_a_list_of_whole_slices_of_different_sizes_gets_each_slices_own_prior(acdc_slice, covid_slice) -> None:
+    """The prior phase batches whole slices (what inference shows the tower) as a list: each one's embedding
+    and logits are those it gets alone."""
+    from napari_vldun.data.datasets import collate_slices
+
+    m = build_model("tiny", seed=0).eval()
+    ys = [torch.from_numpy(np.ascontiguousarray(a))[None] for a in (acdc_slice, covid_slice[:150, :97])]
+    assert ys[0].shape != ys[1].shape
+    with torch.no_grad():
+        batch = m.priors(ys)
+        for i, y in enumerate(ys):
+            alone = m.priors(y[None])
+            torch.testing.assert_close(batch.modality_logits[i], alone.modality_logits[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batch.tokens[i], alone.tokens[0], rtol=1e-4, atol=1e-5)
+    out = collate_slices([{"degraded": y, "modality": torch.tensor(i)} for i, y in enumerate(ys)])
+    assert isinstance(out["degraded"], list) and torch.equal(out["modality"], torch.tensor([0, 1]))
+    same = collate_slices([{"degraded": ys[0]}, {"degraded": ys[0]}])["degraded"]
+    assert isinstance(same, torch.Tensor) and same.shape == (2, *ys[0].shape)
+
+
+def test_the_prior_phase_trains_on_whole_slices_unless_told_crop(tmp_path) -> None:
+    """``prior_view``: "whole" (default) gives the prior datasets uncropped slices; "crop" the ``crop`` px windows
+    of runs saved before the field existed; anything else is refused."""
+    from napari_vldun.train.config import TrainConfig
+    from napari_vldun.train.setup import _datasets
+
+    base = dict(sources=["acdc"], prior_sources=["acdc", "spinalcord_mri"], crop=64, prior_epochs=1,
+                val_max_slices=2, max_slices_per_source=4, out_dir=str(tmp_path))
+    whole = _datasets(TrainConfig(**base), ["cardiac_mri", "spine_mri"], True)
+    assert whole["prior"].crop is None and whole["prior_val"].crop is None
+    shapes = {tuple(whole["prior"][i]["degraded"].shape) for i in range(len(whole["prior"]))}
+    assert len(shapes) > 1 and max(s[-1] for s in shapes) > 64  # whole slices of their own sizes
+    crop = _datasets(TrainConfig(**base, prior_view="crop"), ["cardiac_mri", "spine_mri"], True)
+    assert crop["prior"].crop == 64
+    with pytest.raises(ValueError, match="prior_view"):
+        TrainConfig(**base, prior_view="tiles").validate()

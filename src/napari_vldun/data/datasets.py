@@ -47,7 +47,7 @@ from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
 __all__ = ["ITEM_MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop", "crop_pair",
-           "item_rngs", "degrade_sample", "make_sample", "make_loader", "set_loader_epoch"]
+           "item_rngs", "degrade_sample", "make_sample", "make_loader", "collate_slices", "set_loader_epoch"]
 
 #: Values of the ``mask_kind`` entry of a sample.
 #: ``mask_kind`` index of a sample: "none" (a clean prior-phase item) or a degradation mask kind.
@@ -441,19 +441,34 @@ def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool, num_worke
                 pin_memory: bool = False) -> DataLoader:
     """DataLoader over ``dataset`` (``DistributedSampler`` seeded by ``dataset.seed`` when ``distributed``).
 
-    A dataset with ``crop=None`` needs ``batch_size == 1``.  Non-distributed shuffling uses a
-    generator seeded by ``dataset.seed``.  Call :func:`set_loader_epoch` every epoch.
+    A joint-mode dataset with ``crop=None`` needs ``batch_size == 1``; a prior-mode one batches whole
+    slices with :func:`collate_slices` (the prior tower takes a list of images of different sizes).
+    Non-distributed shuffling uses a generator seeded by ``dataset.seed``.  Call :func:`set_loader_epoch`
+    every epoch.
     """
-    if getattr(dataset, "crop", 0) is None and batch_size != 1:
+    whole = getattr(dataset, "crop", 0) is None
+    if whole and batch_size != 1 and getattr(dataset, "mode", "joint") != "prior":
         raise ValueError("a dataset with crop=None has slices of different sizes: use batch_size=1")
+    collate = collate_slices if whole else None
     seed = int(getattr(dataset, "seed", 0))
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+
+
+def collate_slices(samples: list[dict]) -> dict:
+    """Batch sample dicts of possibly different slice sizes: each key's tensors are stacked where their
+    shapes agree, else kept as a list (e.g. ``degraded``: B tensors (1, H_i, W_i) of whole slices)."""
+    out = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        same = all(isinstance(v, torch.Tensor) and v.shape == vals[0].shape for v in vals)
+        out[k] = torch.stack(vals) if same else vals
+    return out
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

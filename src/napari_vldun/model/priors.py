@@ -8,6 +8,7 @@ dicts: no pretrained tag, no download. Real CLIP weights can be loaded from a lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +120,20 @@ class VisionLanguagePriors(nn.Module):
         self.modality_embed = nn.Parameter(torch.randn(num_modalities, e) * 0.02)
         self.project = nn.Linear(e, prior_dim)
 
-    def encode(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, 1|3, H, W) in [0, 1] -> image embedding f_mod (B, E) (see ``ClipConfig.view``)."""
+    def encode(self, y: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 1|3, H, W) in [0, 1] -> image embedding f_mod (B, E) (see ``ClipConfig.view``).
+
+        ``y`` may also be a sequence of B images (C, H_i, W_i) of different sizes (whole slices: what the
+        prior sees at inference); their views go through the tower in one call.
+        """
         s = self.image_size
+        if not isinstance(y, torch.Tensor):
+            if self.view != "tiles":
+                return self.encode(torch.cat([F.interpolate(t[None], size=(s, s), mode="bilinear",
+                                                            align_corners=False) for t in y]))
+            views = [image_tiles(t[None], s, self.max_tiles)[0] for t in y]  # (T_i, C, s, s) each
+            f = self._tower(torch.cat(views))
+            return torch.stack([part.mean(0) for part in f.split([len(v) for v in views])])
         if self.view == "tiles":
             t = image_tiles(y, s, self.max_tiles)
             b, n = t.shape[:2]
@@ -133,7 +145,8 @@ class VisionLanguagePriors(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return self.visual((x - self.mean) / self.std)
 
-    def forward(self, y: torch.Tensor) -> PriorOutput:
+    def forward(self, y: torch.Tensor | Sequence[torch.Tensor]) -> PriorOutput:
+        """``y`` as in :meth:`encode`."""
         f = self.encode(y)
         modality_logits = self.classifier(f)
         sim = F.normalize(f, dim=-1) @ self.text_embeddings.t()  # (B, K) cosine similarity s_{i,k}

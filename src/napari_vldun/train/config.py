@@ -43,6 +43,9 @@ SOURCE_LICENSES: dict[str, str] = {
     "spinalcord_mri": "MIT (spinal cord toolbox test data)",
 }
 
+#: Values of ``TrainConfig.prior_view``.
+PRIOR_VIEWS = ("whole", "crop")
+
 #: Fields that must match the saved config when resuming (the others may change, e.g. ``epochs``
 #: to extend a run, ``device``, ``num_threads``, ``num_workers``).
 IMMUTABLE_ON_RESUME = (
@@ -51,7 +54,7 @@ IMMUTABLE_ON_RESUME = (
     "focal_alpha", "focal_gamma", "accel_range", "center_fraction", "noise_sigma_range",
     "train_clip_in_joint", "max_slices_per_source", "augment", "zero_init_residual", "prior_balance",
     "joint_balance", "data_consistency", "free_weight", "foreground_oversample", "intensity_augment", "source_crops",
-    "stage_monotone", "init_priors", "train_only", "monotone_metric", "monotone_margin_db",
+    "stage_monotone", "init_priors", "train_only", "monotone_metric", "monotone_margin_db", "prior_view",
 )
 
 
@@ -87,6 +90,11 @@ class TrainConfig:
     #: slice equally likely: the shared data is ~75 % cardiac MRI, and the modality classifier then
     #: learned to answer "cardiac"). Runs saved before this field existed used None.
     prior_balance: Union[str, dict, None] = "modality"
+    #: what the prior phase shows the tower: "whole" slices, as inference does (the tower's native-scale tiles
+    #: then span the whole slice, background corners included), or "crop" (``crop`` px windows, as runs saved
+    #: before this field existed did). A linear modality probe fit on crop features scored 0.67 on whole
+    #: validation slices, one fit on whole slices 0.85-0.89 (BENCHMARKS.md "Run 32").
+    prior_view: str = "whole"
     #: joint-phase sampling: None (each slice equally likely: ACDC has ~6x the BraTS and ~30x the
     #: COVID training slices), "source" (each source equally likely) or "modality".
     joint_balance: Union[str, dict, None] = None
@@ -285,6 +293,8 @@ class TrainConfig:
             raise bad("lr and prior_lr must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.prior_view not in PRIOR_VIEWS:
+            raise bad(f"prior_view must be one of {PRIOR_VIEWS}, got {self.prior_view!r}")
         for key in ("prior_balance", "joint_balance"):
             v = getattr(self, key)
             if isinstance(v, dict):

@@ -130,7 +130,12 @@ def _touch(output, params=()) -> torch.Tensor | int:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        return [move(t) for t in v] if isinstance(v, list) else v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
@@ -275,7 +280,8 @@ class Trainer:
         idx = list(loader.sampler)[: spec.steps * bs]
         gen = torch.Generator().manual_seed(self.cfg.seed + epoch)  # keeps the global RNG untouched
         return DataLoader(spec.dataset, batch_size=bs, sampler=idx[skip * bs:], num_workers=self.cfg.num_workers,
-                          drop_last=True, generator=gen, pin_memory=self.ctx.device.type == "cuda")
+                          drop_last=True, generator=gen, pin_memory=self.ctx.device.type == "cuda",
+                          collate_fn=loader.collate_fn)  # whole prior slices: lists (collate_slices)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> Path:

@@ -135,7 +135,8 @@ def _check_out_dir(cfg: TrainConfig, ctx: DistContext, resume: bool) -> None:
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
     # runs saved before these fields existed trained with rec_weight 1 and unbalanced prior sampling
-    saved = {"rec_weight": 1.0, "prior_balance": None, "data_consistency": False, "free_weight": 0.0, **saved}
+    saved = {"rec_weight": 1.0, "prior_balance": None, "data_consistency": False, "free_weight": 0.0,
+             "prior_view": "crop", **saved}
     try:
         old = TrainConfig.from_dict(saved, source=str(where)).to_dict()
     except ValueError as exc:
@@ -302,9 +303,11 @@ def _datasets(cfg: TrainConfig, modalities: list[str], with_prior: bool) -> dict
     }
     if with_prior:
         ps = cfg.resolved_prior_sources()
-        ds["prior"] = SliceDataset(ps, "train", crop=cfg.crop, mode="prior", balance=cfg.prior_balance,
-                                   max_slices_per_source=cfg.max_slices_per_source, augment=cfg.augment, **common)
-        ds["prior_val"] = SliceDataset(ps, "val", crop=val_crop, mode="prior",
+        whole = cfg.prior_view == "whole"  # whole slices (collate_slices batches them as lists)
+        ds["prior"] = SliceDataset(ps, "train", crop=None if whole else cfg.crop, mode="prior",
+                                   balance=cfg.prior_balance, max_slices_per_source=cfg.max_slices_per_source,
+                                   augment=cfg.augment, **common)
+        ds["prior_val"] = SliceDataset(ps, "val", crop=None if whole else val_crop, mode="prior",
                                        max_slices_per_source=cfg.val_max_slices, augment=False, **val)
     return ds
 
