@@ -221,9 +221,9 @@ def test_interrupt_runs_between_passes_and_stops_inside_a_slice(tiny_loaded: Loa
 
 
 def test_check_label_set_before_a_run_flags_an_anatomy_without_a_label_set(shared_data) -> None:
-    """A real abdominal CT: the shipped prior is sure it is abdomen_ct, which has no label set in the
-    checkpoint, so "auto" falls back to the heart classes; the check says so before any pass runs, and the
-    bundled heart sample passes it."""
+    """A real abdominal CT and a real abdominal MR: the shipped prior says abdomen_ct / abdomen_mri, which have no
+    label set in the checkpoint, so "auto" falls back to the heart classes; the check says so before any pass
+    runs, and the bundled heart sample passes it."""
     from napari_vldun.inference import check_label_set
     from napari_vldun.pipeline import to_unit_range
 
@@ -238,6 +238,11 @@ def test_check_label_set_before_a_run_flags_an_anatomy_without_a_label_set(share
     heart, _ = to_unit_range(read_image(f"{list_samples()['acdc']['dir']}/degraded.nii.gz"))
     ok = check_label_set(loaded, heart)
     assert ok.label_set == "acdc" and ok.warning is None
+    # a real abdominal MR on its validation slices (the last 4 of 20): run 32's classifier, refit on whole slices,
+    # says abdomen_mri (p = 0.77); run 30's said cardiac_mri (p = 0.51) and would have put heart labels on it unasked
+    mr, _ = to_unit_range(read_image(shared_data / "totalseg_ct_mr" / "example_mr_sm.nii.gz"))
+    check = check_label_set(loaded, mr, slices=[16, 17, 18, 19])
+    assert check.modality == "abdomen_mri" and check.probability >= 0.5 and "no label set" in check.warning
 
 
 @pytest.mark.slow
