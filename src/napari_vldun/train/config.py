@@ -92,8 +92,9 @@ class TrainConfig:
     prior_balance: Union[str, dict, None] = "modality"
     #: what the prior phase shows the tower: "whole" slices, as inference does (the tower's native-scale tiles
     #: then span the whole slice, background corners included), or "crop" (``crop`` px windows, as runs saved
-    #: before this field existed did). A linear modality probe fit on crop features scored 0.67 on whole
-    #: validation slices, one fit on whole slices 0.85-0.89 (BENCHMARKS.md "Run 32").
+    #: before this field existed did). A linear modality probe fit on crop features scored 0.63-0.67 on whole
+    #: validation slices, one fit on whole slices 0.85-0.86 (``benchmarks/prior_probe.py``; BENCHMARKS.md
+    #: "Run 32 and 33").
     prior_view: str = "whole"
     #: joint-phase sampling: None (each slice equally likely: ACDC has ~6x the BraTS and ~30x the
     #: COVID training slices), "source" (each source equally likely) or "modality".
