@@ -99,7 +99,8 @@ def apply_rule(labels: np.ndarray, rule: PostprocessRule | None) -> np.ndarray:
 class RuleScores:
     """Dice of a set of slices: ``slice_mean`` (mean over slices with foreground of the mean Dice of the classes
     present, the evaluation table's figure), ``volume_mean`` (mean over volumes of the Dice of all their slices
-    at once, false positives on slices without the class counted; the ACDC challenge's 3-D Dice), and per class ``slice_class`` / ``volume_class`` (class id -> mean, where the class is present)."""
+    at once, false positives on slices without the class counted; the ACDC challenge's 3-D Dice), and per class
+    ``slice_class`` / ``volume_class`` (class id -> mean, where the class is present)."""
 
     slice_mean: float
     volume_mean: float

@@ -34,7 +34,7 @@ without ``augment`` picks the same crop; the degradation is applied to the cropp
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ from ..model.config import DEGRADATIONS, LABEL_SETS
 from .sources import SOURCES, SliceItem, load_case
 
 __all__ = ["ITEM_MASK_KINDS", "SliceDataset", "augment_pair", "center_crop", "random_crop", "crop_pair",
-           "item_rngs", "degrade_sample", "make_sample", "make_loader", "collate_slices", "set_loader_epoch"]
+           "item_rngs", "degrade_sample", "make_sample", "make_loader", "collate_for", "collate_slices",
+           "batch_to", "set_loader_epoch"]
 
 #: Values of the ``mask_kind`` entry of a sample.
 #: ``mask_kind`` index of a sample: "none" (a clean prior-phase item) or a degradation mask kind.
@@ -446,10 +447,9 @@ def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool, num_worke
     Non-distributed shuffling uses a generator seeded by ``dataset.seed``.  Call :func:`set_loader_epoch`
     every epoch.
     """
-    whole = getattr(dataset, "crop", 0) is None
-    if whole and batch_size != 1 and getattr(dataset, "mode", "joint") != "prior":
+    if getattr(dataset, "crop", 0) is None and batch_size != 1 and getattr(dataset, "mode", "joint") != "prior":
         raise ValueError("a dataset with crop=None has slices of different sizes: use batch_size=1")
-    collate = collate_slices if whole else None
+    collate = collate_for(dataset)
     seed = int(getattr(dataset, "seed", 0))
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -458,6 +458,22 @@ def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool, num_worke
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+
+
+def collate_for(dataset) -> Optional[Callable]:
+    """The ``collate_fn`` for a loader over ``dataset``: :func:`collate_slices` for uncropped slices, else the
+    default (None)."""
+    return collate_slices if getattr(dataset, "crop", 0) is None else None
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its tensors, and the tensors of its lists (:func:`collate_slices`), on ``device``."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        return [move(t) for t in v] if isinstance(v, list) else v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def collate_slices(samples: list[dict]) -> dict:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import set_loader_epoch
+from ..data.datasets import batch_to, collate_for
 from ..model.precision import autocast
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, setup, teardown, unwrap, wrap_model
@@ -127,15 +128,6 @@ def _touch(output, params=()) -> torch.Tensor | int:
     parts = [t.sum() for t in _tensors(output) if t.requires_grad]
     parts += [p[(0,) * p.ndim] for p in params if p.requires_grad and p.numel()]
     return 0.0 * sum(parts) if parts else 0
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device, non_blocking=True)
-        return [move(t) for t in v] if isinstance(v, list) else v
-
-    return {k: move(v) for k, v in batch.items()}
 
 
 def fit_batch(model, batch: dict, loss_fn, steps: int = 15, lr: float = 2e-3,
@@ -281,7 +273,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed + epoch)  # keeps the global RNG untouched
         return DataLoader(spec.dataset, batch_size=bs, sampler=idx[skip * bs:], num_workers=self.cfg.num_workers,
                           drop_last=True, generator=gen, pin_memory=self.ctx.device.type == "cuda",
-                          collate_fn=loader.collate_fn)  # whole prior slices: lists (collate_slices)
+                          collate_fn=collate_for(spec.dataset))
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> Path:
@@ -374,7 +366,7 @@ class Trainer:
                 lr = self._lr(base_lr, self.pos.phase_step, phase_total)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                batch = _to(batch, ctx.device)
+                batch = batch_to(batch, ctx.device)
                 if spec.name == "prior":
                     with autocast(ctx.device, cfg.precision):
                         out = ddp(batch["degraded"])

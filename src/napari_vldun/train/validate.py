@@ -23,7 +23,7 @@ import math
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.datasets import collate_slices
+from ..data.datasets import batch_to, collate_for
 from ..metrics import dice, iou, psnr, ssim
 from .distributed import DistContext, all_reduce_sums
 
@@ -40,9 +40,7 @@ def measured(batch: dict, enabled: bool = True, device: torch.device | None = No
 
 def _loader(dataset, batch_size: int, ctx: DistContext) -> DataLoader:
     idx = list(range(ctx.rank, len(dataset), ctx.world_size))
-    whole = getattr(dataset, "crop", 0) is None
-    return DataLoader(dataset, batch_size=batch_size, sampler=idx, num_workers=0,
-                      collate_fn=collate_slices if whole else None)  # whole slices: lists of tensors
+    return DataLoader(dataset, batch_size=batch_size, sampler=idx, num_workers=0, collate_fn=collate_for(dataset))
 
 
 def score_of(metrics: dict) -> float:
@@ -131,9 +129,9 @@ def validate_prior(priors, dataset, ctx: DistContext, batch_size: int, loss_fn) 
     priors.eval()
     sums = {"n": 0.0, "mod": 0.0, "deg": 0.0, "loss": 0.0}
     for batch in _loader(dataset, batch_size, ctx):
-        y = batch["degraded"]
-        out = priors(y.to(ctx.device) if isinstance(y, torch.Tensor) else [t.to(ctx.device) for t in y])
-        mod, deg = batch["modality"].to(ctx.device), batch["degradation"].to(ctx.device)
+        batch = batch_to(batch, ctx.device)
+        out = priors(batch["degraded"])
+        mod, deg = batch["modality"], batch["degradation"]
         sums["n"] += len(mod)
         sums["mod"] += float((out.modality_logits.argmax(1) == mod).sum())
         sums["deg"] += float((out.degradation_logits.argmax(1) == deg).sum())
