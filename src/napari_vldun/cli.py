@@ -69,12 +69,35 @@ def _cmd_train_unet(args: argparse.Namespace) -> int:
     check_outputs([out / "unet.safetensors", out / "unet.json"], args.overwrite)
     cfg = UNetTrainConfig(out_dir=str(out), source=args.source, steps=args.steps, minutes=args.minutes,
                           crop=args.crop, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
-                          threads=args.threads)
+                          threads=args.threads, restored=args.restored, init=args.init,
+                          **({"lr": args.lr} if args.lr is not None else {}))
     last = {}
     with tqdm(total=cfg.steps, desc="train U-Net", unit="step") as bar:
         for last in iter_train_unet(cfg):
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.4f}")
+    print(dumps_json(last))
+    return 0
+
+
+def _cmd_cache_restored(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train.restored import cache_restored  # lazy: imports torch (CLI start stays light)
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    out = check_out_dir(args.out)
+    check_outputs([out / f"restored-{args.rank}.safetensors", out / f"restored-{args.rank}.json"], args.overwrite)
+    last: dict = {}
+    with tqdm(desc=f"restore {args.source} (rank {args.rank}/{args.world})", unit="slice") as bar:
+        for last in cache_restored(args.weights, out, source=args.source, seed=args.seed, rank=args.rank,
+                                   world=args.world, max_slices=args.max_slices):
+            if "total" in last:
+                bar.total = last["total"]
+                bar.update(1)
     print(dumps_json(last))
     return 0
 
@@ -199,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision_arg(s, None)
     s.set_defaults(func=_cmd_train)
 
+    s = sub.add_parser("cache-restored", help="draw a frozen checkpoint's restored training slices once "
+                       "(restore-then-segment: `train-unet --restored OUT`)")
+    s.add_argument("--weights", required=True, help="VL-DUN checkpoint prefix (PATH.safetensors + PATH.json)")
+    s.add_argument("--out", required=True, help="output folder (writes OUT/restored-RANK.safetensors + .json)")
+    s.add_argument("--source", default="acdc", help="labelled training source (default: acdc)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rank", type=int, default=0, help="this process's share of the slices: every WORLD-th from RANK")
+    s.add_argument("--world", type=int, default=1)
+    s.add_argument("--max-slices", type=int, default=None, help="at most this many slices, evenly spaced")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT/restored-RANK.*")
+    s.set_defaults(func=_cmd_cache_restored)
+
     s = sub.add_parser("train-unet", help="train the plain U-Net segmentation baseline (for `evaluate --unet`)")
     s.add_argument("--out", required=True, help="output folder (writes OUT/unet.safetensors + OUT/unet.json)")
     s.add_argument("--source", default="acdc", help="labelled training source (default: acdc)")
@@ -208,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    s.add_argument("--restored", default=None, help="train on a `cache-restored` folder's restored slices "
+                   "(restore-then-segment) instead of zero-filled ones")
+    s.add_argument("--init", default=None, help="start from this U-Net checkpoint prefix (e.g. DIR/unet)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT/unet.*")
     add_precision_arg(s, "auto")
     s.set_defaults(func=_cmd_train_unet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ..degradation.masks import MASK_KINDS
 
@@ -42,6 +43,26 @@ LABEL_COLORS: dict[str, tuple[str, ...]] = {
     "brats2015": ("#000000", "#911eb4", "#ffe119", "#f58231", "#e6194b"),
     "covid_ct": ("#000000", "#f032e6"),
 }
+
+
+class SegHeadKind(str, Enum):
+    """A segmentation head's kind (``seg_head_kinds``; :mod:`~napari_vldun.model.heads`)."""
+
+    #: the paper's light CNN on the last stage (:class:`~napari_vldun.model.heads.SegmentationHead`)
+    LIGHT = "light"
+    #: the last two decoder levels + the image (:class:`~napari_vldun.model.heads.MultiScaleSegmentationHead`)
+    MULTISCALE = "multiscale"
+    #: a light top-down decoder over three U levels (``seg_decoder_width``; ``SegmentationDecoder``)
+    DECODER = "decoder"
+    #: a U-Net on the restored image with the U's features added (``seg_unet_widths``; ``SegmentationUNet``)
+    UNET = "unet"
+    #: a U-Net on the restored image alone (``seg_unet_widths``): restore-then-segment, trainable on cached
+    #: restored images (:mod:`napari_vldun.train.restored`)
+    IMAGE_UNET = "image_unet"
+
+
+#: kinds whose heads take the U's feature pyramid and the image (they can share a model)
+PYRAMID_HEAD_KINDS = (SegHeadKind.DECODER, SegHeadKind.UNET, SegHeadKind.IMAGE_UNET)
 
 
 @dataclass
@@ -148,6 +169,10 @@ class VLDUNConfig:
     #: head of the kind above (:class:`~napari_vldun.model.heads.GroupedSegmentationHeads`), e.g.
     #: ``[["acdc", "covid_ct"], ["brats2015"]]``. Empty: one head shared by all label sets.
     seg_head_groups: tuple[tuple[str, ...], ...] = ()
+    #: non-empty: one :class:`SegHeadKind` value per group of ``seg_head_groups`` (all of the pyramid kinds:
+    #: "decoder", "unet", "image_unet"), e.g. ``["image_unet", "decoder", "decoder"]``. Empty: every group's
+    #: kind follows the fields above (:meth:`seg_head_kind`).
+    seg_head_kinds: tuple[str, ...] = ()
     #: ``stage_images`` only: every stage's features receive the current (data-consistent) estimate x_{k-1},
     #: embedded at the stage's level by a zero-initialised conv, so what data consistency restored reaches the
     #: next stage (the proximal step acts on the estimate, as in the paper's PGD). False: the stages see only
@@ -174,6 +199,17 @@ class VLDUNConfig:
     def num_stages(self) -> int:
         return 2 * len(self.widths)
 
+    def seg_head_kind(self, group: int = 0) -> SegHeadKind:
+        """The kind of group ``group``'s segmentation head: ``seg_head_kinds[group]`` when set, else from
+        ``seg_unet_widths`` / ``seg_decoder_width`` / ``seg_multiscale`` (in that order of precedence)."""
+        if self.seg_head_kinds:
+            return SegHeadKind(self.seg_head_kinds[group])
+        if self.seg_unet_widths:
+            return SegHeadKind.UNET
+        if self.seg_decoder_width:
+            return SegHeadKind.DECODER
+        return SegHeadKind.MULTISCALE if self.seg_multiscale else SegHeadKind.LIGHT
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -184,7 +220,7 @@ class VLDUNConfig:
         if unknown:
             raise ValueError(f"unknown VL-DUN config keys: {sorted(unknown)}")
         clip = ClipConfig(**d.pop("clip", {}))
-        for key in ("widths", "blocks", "expand", "modalities", "degradations", "seg_unet_widths"):
+        for key in ("widths", "blocks", "expand", "modalities", "degradations", "seg_unet_widths", "seg_head_kinds"):
             if key in d:
                 d[key] = tuple(d[key])
         if "seg_head_groups" in d:
@@ -213,7 +249,23 @@ class VLDUNConfig:
                 raise ValueError(f"config: cascades_by_mask key {kind!r} is not a mask kind {MASK_KINDS}")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"config: cascades_by_mask[{kind!r}] must be an integer >= 1, got {n!r}")
-        label_set_groups(self)  # refuses groups that do not cover the label sets exactly once
+        groups = label_set_groups(self)  # refuses groups that do not cover the label sets exactly once
+        if self.seg_head_kinds:
+            kinds = list(self.seg_head_kinds)
+            bad = [k for k in kinds if k not in {m.value for m in SegHeadKind}]
+            if bad:
+                raise ValueError(f"config: seg_head_kinds {bad} unknown; choose from {[m.value for m in SegHeadKind]}")
+            if not self.seg_head_groups or len(kinds) != len(groups):
+                raise ValueError(f"config: seg_head_kinds needs one kind per seg_head_groups group, got {kinds} for "
+                                 f"{groups}")
+            if any(SegHeadKind(k) not in PYRAMID_HEAD_KINDS for k in kinds) or not self.stage_images:
+                raise ValueError(f"config: seg_head_kinds must be of {[k.value for k in PYRAMID_HEAD_KINDS]} and need "
+                                 f"stage_images, got {kinds}")
+            needs = {SegHeadKind.UNET: "seg_unet_widths", SegHeadKind.IMAGE_UNET: "seg_unet_widths",
+                     SegHeadKind.DECODER: "seg_decoder_width"}
+            for k in kinds:
+                if not getattr(self, needs[SegHeadKind(k)]):
+                    raise ValueError(f"config: a {k!r} segmentation head needs {needs[SegHeadKind(k)]}")
 
     def replace(self, **changes) -> "VLDUNConfig":
         return dataclasses.replace(self, **changes)

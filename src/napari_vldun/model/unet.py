@@ -17,6 +17,7 @@ from torch import nn
 
 from ..io.atomic import write_json
 from .blocks import UNetTrunk
+from .config import LABEL_SETS
 from .checkpoint import atomic_write
 
 __all__ = ["UNetConfig", "UNet", "save_unet", "load_unet"]
@@ -27,7 +28,7 @@ class UNetConfig:
     widths: tuple = (16, 32, 64, 128)
     #: label set name -> class names (background first); one head, the first label set's.
     label_set: str = "acdc"
-    classes: list = field(default_factory=lambda: ["background", "RV", "myocardium", "LV"])
+    classes: list = field(default_factory=lambda: list(LABEL_SETS["acdc"]))
 
 
 class UNet(UNetTrunk):

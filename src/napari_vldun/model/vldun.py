@@ -14,7 +14,7 @@ from ..degradation.masks import MASK_KINDS, mask_kinds
 from ..degradation.primitives import DEGRADATION_PROMPTS
 from .blocks import Downsample, Upsample
 from .cascade import pad_to_multiple, run_cascade
-from .config import VLDUNConfig, get_config, label_set_groups
+from .config import SegHeadKind, VLDUNConfig, get_config, label_set_groups
 from .heads import (GroupedSegmentationHeads, MultiScaleSegmentationHead, SegmentationDecoder, SegmentationHead, SegmentationUNet,
                     StageImageHead)
 from .priors import LearnedPriors, PriorOutput, VisionLanguagePriors
@@ -127,13 +127,14 @@ class VLDUN(nn.Module):
             self.feedback = None
             self.to_image = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in w)  # stage viewer projections
             self.rec_head = nn.Conv2d(w[0], cfg.in_channels, 3, padding=1) if cfg.rec_head else None
-        def seg_head(label_sets: dict[str, list[str]]) -> nn.Module:
-            if cfg.seg_unet_widths:
-                return SegmentationUNet(tuple(cfg.seg_unet_widths), tuple(w), p, cfg.in_channels, label_sets)
-            if cfg.seg_decoder_width:
+        def seg_head(label_sets: dict[str, list[str]], kind: SegHeadKind) -> nn.Module:
+            if kind in (SegHeadKind.UNET, SegHeadKind.IMAGE_UNET):
+                feats = tuple(w) if kind is SegHeadKind.UNET else ()
+                return SegmentationUNet(tuple(cfg.seg_unet_widths), feats, p, cfg.in_channels, label_sets)
+            if kind is SegHeadKind.DECODER:
                 return SegmentationDecoder(tuple(w[min(i, L - 1)] for i in range(3)), cfg.in_channels, p,
                                            cfg.seg_decoder_width, label_sets)
-            if cfg.seg_multiscale:
+            if kind is SegHeadKind.MULTISCALE:
                 return MultiScaleSegmentationHead((w[0], w[min(1, L - 1)]), cfg.in_channels, cfg.seg_width,
                                                   label_sets)
             return SegmentationHead(w[0] + cfg.in_channels, cfg.seg_width, label_sets)
@@ -142,9 +143,10 @@ class VLDUN(nn.Module):
             self.seg_head = None
         elif cfg.seg_head_groups:
             self.seg_head = GroupedSegmentationHeads(
-                [seg_head({k: cfg.label_sets[k] for k in g}) for g in label_set_groups(cfg)])
+                [seg_head({k: cfg.label_sets[k] for k in g}, cfg.seg_head_kind(j))
+                 for j, g in enumerate(label_set_groups(cfg))])
         else:
-            self.seg_head = seg_head(cfg.label_sets)
+            self.seg_head = seg_head(cfg.label_sets, cfg.seg_head_kind())
         # NHWC (channels-last) 4-D weights: convolutions then return channels-last activations, whose
         # (B, H*W, C) token view for the Bi-Mamba scans and cross-attention is free instead of a copy
         # (BENCHMARKS.md, "Memory layout"). ``.to(device)`` and ``load_state_dict`` keep the layout.
@@ -154,7 +156,9 @@ class VLDUN(nn.Module):
     def multiple(self) -> int:
         """Input sizes are padded to a multiple of this (the U's and the segmentation U-Net's depth)."""
         m = 2 ** len(self.cfg.widths) * int(self.cfg.patch)
-        return max(m, 2 ** (len(self.cfg.seg_unet_widths) - 1)) if self.cfg.seg_unet_widths else m
+        groups = max(len(self.cfg.seg_head_groups), 1)
+        unet = any(self.cfg.seg_head_kind(j) in (SegHeadKind.UNET, SegHeadKind.IMAGE_UNET) for j in range(groups))
+        return max(m, 2 ** (len(self.cfg.seg_unet_widths) - 1)) if unet else m
 
     @property
     def stage_levels(self) -> list[int]:
@@ -390,5 +394,47 @@ def group_seg_heads(base: VLDUN, groups: list[tuple[list[str], VLDUN]]) -> VLDUN
             if k.startswith("classifiers.") and k.split(".")[1] not in names:
                 continue
             state[f"seg_head.heads.{j}.{k}"] = v
+    out.load_state_dict(state, strict=True)
+    return out.eval()
+
+
+def attach_unet_head(base: VLDUN, unet) -> VLDUN:
+    """Restore-then-segment: ``base`` with a plain U-Net (:class:`~napari_vldun.model.unet.UNet`, e.g. trained
+    on ``base``'s restored images, ``vldun train-unet --restored``) as the segmentation head of the U-Net's
+    label set, run on the restored image (kind ``"image_unet"``). The label set leaves its group; the other label
+    sets keep their heads and weights, so their outputs are unchanged. ValueError when ``base`` has no such label
+    set (or other classes), no segmentation head, or a U-Net head of other widths."""
+    cfg = base.cfg
+    ls = unet.cfg.label_set
+    if base.seg_head is None or ls not in cfg.label_sets:
+        raise ValueError(f"attach_unet_head: the checkpoint has no segmentation head for {ls!r} "
+                         f"(label sets {sorted(cfg.label_sets)})")
+    if list(cfg.label_sets[ls]) != list(unet.cfg.classes):
+        raise ValueError(f"attach_unet_head: {ls!r} classes differ: {cfg.label_sets[ls]} vs {unet.cfg.classes}")
+    if not cfg.stage_images:
+        raise ValueError("attach_unet_head: the checkpoint needs stage_images (a cascade config)")
+    old = label_set_groups(cfg)
+    kinds = [cfg.seg_head_kind(j) for j in range(len(old))]
+    widths = tuple(unet.cfg.widths)
+    others = [(j, [n for n in g if n != ls]) for j, g in enumerate(old)]
+    others = [(j, g) for j, g in others if g]
+    if any(kinds[j] in (SegHeadKind.UNET, SegHeadKind.IMAGE_UNET) for j, _ in others) and \
+            tuple(cfg.seg_unet_widths) != widths:
+        raise ValueError(f"attach_unet_head: another head is a U-Net of widths {tuple(cfg.seg_unet_widths)}, "
+                         f"the new one has {widths}")
+    new_cfg = cfg.replace(seg_head_groups=((ls,),) + tuple(tuple(g) for _, g in others),
+                          seg_head_kinds=(SegHeadKind.IMAGE_UNET.value,) + tuple(kinds[j].value for j, _ in others),
+                          seg_unet_widths=widths)
+    out = build_model(new_cfg)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("seg_head.")}
+    heads = base.seg_head.heads if isinstance(base.seg_head, GroupedSegmentationHeads) else [base.seg_head]
+    for new_j, (j, names) in enumerate(others, 1):
+        for k, v in heads[j].state_dict().items():
+            if k.startswith("classifiers.") and k.split(".")[1] not in names:
+                continue
+            state[f"seg_head.heads.{new_j}.{k}"] = v
+    for k, v in unet.state_dict().items():
+        key = f"classifiers.{ls}.{k[len('head.'):]}" if k.startswith("head.") else k
+        state[f"seg_head.heads.0.{key}"] = v
     out.load_state_dict(state, strict=True)
     return out.eval()

@@ -4,6 +4,10 @@ nnU-Net's recipe at a CPU budget: crops with two thirds centred on labelled pixe
 gamma, Dice + CE, AdamW with a poly schedule, the degraded (zero-filled) image as input, the same seeded
 undersampling as VL-DUN's joint phase. ``vldun train-unet --out DIR --steps N`` (``--minutes M`` stops
 early, same CPU time as a VL-DUN run); ``vldun evaluate --unet DIR/unet`` adds its Dice row.
+
+Restore-then-segment: with ``restored`` (a :func:`~napari_vldun.train.restored.cache_restored` folder) the
+input is a frozen VL-DUN's restored image instead, and ``init`` starts from a trained U-Net; the result becomes
+that checkpoint's segmentation head with ``scripts/attach_unet_head.py`` (:func:`~napari_vldun.model.vldun.attach_unet_head`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..data.datasets import make_loader, set_loader_epoch
 from ..data.sources import SOURCES
 from ..model.config import LABEL_SETS
 from ..model.precision import autocast
-from ..model.unet import UNet, UNetConfig, save_unet
+from ..model.unet import UNet, UNetConfig, load_unet, save_unet
 from .losses import DiceCELoss
 
 __all__ = ["UNetTrainConfig", "iter_train_unet"]
@@ -43,6 +47,10 @@ class UNetTrainConfig:
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
+    #: a :func:`~napari_vldun.train.restored.cache_restored` folder: train on its restored slices (of ``source``)
+    restored: str | None = None
+    #: a U-Net checkpoint prefix (:func:`~napari_vldun.model.unet.save_unet`) to start from; same widths and classes
+    init: str | None = None
 
 
 def iter_train_unet(cfg: UNetTrainConfig) -> Iterator[dict]:
@@ -55,9 +63,23 @@ def iter_train_unet(cfg: UNetTrainConfig) -> Iterator[dict]:
         raise ValueError(f"source {cfg.source!r} is not a labelled source; choose from "
                          f"{sorted(k for k, s in SOURCES.items() if s.label_set)}")
     torch.manual_seed(cfg.seed)
-    ds = SliceDataset([cfg.source], "train", crop=cfg.crop, seed=cfg.seed, accel_range=tuple(cfg.accel_range),
-                      foreground_oversample=cfg.foreground_oversample, intensity_augment=True, augment=True)
+    if cfg.restored:
+        from .restored import RestoredSliceDataset
+
+        ds = RestoredSliceDataset(cfg.restored, crop=cfg.crop, seed=cfg.seed,
+                                  foreground_oversample=cfg.foreground_oversample)
+        if ds.source != cfg.source:
+            raise ValueError(f"{cfg.restored} holds {ds.source!r} slices, not {cfg.source!r}")
+    else:
+        ds = SliceDataset([cfg.source], "train", crop=cfg.crop, seed=cfg.seed, accel_range=tuple(cfg.accel_range),
+                          foreground_oversample=cfg.foreground_oversample, intensity_augment=True, augment=True)
     model = UNet(UNetConfig(tuple(cfg.widths), spec.label_set, list(LABEL_SETS[spec.label_set])))
+    if cfg.init:
+        start, _ = load_unet(cfg.init)
+        if asdict(start.cfg) != asdict(model.cfg):
+            raise ValueError(f"--init {cfg.init}: its U-Net ({asdict(start.cfg)}) differs from this run's "
+                             f"({asdict(model.cfg)})")
+        model.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss()
     loader = make_loader(ds, cfg.batch_size, shuffle=True, drop_last=True)
