@@ -71,7 +71,9 @@ def test_cached_restored_slices_train_a_unet_head(tmp_path) -> None:
     from napari_vldun.model.unet import save_unet
     from napari_vldun.train.restored import RestoreDraw
 
-    weights = "src/napari_vldun/weights/vldun_tiny"
+    from napari_vldun.inference import SHIPPED_WEIGHTS
+
+    weights = SHIPPED_WEIGHTS
     draws = (RestoreDraw((4.0, 4.0), True), RestoreDraw((4.0, 4.0), False))
     events = list(cache_restored(weights, tmp_path / "cache", draws=draws, max_slices=3, seed=5))
     assert events[-1]["path"].endswith("restored-0.safetensors")

@@ -390,12 +390,15 @@ def group_seg_heads(base: VLDUN, groups: list[tuple[list[str], VLDUN]]) -> VLDUN
             head = next((h for h, g in zip(head.heads, label_set_groups(m.cfg)) if set(names) <= set(g)), None)
             if head is None:
                 raise ValueError(f"group_seg_heads: no head of its model segments all of {names}")
-        for k, v in head.state_dict().items():
-            if k.startswith("classifiers.") and k.split(".")[1] not in names:
-                continue
-            state[f"seg_head.heads.{j}.{k}"] = v
+        state.update(_head_state(head, names, f"seg_head.heads.{j}."))
     out.load_state_dict(state, strict=True)
     return out.eval()
+
+
+def _head_state(head: nn.Module, names: list[str], prefix: str) -> dict[str, torch.Tensor]:
+    """``head``'s state under ``prefix``, without the classifiers of label sets outside ``names``."""
+    return {prefix + k: v for k, v in head.state_dict().items()
+            if not (k.startswith("classifiers.") and k.split(".")[1] not in names)}
 
 
 def attach_unet_head(base: VLDUN, unet) -> VLDUN:
@@ -429,10 +432,7 @@ def attach_unet_head(base: VLDUN, unet) -> VLDUN:
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("seg_head.")}
     heads = base.seg_head.heads if isinstance(base.seg_head, GroupedSegmentationHeads) else [base.seg_head]
     for new_j, (j, names) in enumerate(others, 1):
-        for k, v in heads[j].state_dict().items():
-            if k.startswith("classifiers.") and k.split(".")[1] not in names:
-                continue
-            state[f"seg_head.heads.{new_j}.{k}"] = v
+        state.update(_head_state(heads[j], names, f"seg_head.heads.{new_j}."))
     for k, v in unet.state_dict().items():
         key = f"classifiers.{ls}.{k[len('head.'):]}" if k.startswith("head.") else k
         state[f"seg_head.heads.0.{key}"] = v
